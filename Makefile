@@ -1,0 +1,47 @@
+# Two entry points for a fresh machine: `make demo` and `make test`. Both run `make setup` first.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTHON ?= python3
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: setup demo test lint typecheck unit serve redis clean
+
+setup: $(STAMP)
+
+# Re-installs when pyproject.toml changes. CPU torch goes first so nothing pulls a CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/recsys demo
+
+test: setup redis lint typecheck unit
+
+lint: setup
+	$(VENV)/bin/ruff check recsys feature_store serving tests benchmarks
+
+typecheck: setup
+	$(VENV)/bin/mypy
+
+unit: setup
+	$(VENV)/bin/pytest
+
+serve: setup
+	$(VENV)/bin/recsys serve --port 3000
+
+# The Redis tests need a real redis-server binary; install it where we can (root with apt-get).
+redis:
+	@command -v redis-server >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null) \
+	      || echo "could not install redis-server: Redis tests will skip"; \
+	  else echo "redis-server not found and cannot be installed here: Redis tests will skip"; fi; }
+
+clean:
+	rm -rf $(VENV) build *.egg-info artifacts

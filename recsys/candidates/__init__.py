@@ -1,0 +1,1 @@
+"""Candidate generators. All follow ``CandidateGenerator`` (see ``base``)."""

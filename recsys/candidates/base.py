@@ -1,0 +1,101 @@
+"""The one protocol every candidate generator follows, and the shared batched top-k.
+
+Every generator is fitted on ``Interactions`` and answers for a batch of ``Histories`` (item
+sequences), never for user ids: the same call serves offline evaluation, known users whose history
+grew since training, and anonymous sessions. Results are ``(ids, scores)`` arrays of shape
+``(batch, n)``, best first, padded with id ``-1`` and score ``-inf`` where fewer than ``n`` items
+qualify. Items in a row's history are never returned.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol, Self, runtime_checkable
+
+import numpy as np
+import scipy.sparse as sp
+
+from recsys.data.dataset import Histories, Interactions
+
+BLOCK_ROWS = 1024  # rows scored at once: a (1024, n_items) float32 block stays in cache-friendly sizes
+
+
+@runtime_checkable
+class CandidateGenerator(Protocol):
+    def fit(self, data: Interactions) -> Self: ...
+
+    def recommend(self, histories: Histories, n: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def similar_items(self, items: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def save(self, path: Path) -> None: ...
+
+
+class NotFittedError(RuntimeError):
+    """A predict-time method was called before ``fit``."""
+
+
+def check_fitted(model: object, attribute: str) -> None:
+    if getattr(model, attribute, None) is None:
+        raise NotFittedError(f"{type(model).__name__} is not fitted: call fit() first")
+
+
+def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row-wise top ``k`` of a (rows, n_items) score block, best first.
+
+    Entries equal to ``-inf`` never make the list; their places are padded with id -1.
+
+    >>> ids, s = top_k(np.array([[0.25, 0.75, -np.inf, 0.5]], dtype=np.float32), 3)
+    >>> ids.tolist(), s.tolist()
+    ([[1, 3, 0]], [[0.75, 0.5, 0.25]])
+    >>> top_k(np.array([[1.0, -np.inf]], dtype=np.float32), 2)[0].tolist()
+    [[0, -1]]
+    """
+    rows, n_items = scores.shape
+    k_eff = min(k, n_items)
+    part = (
+        np.argpartition(-scores, k_eff - 1, axis=1)[:, :k_eff]
+        if k_eff < n_items
+        else (np.broadcast_to(np.arange(n_items), (rows, n_items)).copy())
+    )
+    part_scores = np.take_along_axis(scores, part, axis=1)
+    order = np.argsort(-part_scores, axis=1, kind="stable")
+    ids = np.take_along_axis(part, order, axis=1).astype(np.int32)
+    top = np.take_along_axis(part_scores, order, axis=1).astype(np.float32)
+    ids[~np.isfinite(top) & (top < 0)] = -1
+    if k_eff < k:
+        ids = np.pad(ids, ((0, 0), (0, k - k_eff)), constant_values=-1)
+        top = np.pad(top, ((0, 0), (0, k - k_eff)), constant_values=-np.inf)
+    return ids, top
+
+
+def mask_history(scores: np.ndarray, history: sp.csr_matrix) -> np.ndarray:
+    """Set the scores of each row's history items to -inf, in place, and return ``scores``."""
+    rows, cols = history.nonzero()
+    scores[rows, cols] = -np.inf
+    return scores
+
+
+def ranked(
+    score_block: ScoreFn, histories: Histories, n: int, n_items: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Score histories block by block, mask their own items, and keep the top ``n`` of each row."""
+    ids = np.full((len(histories), n), -1, dtype=np.int32)
+    scores = np.full((len(histories), n), -np.inf, dtype=np.float32)
+    for start in range(0, len(histories), BLOCK_ROWS):
+        stop = min(start + BLOCK_ROWS, len(histories))
+        block = Histories(
+            indptr=histories.indptr[start : stop + 1] - histories.indptr[start],
+            items=histories.items[histories.indptr[start] : histories.indptr[stop]],
+            timestamps=None
+            if histories.timestamps is None
+            else histories.timestamps[histories.indptr[start] : histories.indptr[stop]],
+        )
+        dense = np.asarray(score_block(block), dtype=np.float32)  # (block, n_items)
+        mask_history(dense, block.to_csr(n_items))
+        ids[start:stop], scores[start:stop] = top_k(dense, n)
+    return ids, scores
+
+
+class ScoreFn(Protocol):
+    def __call__(self, block: Histories) -> np.ndarray: ...

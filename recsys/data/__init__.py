@@ -1,0 +1,1 @@
+"""Data contract, readers, validation, dataset adapters, encoded interactions and splits."""

@@ -1,0 +1,107 @@
+"""Adapters from public dataset layouts to the data contract.
+
+Each returns ``(items, interactions)`` as Polars frames in contract form (see ``schema``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+
+from recsys.data import schema as S
+
+
+def movielens(folder: str | Path, *, top_tags: int = 5) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """GroupLens ``ratings.csv``, ``movies.csv`` and ``tags.csv`` (ml-latest-small layout).
+
+    The description holds the genres and the most used tags; the category is the first genre;
+    ratings become ``event="rating"`` with the rating as weight.
+    """
+    folder = Path(folder)
+    movies = pl.read_csv(folder / "movies.csv", schema_overrides={"movieId": pl.String})
+    ratings = pl.read_csv(
+        folder / "ratings.csv", schema_overrides={"userId": pl.String, "movieId": pl.String}
+    )
+    tags_path = folder / "tags.csv"
+    if tags_path.exists():
+        tags = (
+            pl.read_csv(
+                tags_path, schema_overrides={"userId": pl.String, "movieId": pl.String, "tag": pl.String}
+            )
+            .with_columns(pl.col("tag").str.strip_chars().str.to_lowercase())
+            .filter(pl.col("tag").str.len_chars() > 0)
+            .group_by("movieId", "tag")
+            .len()
+            .sort(["movieId", "len", "tag"], descending=[False, True, False])
+            .group_by("movieId", maintain_order=True)
+            .agg(pl.col("tag").head(top_tags).str.join(", ").alias("tags"))
+        )
+    else:
+        tags = pl.DataFrame(schema={"movieId": pl.String, "tags": pl.String})
+    genres = pl.col("genres").str.replace_all(r"\|", ", ")
+    no_genre = pl.col("genres") == "(no genres listed)"
+    items = movies.join(tags, on="movieId", how="left").select(
+        pl.col("movieId").alias(S.ITEM_ID),
+        pl.col("title").alias(S.TITLE),
+        pl.when(no_genre)
+        .then(None)
+        .otherwise(pl.lit("Genres: ") + genres)
+        .pipe(lambda g: pl.concat_str([g, pl.lit(". Tags: ") + pl.col("tags")], ignore_nulls=True))
+        .alias(S.DESCRIPTION),
+        pl.when(no_genre)
+        .then(None)
+        .otherwise(pl.col("genres").str.split("|").list.first())
+        .alias(S.CATEGORY),
+    )
+    interactions = ratings.select(
+        pl.col("userId").alias(S.USER_ID),
+        pl.col("movieId").alias(S.ITEM_ID),
+        pl.col("timestamp").cast(pl.Int64).alias(S.TIMESTAMP),
+        pl.lit("rating").alias(S.EVENT),
+        pl.col("rating").cast(pl.Float64).alias(S.WEIGHT),
+    )
+    return items, interactions
+
+
+def amazon_lcrec(folder: str | Path) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The LC-Rec JSON layout: ``*.inter.json`` (user -> ordered item list), ``*.item.json``.
+
+    Only the order of events is known, so the position in each user's list becomes the timestamp.
+    The category is the leaf of the category path; the brand is kept as a column.
+    """
+    folder = Path(folder)
+    (inter_path,) = sorted(folder.glob("*.inter.json"))
+    (item_path,) = sorted(folder.glob("*.item.json"))
+    meta: dict[str, dict[str, str]] = json.loads(item_path.read_text())
+    sequences: dict[str, list[int]] = json.loads(inter_path.read_text())
+
+    def text(value: object) -> str | None:
+        value = str(value or "").strip()
+        return value or None
+
+    items = pl.DataFrame(
+        {
+            S.ITEM_ID: list(meta),
+            S.TITLE: [text(m.get("title")) or "" for m in meta.values()],
+            S.DESCRIPTION: [text(m.get("description")) for m in meta.values()],
+            S.CATEGORY: [text((m.get("categories") or "").split(",")[-1]) for m in meta.values()],
+            S.BRAND: [text(m.get("brand")) for m in meta.values()],
+            "category_path": [text(m.get("categories")) for m in meta.values()],
+        },
+        schema_overrides={S.DESCRIPTION: pl.String, S.CATEGORY: pl.String, S.BRAND: pl.String},
+    )
+    users = [u for u, seq in sequences.items() for _ in seq]
+    interactions = pl.DataFrame(
+        {
+            S.USER_ID: users,
+            S.ITEM_ID: [str(i) for seq in sequences.values() for i in seq],
+            S.TIMESTAMP: [t for seq in sequences.values() for t in range(len(seq))],
+        },
+        schema={S.USER_ID: pl.String, S.ITEM_ID: pl.String, S.TIMESTAMP: pl.Int64},
+    )
+    return items, interactions
+
+
+ADAPTERS = {"movielens": movielens, "amazon": amazon_lcrec}

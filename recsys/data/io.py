@@ -1,0 +1,72 @@
+"""Reading customer tables (Parquet, CSV, JSONL) and writing artifacts atomically."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import polars as pl
+
+SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+
+
+class DataFileError(ValueError):
+    """A table file cannot be read at all (missing, unknown format, corrupt)."""
+
+
+def read_table(path: str | Path) -> pl.LazyFrame:
+    """Scan a Parquet, CSV or JSON-lines table lazily, choosing the reader by suffix.
+
+    CSV columns are read as strings so that validation, not the CSV sniffer, decides types.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataFileError(f"{path}: file not found")
+    kind = SUFFIXES.get(path.suffix.lower())
+    if kind is None:
+        raise DataFileError(f"{path}: unsupported format {path.suffix!r} (use {', '.join(sorted(SUFFIXES))})")
+    try:
+        if kind == "parquet":
+            frame = pl.scan_parquet(path)
+        elif kind == "csv":
+            frame = pl.scan_csv(path, infer_schema=False)
+        else:
+            frame = pl.scan_ndjson(path, infer_schema_length=None)
+        frame.collect_schema()  # fail here, with the file's name, on a corrupt header
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise DataFileError(f"{path}: cannot read as {kind}: {exc}") from exc
+    return frame
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling path; move it onto ``path`` only if the block succeeds.
+
+    Works for files and directories. Readers never see a half-written artifact, and a crash leaves
+    the previous version in place.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) / path.name
+    try:
+        yield tmp
+        if path.is_dir() and tmp.is_dir():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            path.rename(old)
+            tmp.rename(path)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp.parent, ignore_errors=True)
+
+
+def write_parquet(frame: pl.DataFrame, path: str | Path) -> Path:
+    """Write ``frame`` to ``path`` atomically (zstd-compressed Parquet)."""
+    with atomic_path(path) as tmp:
+        frame.write_parquet(tmp, compression="zstd")
+    return Path(path)

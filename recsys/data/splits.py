@@ -1,0 +1,136 @@
+"""Evaluation splits. Each produces a validation task (for tuning) and a test task (for reporting).
+
+A task holds the interactions a model may be fitted on and, for each evaluated user, the held-out
+target items. Models see nothing of a task's targets: the test task's training data is everything
+before the test targets, the validation task's is everything before the validation targets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import scipy.sparse as sp
+
+from recsys.data.dataset import Interactions
+
+Protocol = Literal["leave-last-out", "temporal"]
+
+
+@dataclass(frozen=True, eq=False)
+class EvalTask:
+    """Fit on ``train``; for each of ``users`` rank all items and compare with ``targets``."""
+
+    name: str
+    train: Interactions
+    users: np.ndarray  # (n_eval,) int32 user indices
+    targets: sp.csr_matrix  # (n_eval, n_items) binary relevance
+
+    def __post_init__(self) -> None:
+        if self.targets.shape != (len(self.users), self.train.n_items):
+            raise ValueError("targets must be (len(users), n_items)")
+
+
+@dataclass(frozen=True, eq=False)
+class Split:
+    protocol: str
+    validation: EvalTask
+    test: EvalTask
+
+
+def _targets(rows: np.ndarray, items: np.ndarray, n_rows: int, n_items: int) -> sp.csr_matrix:
+    m = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, items)), shape=(n_rows, n_items))
+    m.sum_duplicates()
+    m.data[:] = 1.0
+    return m
+
+
+def leave_last_out(data: Interactions) -> Split:
+    """Per user, the last event is the test target and the second last the validation target.
+
+    Users with fewer than 3 events are kept for training only (in both tasks).
+
+    >>> d = Interactions.from_arrays([0, 0, 0, 1, 1], [0, 1, 2, 0, 1], n_users=2, n_items=3)
+    >>> s = leave_last_out(d)
+    >>> s.test.users.tolist(), s.test.targets.indices.tolist(), len(s.test.train)
+    ([0], [2], 4)
+    >>> s.validation.targets.indices.tolist(), len(s.validation.train)
+    ([1], 3)
+    """
+    counts = np.diff(data.indptr)
+    eval_users = np.flatnonzero(counts >= 3).astype(np.int32)
+    last = data.indptr[eval_users + 1] - 1  # position of each evaluated user's last event
+    keep_test = np.ones(len(data), dtype=bool)
+    keep_test[last] = False
+    keep_val = keep_test.copy()
+    keep_val[last - 1] = False
+    n_eval = len(eval_users)
+    rows = np.arange(n_eval)
+    test = EvalTask(
+        "test", data.select(keep_test), eval_users, _targets(rows, data.items[last], n_eval, data.n_items)
+    )
+    validation = EvalTask(
+        "validation",
+        data.select(keep_val),
+        eval_users,
+        _targets(rows, data.items[last - 1], n_eval, data.n_items),
+    )
+    return Split("leave-last-out", validation, test)
+
+
+def _cut(
+    data: Interactions, before: np.ndarray, window: np.ndarray, *, name: str, cold_start_users: bool
+) -> EvalTask:
+    """Train on ``before``; targets are ``window`` events on items the user had not seen before."""
+    train = data.select(before)
+    seen = train.matrix
+    known = np.diff(train.indptr) > 0
+    w_users, w_items = data.users[window], data.items[window]
+    keep = (known[w_users] | cold_start_users) & (np.asarray(seen[w_users, w_items]).ravel() == 0)
+    w_users, w_items = w_users[keep], w_items[keep]
+    users, rows = np.unique(w_users, return_inverse=True)
+    return EvalTask(name, train, users.astype(np.int32), _targets(rows, w_items, len(users), data.n_items))
+
+
+def temporal(
+    data: Interactions,
+    *,
+    test_fraction: float = 0.1,
+    validation_fraction: float = 0.1,
+    cutoff: int | None = None,
+    cold_start_users: bool = False,
+) -> Split:
+    """A global time cutoff: events at or after it are test targets, earlier ones are training.
+
+    By default the cutoff is the time at which the last ``test_fraction`` of events begins; the
+    validation cutoff sits ``validation_fraction`` of events earlier. Targets are items the user had
+    not interacted with before the cutoff. Test users are restricted to users seen in training,
+    unless ``cold_start_users`` (they then have an empty history: only cold-start methods help).
+    """
+    for name, value in (("test_fraction", test_fraction), ("validation_fraction", validation_fraction)):
+        if not 0 < value < 1:
+            raise ValueError(f"{name} must be in (0, 1), got {value}")
+    ts = data.timestamps
+    if cutoff is None:
+        cutoff = int(np.quantile(ts, 1 - test_fraction, method="higher"))
+    val_cutoff = int(
+        np.quantile(ts[ts < cutoff], 1 - validation_fraction / (1 - test_fraction), method="higher")
+    )
+    test = _cut(data, ts < cutoff, ts >= cutoff, name="test", cold_start_users=cold_start_users)
+    validation = _cut(
+        data,
+        ts < val_cutoff,
+        (ts >= val_cutoff) & (ts < cutoff),
+        name="validation",
+        cold_start_users=cold_start_users,
+    )
+    return Split("temporal", validation, test)
+
+
+def make_split(data: Interactions, protocol: Protocol, **options: float | int | bool | None) -> Split:
+    if protocol == "leave-last-out":
+        return leave_last_out(data)
+    if protocol == "temporal":
+        return temporal(data, **options)  # type: ignore[arg-type]
+    raise ValueError(f"unknown protocol {protocol!r} (use leave-last-out or temporal)")
