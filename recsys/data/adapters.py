@@ -40,16 +40,15 @@ def movielens(folder: str | Path, *, top_tags: int = 5) -> tuple[pl.DataFrame, p
         )
     else:
         tags = pl.DataFrame(schema={"movieId": pl.String, "tags": pl.String})
-    genres = pl.col("genres").str.replace_all(r"\|", ", ")
     no_genre = pl.col("genres") == "(no genres listed)"
+    genre_text = (
+        pl.when(no_genre).then(None).otherwise("Genres: " + pl.col("genres").str.replace_all(r"\|", ", "))
+    )
+    description = pl.concat_str([genre_text, "Tags: " + pl.col("tags")], separator=". ", ignore_nulls=True)
     items = movies.join(tags, on="movieId", how="left").select(
         pl.col("movieId").alias(S.ITEM_ID),
         pl.col("title").alias(S.TITLE),
-        pl.when(no_genre)
-        .then(None)
-        .otherwise(pl.lit("Genres: ") + genres)
-        .pipe(lambda g: pl.concat_str([g, pl.lit(". Tags: ") + pl.col("tags")], ignore_nulls=True))
-        .alias(S.DESCRIPTION),
+        pl.when(description.str.len_chars() > 0).then(description).alias(S.DESCRIPTION),
         pl.when(no_genre)
         .then(None)
         .otherwise(pl.col("genres").str.split("|").list.first())
