@@ -64,8 +64,14 @@ def _coerce(hint: Any, value: Any, *, where: str) -> Any:
     if origin is tuple:
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{where} must be a list, got {value!r}")
-        (item_hint, *_rest) = typing.get_args(hint) or (Any,)
-        return tuple(_coerce(item_hint, v, where=f"{where}[{i}]") for i, v in enumerate(value))
+        args = typing.get_args(hint) or (Any, ...)
+        if len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]
+            args = (args[0],) * len(value)
+        elif len(args) != len(value):
+            raise ConfigError(f"{where} must have {len(args)} entries, got {len(value)}")
+        return tuple(
+            _coerce(h, v, where=f"{where}[{i}]") for i, (h, v) in enumerate(zip(args, value, strict=True))
+        )
     if origin is dict or hint is Any:
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):

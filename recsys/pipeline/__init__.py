@@ -1,0 +1,1 @@
+"""Training, model bundles and the model registry."""

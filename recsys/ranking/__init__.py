@@ -1,0 +1,1 @@
+"""Second stage: the LightGBM LambdaRank ranker and the optional diversity re-rank."""
