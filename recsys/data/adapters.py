@@ -11,6 +11,33 @@ from pathlib import Path
 import polars as pl
 
 from recsys.data import schema as S
+from recsys.data.io import DataFileError
+
+
+def _require(folder: Path, *names: str) -> None:
+    if not folder.is_dir():
+        raise DataFileError(f"{folder}: not a folder")
+    missing = [name for name in names if not (folder / name).is_file()]
+    if missing:
+        raise DataFileError(f"{folder}: missing {', '.join(missing)}")
+
+
+def _single(folder: Path, pattern: str) -> Path:
+    found = sorted(folder.glob(pattern))
+    if len(found) != 1:
+        listed = ", ".join(p.name for p in found) or "none"
+        raise DataFileError(f"{folder}: expected exactly one {pattern} file, found {listed}")
+    return found[0]
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataFileError(f"{path}: cannot read as JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise DataFileError(f"{path}: expected a JSON object at the top level")
+    return data
 
 
 def movielens(folder: str | Path, *, top_tags: int = 5) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -20,6 +47,14 @@ def movielens(folder: str | Path, *, top_tags: int = 5) -> tuple[pl.DataFrame, p
     ratings become ``event="rating"`` with the rating as weight.
     """
     folder = Path(folder)
+    _require(folder, "movies.csv", "ratings.csv")
+    try:
+        return _movielens(folder, top_tags=top_tags)
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise DataFileError(f"{folder}: cannot read the MovieLens files: {exc}") from exc
+
+
+def _movielens(folder: Path, *, top_tags: int) -> tuple[pl.DataFrame, pl.DataFrame]:
     movies = pl.read_csv(folder / "movies.csv", schema_overrides={"movieId": pl.String})
     ratings = pl.read_csv(
         folder / "ratings.csv", schema_overrides={"userId": pl.String, "movieId": pl.String}
@@ -71,10 +106,15 @@ def amazon_lcrec(folder: str | Path) -> tuple[pl.DataFrame, pl.DataFrame]:
     The category is the leaf of the category path; the brand is kept as a column.
     """
     folder = Path(folder)
-    (inter_path,) = sorted(folder.glob("*.inter.json"))
-    (item_path,) = sorted(folder.glob("*.item.json"))
-    meta: dict[str, dict[str, str]] = json.loads(item_path.read_text())
-    sequences: dict[str, list[int]] = json.loads(inter_path.read_text())
+    if not folder.is_dir():
+        raise DataFileError(f"{folder}: not a folder")
+    inter_path, item_path = _single(folder, "*.inter.json"), _single(folder, "*.item.json")
+    meta: dict[str, dict[str, str]] = _read_json(item_path)
+    sequences: dict[str, list[int]] = _read_json(inter_path)
+    if not all(isinstance(m, dict) for m in meta.values()):
+        raise DataFileError(f"{item_path}: expected an object of item id -> {{title, description, ...}}")
+    if not all(isinstance(seq, list) for seq in sequences.values()):
+        raise DataFileError(f"{inter_path}: expected an object of user id -> list of item ids")
 
     def text(value: object) -> str | None:
         value = str(value or "").strip()

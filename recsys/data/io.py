@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -36,10 +37,33 @@ def read_table(path: str | Path) -> pl.LazyFrame:
             frame = pl.scan_csv(path, infer_schema=False)
         else:
             frame = pl.scan_ndjson(path, infer_schema_length=None)
+            try:
+                frame.collect_schema()
+            except pl.exceptions.PolarsError:
+                # A key whose values have no common type (say a number in one line, a list in
+                # another): read every key as text, so validation names the bad rows.
+                frame = pl.scan_ndjson(path, schema=dict.fromkeys(_jsonl_keys(path), pl.String))
         frame.collect_schema()  # fail here, with the file's name, on a corrupt header
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise DataFileError(f"{path}: cannot read as {kind}: {exc}") from exc
     return frame
+
+
+def _jsonl_keys(path: Path) -> list[str]:
+    """Every top-level key of a JSON-lines file, in order of first appearance."""
+    keys: dict[str, None] = {}
+    with path.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataFileError(f"{path}: line {number} is not valid JSON: {exc}") from exc
+            if not isinstance(record, dict):
+                raise DataFileError(f"{path}: line {number} is not a JSON object")
+            keys.update(dict.fromkeys(record))
+    return list(keys)
 
 
 @contextlib.contextmanager

@@ -232,8 +232,10 @@ def _wrong_type(source: str, name: str, dtype: pl.DataType, expected: str) -> Pr
     return Problem(source, name, f"wrong type {dtype}, expected {expected}")
 
 
-def _run_checks(data: pl.DataFrame, checks: Sequence[_Check], *, source: str) -> list[Problem]:
-    """Evaluate every check in a single pass over ``data``."""
+def _run_checks(
+    data: pl.DataFrame, checks: Sequence[_Check], *, source: str, order: Sequence[str]
+) -> list[Problem]:
+    """Evaluate every check in a single pass over ``data``; problems come in column ``order``."""
     if not checks:
         return []
     aggs: list[pl.Expr] = []
@@ -255,7 +257,8 @@ def _run_checks(data: pl.DataFrame, checks: Sequence[_Check], *, source: str) ->
         if values:
             message += " (e.g. " + ", ".join(repr(v) for v in values) + ")"
         problems.append(Problem(source, check.column, message, tuple(result[f"r{i}"]), count))
-    return problems
+    position = {name: i for i, name in enumerate(order)}
+    return sorted(problems, key=lambda p: position.get(p.column or "", -1))
 
 
 def _finish(data: pl.DataFrame, contract: Iterable[str]) -> pl.DataFrame:
@@ -325,7 +328,7 @@ def validate_tables(
         # every repeat after the first occurrence is a problem row
         repeat = pl.col(S.ITEM_ID).is_not_null() & ~pl.col(S.ITEM_ID).is_first_distinct()
         item_checks.append(_Check(S.ITEM_ID, "duplicate id", repeat, pl.col(S.ITEM_ID)))
-    problems += _run_checks(item_data, item_checks, source=items_source)
+    problems += _run_checks(item_data, item_checks, source=items_source, order=item_data.columns)
 
     event_data, event_checks, event_usable = _check_table(
         interactions,
@@ -336,12 +339,15 @@ def validate_tables(
         problems=problems,
     )
     if S.TIMESTAMP in event_usable:
-        is_datetime = pl.col(_TS_IS_DATETIME)
+        # An order index mixed with date-times sorts meaninglessly; flag the rarer kind.
+        parsed = pl.col(S.TIMESTAMP).is_not_null()
+        dates, numbers = parsed & pl.col(_TS_IS_DATETIME), parsed & ~pl.col(_TS_IS_DATETIME)
+        rarer = pl.when(dates.sum() <= numbers.sum()).then(dates).otherwise(numbers)
         event_checks.append(
             _Check(
                 S.TIMESTAMP,
-                "mixes date-times with plain numbers; use one kind per column",
-                is_datetime & (~is_datetime).any(),
+                "mixes date-times with plain numbers; use one kind per column (rows of the rarer kind)",
+                rarer & dates.any() & numbers.any(),
                 pl.col(_RAW + S.TIMESTAMP).cast(pl.String),
             )
         )
@@ -351,7 +357,7 @@ def validate_tables(
         event_checks.append(
             _Check(S.ITEM_ID, f"unknown item, not in {items_source}", unknown, pl.col(S.ITEM_ID))
         )
-    problems += _run_checks(event_data, event_checks, source=interactions_source)
+    problems += _run_checks(event_data, event_checks, source=interactions_source, order=event_data.columns)
 
     if problems:
         raise DataValidationError(problems)
