@@ -1,0 +1,248 @@
+"""Online stores against a real SQLite file and a real redis-server: consistency with the offline
+features, live events, concurrency, atomic snapshot switches."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from redis_server import redis_server, redis_url  # noqa: F401 - fixtures
+from test_feature_store_offline import CONFIG, random_world
+
+from feature_store import (
+    FeatureConfig,
+    build_features,
+    online_items,
+    open_store,
+    serve_features,
+    write_snapshot,
+)
+from feature_store.compute import user_states
+from feature_store.offline import Snapshot
+from feature_store.online import OnlineStore
+from feature_store.redis_store import RedisStore
+from feature_store.sqlite_store import SQLiteStore
+from recsys.data import schema as S
+
+USERS = [f"u{k}" for k in range(7)]  # u6 never acts
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OnlineStore]:
+    url = (
+        f"sqlite:///{tmp_path / 'online.db'}"
+        if request.param == "sqlite"
+        else request.getfixturevalue("redis_url")
+    )
+    opened = open_store(url)
+    yield opened
+    opened.close()
+
+
+def snapshot(tmp_path: Path, cutoff: int, interactions: pl.DataFrame, items: pl.DataFrame) -> Snapshot:
+    return write_snapshot(
+        tmp_path / f"cutoff-{cutoff}", interactions=interactions, items=items, cutoff=cutoff, config=CONFIG
+    )
+
+
+def assert_frames_match(online: pl.DataFrame, offline: pl.DataFrame, columns: list[str]) -> None:
+    """Integers and strings exactly, floats within 1e-6 (NaN matches NaN)."""
+    for name in columns:
+        a, b = online.get_column(name), offline.get_column(name)
+        assert a.dtype == b.dtype, name
+        if a.dtype == pl.Float64:
+            x, y = a.to_numpy(), b.to_numpy()
+            assert np.array_equal(np.isnan(x), np.isnan(y)), name
+            np.testing.assert_allclose(x[~np.isnan(x)], y[~np.isnan(y)], rtol=0, atol=1e-6, err_msg=name)
+        else:
+            assert a.to_list() == b.to_list(), name
+
+
+def offline_rows(cutoff: int, items: pl.DataFrame) -> pl.DataFrame:
+    ids = items.get_column(S.ITEM_ID).to_list()
+    return pl.DataFrame(
+        {
+            S.USER_ID: [u for u in USERS for _ in ids],
+            S.ITEM_ID: ids * len(USERS),
+            "cutoff": [cutoff] * (len(USERS) * len(ids)),
+        }
+    )
+
+
+def online_rows(store: OnlineStore, now: int, items_mem: pl.DataFrame, emb: np.ndarray) -> pl.DataFrame:
+    rows = np.arange(items_mem.height)
+    return pl.concat(
+        [
+            serve_features(store, u, rows, items=items_mem, now=now, config=CONFIG, embeddings=emb)
+            for u in USERS
+        ]
+    )
+
+
+def test_online_features_equal_offline_features_before_and_after_live_events(
+    store: OnlineStore, tmp_path: Path
+) -> None:
+    items, interactions, emb = random_world(7)
+    t0, t1 = 60, 85
+    snap = snapshot(tmp_path, t0, interactions, items)
+    store.load(snap)
+    items_mem = online_items(snap)
+    names = [
+        c
+        for c in build_features(
+            offline_rows(t0, items).head(1), interactions=interactions, items=items, config=CONFIG
+        ).columns
+        if c not in ("user_id", "cutoff")
+    ]
+
+    # 1) straight from the snapshot: every feature, at the snapshot's cutoff
+    offline = build_features(
+        offline_rows(t0, items), interactions=interactions, items=items, config=CONFIG, embeddings=emb
+    )
+    assert_frames_match(online_rows(store, t0, items_mem, emb), offline, names)
+
+    # 2) replay the events of [t0, t1) live, in time order; users and pairs now match the offline
+    # features as of t1, items stay as of the snapshot
+    live = interactions.with_row_index("_r").filter(pl.col(S.TIMESTAMP).is_between(t0, t1, closed="left"))
+    assert live.height > 10
+    for e in live.sort(S.TIMESTAMP, "_r").iter_rows(named=True):
+        store.apply_event(e[S.USER_ID], e[S.ITEM_ID], e[S.EVENT], e[S.TIMESTAMP])
+    later = build_features(
+        offline_rows(t1, items), interactions=interactions, items=items, config=CONFIG, embeddings=emb
+    )
+    served = online_rows(store, t1, items_mem, emb)
+    moving = [n for n in names if n.startswith(("user_", "ui_"))]
+    assert_frames_match(served, later, moving)
+    assert_frames_match(served, offline, [n for n in names if n.startswith("item_")])
+    # the store's items equal the in-memory items
+    got = pl.from_arrow(store.get_items(items_mem.get_column(S.ITEM_ID).to_list()))
+    assert isinstance(got, pl.DataFrame)
+    assert_frames_match(got.cast(items_mem.schema), items_mem, items_mem.columns)  # type: ignore[arg-type]
+
+
+def test_a_served_call_sees_an_event_immediately(store: OnlineStore, tmp_path: Path) -> None:
+    items, interactions, _ = random_world(8)
+    store.load(snapshot(tmp_path, 50, interactions, items))
+    before = store.get_user(["u1"]).to_pylist()[0]
+    store.apply_event("u1", "i4", "cart", 10_000)
+    after = store.get_user(["u1"]).to_pylist()[0]
+    assert after["n_events"] == before["n_events"] + 1
+    assert after["last_ts"] == 10_000
+    assert after["last_items"][-1] == "i4"
+    assert len(after["last_items"]) == min(CONFIG.last_n, before["n_events"] + 1)
+    assert "i4" in after["seen"]
+    counts = {e["key"]: e["count"] for e in after["events"]}
+    assert counts.get("cart", 0) == 1 + {e["key"]: e["count"] for e in before["events"]}.get("cart", 0)
+    # unknown users read as empty, and a first event creates them
+    assert store.get_user(["ghost"]).to_pylist()[0]["n_events"] == 0
+    store.apply_event("ghost", "i0", None, 5)
+    ghost = store.get_user(["ghost", "u1"]).to_pylist()
+    assert [g["n_events"] for g in ghost] == [1, after["n_events"]]
+    assert ghost[0]["categories"] == [{"key": "c0", "count": 1}]
+
+
+def test_concurrent_events_for_one_user_lose_no_update(store: OnlineStore) -> None:
+    threads, per_thread = 8, 40
+
+    def work(t: int) -> None:
+        for k in range(per_thread):
+            store.apply_event("hot", f"t{t}-{k}", "view" if k % 2 else "cart", 1000 + k)
+
+    workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    state = store.get_user(["hot"]).to_pylist()[0]
+    total = threads * per_thread
+    assert state["n_events"] == total
+    assert state["n_items"] == total
+    assert len(set(state["seen"])) == total
+    assert {e["key"]: e["count"] for e in state["events"]} == {"cart": total // 2, "view": total // 2}
+    assert state["last_ts"] == 1000 + per_thread - 1
+    assert len(state["last_items"]) == FeatureConfig().last_n  # no snapshot loaded: the default N
+
+
+def test_sqlite_events_from_several_processes_lose_no_update(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'online.db'}"
+    SQLiteStore(url).close()
+    code = (
+        "import sys; from feature_store.sqlite_store import SQLiteStore; s = SQLiteStore(sys.argv[1]);"
+        "[s.apply_event('hot', f'{sys.argv[2]}-{k}', 'view', k) for k in range(60)]"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", code, url, f"p{p}"]) for p in range(2)]
+    store = SQLiteStore(url)
+    for k in range(60):
+        store.apply_event("hot", f"main-{k}", "view", k)
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    state = store.get_user(["hot"]).to_pylist()[0]
+    assert state["n_events"] == state["n_items"] == 180
+
+
+def test_switch_is_atomic_and_old_versions_go(store: OnlineStore, tmp_path: Path) -> None:
+    items, interactions, _ = random_world(9)
+    snaps = [snapshot(tmp_path, c, interactions, items) for c in (30, 90)]
+    expected = []
+    for snap in snaps:
+        counts = dict(snap.user_states().select(S.USER_ID, "n_events").iter_rows())
+        expected.append(tuple(counts.get(u, 0) for u in USERS))
+    assert expected[0] != expected[1]
+    store.load(snaps[0])
+    seen: list[tuple[int, ...]] = []
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.is_set():
+            seen.append(tuple(store.get_user(USERS).column("n_events").to_pylist()))
+
+    readers = [threading.Thread(target=read) for _ in range(2)]
+    for r in readers:
+        r.start()
+    versions = [store.load(snaps[k % 2]) for k in range(1, 7)]
+    stop.set()
+    for r in readers:
+        r.join()
+    assert versions == sorted(versions) and len(set(versions)) == 6
+    assert seen and set(seen) <= set(expected), "a reader saw a mix of two snapshots"
+    assert store.version() == versions[-1]
+    if isinstance(store, SQLiteStore):
+        assert store.tables() == [f"items_v{versions[-1]}", f"users_v{versions[-1]}"]
+    else:
+        assert isinstance(store, RedisStore)
+        live = f"fs:{versions[-1]}:"
+        assert [k for k in store.key_names() if k.split(":")[1].isdigit() and not k.startswith(live)] == []
+
+
+def test_live_events_after_the_cutoff_survive_the_next_snapshot(store: OnlineStore, tmp_path: Path) -> None:
+    items, interactions, _ = random_world(10)
+    base = interactions.filter(pl.col(S.TIMESTAMP) < 50)
+    store.load(snapshot(tmp_path, 50, base, items))
+    early: dict[str, str | int] = {"user_id": "u2", "item_id": "i3", "event": "view", "timestamp": 55}
+    late: dict[str, str | int] = {"user_id": "u2", "item_id": "i8", "event": "cart", "timestamp": 70}
+    for e in (early, late):
+        store.apply_event(str(e["user_id"]), str(e["item_id"]), str(e["event"]), int(e["timestamp"]))
+    # the nightly job's log has the early event; the late one happened after its cutoff
+    logged = pl.concat([base, pl.DataFrame([early]).select(base.columns).cast(base.schema)])  # type: ignore[arg-type]
+    store.load(snapshot(tmp_path, 60, logged, items))
+    everything = pl.concat([logged, pl.DataFrame([late]).select(base.columns).cast(base.schema)])  # type: ignore[arg-type]
+    keys = pl.DataFrame({S.USER_ID: ["u2"], "cutoff": [10**9]})
+    truth = user_states(everything, items, keys, config=CONFIG).to_dicts()[0]
+    got = store.get_user(["u2"]).to_pylist()[0]
+    for name in ("n_events", "n_items", "last_ts", "price_n", "events", "categories", "last_items"):
+        assert got[name] == truth[name], name
+    assert math.isclose(got["price_sum"], truth["price_sum"], abs_tol=1e-6)
+    assert set(got["seen"]) == set(truth["seen"])
+
+
+def test_bad_urls_are_named(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unsupported online store URL 'postgres://x'"):
+        open_store("postgres://x")
+    with pytest.raises(ValueError, match="bad SQLite URL"):
+        open_store("sqlite:///")
