@@ -84,10 +84,14 @@ def _cut(
 ) -> EvalTask:
     """Train on ``before``; targets are ``window`` events on items the user had not seen before."""
     train = data.select(before)
-    seen = train.matrix
     known = np.diff(train.indptr) > 0
     w_users, w_items = data.users[window], data.items[window]
-    keep = (known[w_users] | cold_start_users) & (np.asarray(seen[w_users, w_items]).ravel() == 0)
+    # (user, item) pairs as single int64 keys: a window event is new if its pair never occurs in training
+    seen = np.isin(
+        w_users.astype(np.int64) * data.n_items + w_items,
+        train.users.astype(np.int64) * data.n_items + train.items,
+    )
+    keep = (known[w_users] | cold_start_users) & ~seen
     w_users, w_items = w_users[keep], w_items[keep]
     users, rows = np.unique(w_users, return_inverse=True)
     return EvalTask(name, train, users.astype(np.int32), _targets(rows, w_items, len(users), data.n_items))
@@ -113,10 +117,22 @@ def temporal(
             raise ValueError(f"{name} must be in (0, 1), got {value}")
     ts = data.timestamps
     if cutoff is None:
+        if not len(ts):
+            raise ValueError("temporal split: no interactions")
         cutoff = int(np.quantile(ts, 1 - test_fraction, method="higher"))
+    if not (ts < cutoff).any() or not (ts >= cutoff).any():
+        raise ValueError(
+            f"temporal split: the test cutoff {cutoff} leaves no events before or none after it "
+            f"(timestamps span {ts.min(initial=0)}..{ts.max(initial=0)}; need more distinct timestamps)"
+        )
     val_cutoff = int(
         np.quantile(ts[ts < cutoff], 1 - validation_fraction / (1 - test_fraction), method="higher")
     )
+    if not (ts < val_cutoff).any():
+        raise ValueError(
+            f"temporal split: the validation cutoff {val_cutoff} leaves no training events before it "
+            "(need more distinct timestamps before the test cutoff)"
+        )
     test = _cut(data, ts < cutoff, ts >= cutoff, name="test", cold_start_users=cold_start_users)
     validation = _cut(
         data,
