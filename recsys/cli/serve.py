@@ -1,0 +1,80 @@
+"""``recsys serve``: run the BentoML service on the current (or a pinned) model bundle."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from recsys.cli.app import app
+
+
+@app.command()
+def serve(
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port to listen on.")] = 3000,
+    host: Annotated[str, typer.Option("--host", help="Interface to bind (0.0.0.0: all).")] = "0.0.0.0",
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            help="Pin a version (recsys-bundle:VERSION or VERSION) instead of following the current one.",
+        ),
+    ] = None,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Worker processes.")] = 1,
+    store: Annotated[
+        str | None,
+        typer.Option(
+            "--store",
+            help="Online store URL (sqlite:///path.db or redis://host:port/db); "
+            "default $RECSYS_ONLINE_STORE_URL or sqlite in $BENTOML_HOME/recsys/online.db.",
+        ),
+    ] = None,
+    poll_seconds: Annotated[
+        float,
+        typer.Option(
+            "--poll-seconds", min=0.0, help="How often to check for a new current version (0: never)."
+        ),
+    ] = 1.0,
+) -> None:
+    """Serve recommendations over HTTP from the BentoML model store ($BENTOML_HOME).
+
+    The service follows `recsys models` (a newly published or rolled-back version is swapped in
+    without a restart) unless --model pins a version. POST /admin/reload needs $RECSYS_ADMIN_TOKEN.
+    """
+    from recsys.pipeline import registry
+    from serving import runtime
+
+    tag = None
+    if model is not None:
+        tag = model if ":" in model else f"{registry.MODEL_NAME}:{model}"
+    try:
+        version = registry.get(tag) if tag else registry.current()
+    except registry.RegistryError as err:
+        typer.echo(f"Cannot serve: {err}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(
+        f"Serving {version.tag} from {registry.bentoml_home()} on http://{host}:{port} "
+        f"({'pinned' if tag else 'following the current version'})",
+        err=True,
+    )
+    env = dict(os.environ)
+    env[runtime.ENV_WORKERS] = str(workers)
+    env[runtime.ENV_POLL_SECONDS] = str(poll_seconds)
+    if tag:
+        env[runtime.ENV_MODEL_TAG] = tag
+    else:
+        env.pop(runtime.ENV_MODEL_TAG, None)
+    if store:
+        env[runtime.ENV_STORE_URL] = store
+    # BentoML's own server (arbiter + workers) replaces this process, so signals reach it directly.
+    root = str(Path(__file__).resolve().parents[2])
+    argv = [
+        sys.executable, "-m", "bentoml", "serve", "serving.service:Recsys",
+        "--host", host, "--port", str(port), "--working-dir", root,
+    ]  # fmt: skip
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, argv, env)

@@ -1,0 +1,339 @@
+# mypy: disallow-untyped-decorators=False
+"""The BentoML service: top-N recommendations for e-commerce backends over HTTP.
+
+Start it with ``recsys serve`` (or ``bentoml serve serving.service:Recsys``). It serves the current
+``recsys-bundle`` version of the BentoML model store (``$BENTOML_HOME``), or ``$RECSYS_MODEL_TAG``,
+and follows the registry's current pointer, swapping models without dropping a request
+(``serving.runtime``). User histories come from the online feature store
+(``$RECSYS_ONLINE_STORE_URL``, SQLite in the BentoML home by default, or ``redis://...``).
+
+The service is thin: it validates requests (``serving.schemas``), reads the user's record from the
+online store and calls the loaded ``recsys.pipeline.recommender.Recommender``. It imports neither
+torch nor transformers: item embeddings were computed offline and live in the bundle.
+
+Endpoints: ``POST /recommend``, ``/recommend/batch``, ``/similar_items``, ``/explain``, ``/events``;
+``GET /model``; ``POST /admin/reload`` (``Authorization: Bearer $RECSYS_ADMIN_TOKEN``); and BentoML's
+``/livez``, ``/readyz`` (503 until a model is loaded), ``/metrics`` and ``/docs.json`` (OpenAPI).
+Every bad request gets a 4xx whose ``error`` names the offending field (``serving.guard``).
+"""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import logging
+import math
+import os
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, ParamSpec, cast
+
+import anyio.to_thread
+import bentoml
+from fastapi import FastAPI, Header
+from starlette.responses import JSONResponse, Response
+
+from serving import schemas as api
+from serving.guard import API_ROUTES, RequestGuard
+from serving.runtime import ENV_WORKERS, Loaded, ModelHolder, Settings, default_store_url
+
+if TYPE_CHECKING:
+    from recsys.pipeline.recommender import Recommendation
+
+    from feature_store.online import OnlineStore
+
+logger = logging.getLogger("recsys.serving")
+P = ParamSpec("P")
+
+
+class _QuietClientErrors(logging.Filter):
+    """BentoML logs a traceback for every request body that fails validation; those are client
+    errors, already answered with a 400 and visible in the access log, so drop them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from pydantic import ValidationError
+
+        return not (record.exc_info and isinstance(record.exc_info[1], ValidationError))
+
+
+logging.getLogger("bentoml._internal.server.http_app").addFilter(_QuietClientErrors())
+
+
+class RequestError(Exception):
+    """A request the service cannot answer: becomes a 4xx (or 503) ``schemas.Error`` response."""
+
+    def __init__(self, status: int, message: str, *, loc: Sequence[str | int] = (), kind: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.loc = list(loc)
+        self.kind = kind or "invalid"
+
+    def response(self) -> JSONResponse:
+        detail = [api.ErrorDetail(loc=self.loc, msg=self.message, type=self.kind)] if self.loc else []
+        where = ".".join(map(str, self.loc))
+        error = f"{where}: {self.message}" if where else self.message
+        return JSONResponse(api.Error(error=error, detail=detail).model_dump(), status_code=self.status)
+
+
+def answers(
+    func: Callable[P, Awaitable[Any]],
+) -> Callable[P, Awaitable[Any]]:
+    """Turn a ``RequestError`` raised by an endpoint into its JSON error response."""
+
+    @functools.wraps(func)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+        try:
+            return await func(*args, **kwargs)
+        except RequestError as err:
+            return err.response()
+
+    return wrapper
+
+
+def _items(recommendations: Sequence[Recommendation]) -> list[api.Item]:
+    return [
+        api.Item.model_construct(
+            item_id=r.item_id, score=float(r.score), title=r.title, sources=list(r.sources)
+        )
+        for r in recommendations
+        if math.isfinite(r.score)
+    ]
+
+
+def _history(record: dict[str, Any]) -> list[str]:
+    """The user's items oldest first: every item seen, with the most recent ones at the end."""
+    recent: list[str] = list(dict.fromkeys(reversed(record.get("last_items") or [])))[::-1]
+    recent_set = set(recent)
+    return [i for i in record.get("seen") or [] if i not in recent_set] + recent
+
+
+admin = FastAPI(title="recsys admin", docs_url=None, redoc_url=None, openapi_url=None)
+
+
+@admin.get(
+    "/model",
+    response_model=api.ModelInfo,
+    responses={503: {"model": api.Error, "description": "No model loaded yet."}},
+    summary="The model version being served: tag, created_at, metrics and data fingerprint.",
+)
+async def model_info() -> Any:
+    service: Recsys = bentoml.get_current_service()
+    try:
+        loaded = service.loaded()
+    except RequestError as err:
+        return err.response()
+    return api.ModelInfo(
+        tag=loaded.tag,
+        version=loaded.version,
+        created_at=str(loaded.metadata.get("created_at") or loaded.created_at),
+        data_fingerprint=loaded.metadata.get("data_fingerprint"),
+        metrics=dict(loaded.metadata.get("metrics") or {}),
+        loaded_at=loaded.loaded_at,
+    )
+
+
+@admin.post(
+    "/admin/reload",
+    response_model=api.ReloadResponse,
+    responses={
+        401: {"model": api.Error, "description": "Missing or wrong admin token."},
+        403: {"model": api.Error, "description": "Reload is disabled (no RECSYS_ADMIN_TOKEN set)."},
+        503: {"model": api.Error, "description": "No model could be loaded."},
+    },
+    summary="Load the registry's current version now and swap to it atomically (admin token required).",
+)
+async def admin_reload(authorization: str | None = Header(default=None)) -> Any:
+    service: Recsys = bentoml.get_current_service()
+    token = service.settings.admin_token
+    try:
+        if token is None:
+            raise RequestError(403, "admin reload is disabled: set RECSYS_ADMIN_TOKEN", kind="forbidden")
+        given = (authorization or "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            raise RequestError(
+                401, "missing or wrong admin token", loc=["header", "authorization"], kind="unauthorized"
+            )
+        try:
+            previous, current, swapped = await anyio.to_thread.run_sync(service.models.refresh)
+        except Exception as exc:
+            raise RequestError(503, f"reload failed, still serving the previous model: {exc}") from exc
+    except RequestError as err:
+        return err.response()
+    return api.ReloadResponse(previous=previous, current=current, swapped=swapped)
+
+
+@bentoml.service(
+    name="recsys",
+    workers=int(os.environ.get(ENV_WORKERS, "1")),
+    traffic={"timeout": 30},
+    metrics={"enabled": True},
+)
+@bentoml.asgi_app(admin, path="/")
+class Recsys:
+    """Personalised top-N recommendations, similar items, explanations and event ingestion."""
+
+    def __init__(self) -> None:
+        from feature_store.online import open_store
+
+        self.settings = Settings.from_env()
+        self.store: OnlineStore = open_store(self.settings.store_url or default_store_url())
+        self.models = ModelHolder(pinned_tag=self.settings.model_tag, poll_seconds=self.settings.poll_seconds)
+        self.models.start()
+
+    def __is_ready__(self) -> bool:
+        return self.models.current is not None
+
+    @bentoml.on_shutdown
+    def _close(self) -> None:
+        self.models.stop()
+        self.store.close()
+
+    # --- helpers ------------------------------------------------------------------------------------
+
+    def loaded(self) -> Loaded:
+        loaded = self.models.current
+        if loaded is None:
+            reason = self.models.last_error or "loading"
+            raise RequestError(503, f"no model loaded yet ({reason})", kind="unavailable")
+        return loaded
+
+    def _records(self, user_ids: Sequence[str]) -> list[dict[str, Any]]:
+        return list(self.store.get_user(list(user_ids)).to_pylist())
+
+    @staticmethod
+    def _filters(loaded: Loaded, filters: api.Filters | None) -> Any:
+        from recsys.pipeline.recommender import Filters
+
+        if filters is None:
+            return None
+        if filters.categories is not None:
+            known = loaded.recommender.categories()
+            for i, category in enumerate(filters.categories):
+                if category not in known:
+                    raise RequestError(
+                        400,
+                        f"unknown category {category!r} (the model knows {len(known)} categories)",
+                        loc=["filters", "categories", i],
+                        kind="unknown_category",
+                    )
+        return Filters(
+            categories=tuple(filters.categories) if filters.categories is not None else None,
+            exclude_item_ids=tuple(filters.exclude_item_ids),
+            price_min=filters.price_min,
+            price_max=filters.price_max,
+        )
+
+    # --- endpoints ----------------------------------------------------------------------------------
+
+    @bentoml.api(route="/recommend", input_spec=api.RecommendRequest, output_spec=api.RecommendResponse)
+    @answers
+    async def recommend(self, **fields: Any) -> api.RecommendResponse | Response:
+        """Top-N items for one user. Unknown users get recent popularity, or the neighbours of
+        ``context_item_ids`` when given; each item lists the candidate sources that produced it."""
+        request = api.RecommendRequest.model_construct(**fields)
+        loaded = self.loaded()
+        filters = self._filters(loaded, request.filters)
+        record = self._records([request.user_id])[0]
+        recommendations = loaded.recommender.recommend(
+            _history(record),
+            n=request.n,
+            exclude_seen=request.exclude_seen,
+            filters=filters,
+            context_item_ids=request.context_item_ids,
+            user_features=record,
+        )
+        return api.RecommendResponse.model_construct(
+            user_id=request.user_id, model_version=loaded.version, items=_items(recommendations)
+        )
+
+    @bentoml.api(
+        route="/recommend/batch", input_spec=api.BatchRecommendRequest, output_spec=api.BatchRecommendResponse
+    )
+    @answers
+    async def recommend_batch(self, **fields: Any) -> api.BatchRecommendResponse | Response:
+        """Top-N items for many users in one call (e-mail and push campaigns)."""
+        request = api.BatchRecommendRequest.model_construct(**fields)
+        loaded = self.loaded()
+        filters = self._filters(loaded, request.filters)
+        records = self._records(request.user_ids)
+
+        def run() -> list[list[Recommendation]]:
+            return loaded.recommender.recommend_batch(
+                [_history(r) for r in records],
+                n=request.n,
+                exclude_seen=request.exclude_seen,
+                filters=filters,
+            )
+
+        # A big batch takes a while: run it off the event loop so single requests keep flowing.
+        results = await anyio.to_thread.run_sync(run)
+        return api.BatchRecommendResponse.model_construct(
+            model_version=loaded.version,
+            results=[
+                api.UserItems.model_construct(user_id=u, items=_items(r))
+                for u, r in zip(request.user_ids, results, strict=True)
+            ],
+        )
+
+    @bentoml.api(
+        route="/similar_items", input_spec=api.SimilarItemsRequest, output_spec=api.SimilarItemsResponse
+    )
+    @answers
+    async def similar_items(self, **fields: Any) -> api.SimilarItemsResponse | Response:
+        """Items similar to one item, by text embedding and co-occurrence. Unknown item: 404."""
+        request = api.SimilarItemsRequest.model_construct(**fields)
+        loaded = self.loaded()
+        try:
+            similar = loaded.recommender.similar_items(request.item_id, n=request.n)
+        except KeyError:
+            raise RequestError(
+                404, f"unknown item {request.item_id!r}", loc=["item_id"], kind="not_found"
+            ) from None
+        return api.SimilarItemsResponse.model_construct(
+            item_id=request.item_id, model_version=loaded.version, items=_items(similar)
+        )
+
+    @bentoml.api(route="/explain", input_spec=api.ExplainRequest, output_spec=api.ExplainResponse)
+    @answers
+    async def explain(self, **fields: Any) -> api.ExplainResponse | Response:
+        """The ranker's top contributing features for one (user, item) pair. Unknown item: 404."""
+        request = api.ExplainRequest.model_construct(**fields)
+        loaded = self.loaded()
+        if not loaded.recommender.has_item(request.item_id):
+            raise RequestError(404, f"unknown item {request.item_id!r}", loc=["item_id"], kind="not_found")
+        record = self._records([request.user_id])[0]
+        try:
+            contributions = loaded.recommender.explain(_history(record), request.item_id, top=request.top)
+        except KeyError:
+            raise RequestError(
+                404, f"unknown item {request.item_id!r}", loc=["item_id"], kind="not_found"
+            ) from None
+        return api.ExplainResponse.model_construct(
+            user_id=request.user_id,
+            item_id=request.item_id,
+            model_version=loaded.version,
+            contributions=[
+                api.Contribution.model_construct(feature=name, contribution=float(value))
+                for name, value in contributions
+            ],
+        )
+
+    @bentoml.api(route="/events", input_spec=api.EventRequest, output_spec=api.EventResponse)
+    @answers
+    async def events(self, **fields: Any) -> api.EventResponse | Response:
+        """Record one user event in the online store; the user's next ``/recommend`` reflects it."""
+        request = api.EventRequest.model_construct(**fields)
+        timestamp = int(time.time()) if request.timestamp is None else request.timestamp
+        self.store.apply_event(request.user_id, request.item_id, request.event, timestamp)
+        record = self._records([request.user_id])[0]
+        return api.EventResponse.model_construct(
+            user_id=request.user_id,
+            item_id=request.item_id,
+            event=request.event,
+            timestamp=timestamp,
+            n_events=int(record.get("n_events") or 0),
+        )
+
+
+cast(Any, Recsys).add_asgi_middleware(RequestGuard, routes=API_ROUTES)  # the decorator made it a Service
