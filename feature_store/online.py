@@ -53,6 +53,14 @@ ARROW_STATE_SCHEMA = pa.schema(
     ]
 )
 RECORD_FIELDS = [name for name in D.STATE_SCHEMA if name != S.USER_ID]
+SEP = "\x1f"  # joins seen item ids in both backends, so ids must not contain it
+
+
+def check_event(user_id: str, item_id: str, event: str | None) -> None:
+    """Reject ids the stores cannot keep faithfully, naming the field."""
+    for name, value in ((S.USER_ID, user_id), (S.ITEM_ID, item_id), (S.EVENT, event)):
+        if value is not None and (not isinstance(value, str) or not value or SEP in value):
+            raise ValueError(f"apply_event: {name}={value!r} must be a non-empty string without \\x1f")
 
 
 @runtime_checkable
@@ -183,6 +191,9 @@ def records_to_arrow(user_ids: Sequence[str], records: Sequence[dict[str, Any] |
 
 def frame_to_records(states: pl.DataFrame) -> tuple[list[str], list[dict[str, Any]]]:
     """Rows of a state frame (``STATE_SCHEMA`` columns) as ids and records."""
+    bad = states.filter(pl.col(D.SEEN).list.eval(pl.element().str.contains(SEP, literal=True)).list.any())
+    if bad.height:
+        raise ValueError(f"user {bad.item(0, S.USER_ID)!r}: an item id contains the reserved character \\x1f")
     ids = states.get_column(S.USER_ID).to_list()
     records: list[dict[str, Any]] = []
     for row in states.select(RECORD_FIELDS).iter_rows(named=True):
@@ -239,7 +250,15 @@ def features_for(
     user = C.user_features(states, config=config).drop(S.USER_ID, D.NOW)
     candidates = items[np.asarray(item_rows, dtype=np.int64)]
     pairs = candidates.select(pl.lit(0, dtype=pl.Int64).alias(C.KEY), pl.col(S.ITEM_ID))
-    pair = C.pair_features(states, pairs, items, config=config, embeddings=embeddings)
+    # user×item features read only the candidates and the user's last items: join against those
+    last = items.filter(pl.col(S.ITEM_ID).is_in(states.get_column(D.LAST_ITEMS).explode().drop_nulls()))
+    pair = C.pair_features(
+        states,
+        pairs,
+        pl.concat([candidates, last]).unique(S.ITEM_ID, keep="first"),
+        config=config,
+        embeddings=embeddings,
+    )
     item_names = [f.name for f in D.features_of(config, "item")]
     return pl.concat(
         [

@@ -3,8 +3,8 @@
 Keys, for a prefix ``p`` and version ``v``: ``p:version`` (the pointer readers follow),
 ``p:v:u:<user>`` (hash of counts, last time and price sums), ``p:v:e:<user>`` and ``p:v:c:<user>``
 (hashes of event and category counts), ``p:v:l:<user>`` (list of the last N items), ``p:v:s:<user>``
-(set of seen items), ``p:v:i:<item>`` (hash: category, price, JSON row) and ``p:events`` (the live
-event log). Reads and event updates are Lua scripts: each resolves the pointer and touches all keys
+(set of seen items), ``p:v:S:<user>`` (the same ids as one string, in first-seen order),
+``p:v:i:<item>`` (hash: category, price, JSON row) and ``p:events`` (the live event log). Reads and event updates are Lua scripts: each resolves the pointer and touches all keys
 of a user in one atomic step and one round trip, so readers never see half a snapshot or half an
 event, and concurrent events never lose updates. Single-node Redis (scripts touch keys they derive).
 """
@@ -20,14 +20,25 @@ import pyarrow as pa
 
 from feature_store import definitions as D
 from feature_store.offline import Snapshot
-from feature_store.online import empty_record, frame_to_records, online_items, records_to_arrow
+from feature_store.online import (
+    SEP,
+    check_event,
+    empty_record,
+    frame_to_records,
+    online_items,
+    records_to_arrow,
+)
 from recsys.data import schema as S
 
 DEFAULT_LAST_N = D.FeatureConfig().last_n
+# Seen items are kept twice: a set answers "is it new?" inside the update, and a string of
+# SEP-prefixed ids is what reads fetch, because one bulk string parses far faster than a long
+# multi-bulk reply (20 ms for 2,700 members with redis-py's pure-Python parser, 0.2 ms as a string).
 
 # Lua: the incremental state update, shared by apply_event and the replay inside the switch.
 _APPLY = (
-    """
+    (
+        """
 local function current(p)
   local v = redis.call('GET', p .. ':version')
   if not v then
@@ -44,7 +55,10 @@ local function apply(p, v, user, item, event, ts)
   redis.call('HSETNX', uk, 'n_items', 0)
   redis.call('HSETNX', uk, 'price_sum', 0)
   redis.call('HSETNX', uk, 'price_n', 0)
-  if redis.call('SADD', base .. ':s:' .. user, item) == 1 then redis.call('HINCRBY', uk, 'n_items', 1) end
+  if redis.call('SADD', base .. ':s:' .. user, item) == 1 then
+    redis.call('HINCRBY', uk, 'n_items', 1)
+    redis.call('APPEND', base .. ':S:' .. user, SEP .. item)
+  end
   local last = redis.call('HGET', uk, 'last_ts')
   if (not last) or tonumber(ts) > tonumber(last) then redis.call('HSET', uk, 'last_ts', ts) end
   if event ~= '' then redis.call('HINCRBY', base .. ':e:' .. user, event, 1) end
@@ -58,7 +72,10 @@ local function apply(p, v, user, item, event, ts)
   redis.call('LTRIM', base .. ':l:' .. user, -last_n, -1)
 end
 """
-).replace("DEFAULT_LAST_N", str(DEFAULT_LAST_N))
+    )
+    .replace("DEFAULT_LAST_N", str(DEFAULT_LAST_N))
+    .replace("SEP", "'\\031'")
+)
 
 _APPLY_EVENT = (
     _APPLY
@@ -103,7 +120,7 @@ for i = 2, #ARGV do
   out[#out + 1] = redis.call('HGETALL', base .. ':e:' .. u)
   out[#out + 1] = redis.call('HGETALL', base .. ':c:' .. u)
   out[#out + 1] = redis.call('LRANGE', base .. ':l:' .. u, 0, -1)
-  out[#out + 1] = redis.call('SMEMBERS', base .. ':s:' .. u)
+  out[#out + 1] = redis.call('GET', base .. ':S:' .. u) or ''
 end
 return out
 """
@@ -169,7 +186,7 @@ class RedisStore:
             record[D.EVENTS] = {k: int(v) for k, v in _pairs(events).items()}
             record[D.CATEGORIES] = {k: int(v) for k, v in _pairs(categories).items()}
             record[D.LAST_ITEMS] = [x.decode() for x in last]
-            record[D.SEEN] = [x.decode() for x in seen]  # a set: order is not kept
+            record[D.SEEN] = seen.decode().split(SEP)[1:]
             records.append(record)
         if not replies:
             records = [None] * len(ids)
@@ -185,6 +202,7 @@ class RedisStore:
         return pl.DataFrame(rows, infer_schema_length=None).to_arrow() if rows else pa.table({})
 
     def apply_event(self, user_id: str, item_id: str, event: str | None, timestamp: int) -> None:
+        check_event(user_id, item_id, event)
         self._apply_event(args=[self.prefix, str(user_id), str(item_id), event or "", int(timestamp)])
 
     def _write_users(self, version: int, states: pl.DataFrame, *, chunk: int = 1000) -> None:
@@ -200,7 +218,7 @@ class RedisStore:
             }
             if record[D.LAST_TS] is not None:
                 mapping["last_ts"] = record[D.LAST_TS]
-            for kind in ("u", "e", "c", "l", "s"):
+            for kind in ("u", "e", "c", "l", "s", "S"):
                 pipe.delete(f"{base}:{kind}:{user_id}")
             pipe.hset(f"{base}:u:{user_id}", mapping=mapping)
             if record[D.EVENTS]:
@@ -211,6 +229,7 @@ class RedisStore:
                 pipe.rpush(f"{base}:l:{user_id}", *record[D.LAST_ITEMS])
             if record[D.SEEN]:
                 pipe.sadd(f"{base}:s:{user_id}", *record[D.SEEN])
+                pipe.set(f"{base}:S:{user_id}", "".join(SEP + item for item in record[D.SEEN]))
             if n % chunk == 0:
                 pipe.execute()
         pipe.execute()

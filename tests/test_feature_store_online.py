@@ -246,3 +246,29 @@ def test_bad_urls_are_named(tmp_path: Path) -> None:
         open_store("postgres://x")
     with pytest.raises(ValueError, match="bad SQLite URL"):
         open_store("sqlite:///")
+
+
+def test_serving_a_few_candidates_equals_the_offline_rows(store: OnlineStore, tmp_path: Path) -> None:
+    items, interactions, emb = random_world(11)
+    snap = snapshot(tmp_path, 70, interactions, items)
+    store.load(snap)
+    items_mem = online_items(snap)
+    rng = np.random.default_rng(0)
+    for user in USERS:
+        rows = rng.choice(items_mem.height, size=3, replace=False)
+        served = serve_features(store, user, rows, items=items_mem, now=70, config=CONFIG, embeddings=emb)
+        wanted = pl.DataFrame(
+            {S.USER_ID: [user] * 3, S.ITEM_ID: items_mem[rows].get_column(S.ITEM_ID), "cutoff": [70] * 3}
+        )
+        offline = build_features(
+            wanted, interactions=interactions, items=items, config=CONFIG, embeddings=emb
+        )
+        assert_frames_match(served, offline, [c for c in served.columns])
+
+
+def test_ids_the_store_cannot_keep_are_refused(store: OnlineStore) -> None:
+    with pytest.raises(ValueError, match="item_id='a\\\\x1fb'"):
+        store.apply_event("u", "a\x1fb", "view", 1)
+    with pytest.raises(ValueError, match="user_id=''"):
+        store.apply_event("", "a", "view", 1)
+    assert store.get_user(["u"]).column("n_events").to_pylist() == [0]
