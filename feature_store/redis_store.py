@@ -4,9 +4,11 @@ Keys, for a prefix ``p`` and version ``v``: ``p:version`` (the pointer readers f
 ``p:v:u:<user>`` (hash of counts, last time and price sums), ``p:v:e:<user>`` and ``p:v:c:<user>``
 (hashes of event and category counts), ``p:v:l:<user>`` (list of the last N items), ``p:v:s:<user>``
 (set of seen items), ``p:v:S:<user>`` (the same ids as one string, in first-seen order),
-``p:v:i:<item>`` (hash: category, price, JSON row) and ``p:events`` (the live event log). Reads and event updates are Lua scripts: each resolves the pointer and touches all keys
-of a user in one atomic step and one round trip, so readers never see half a snapshot or half an
-event, and concurrent events never lose updates. Single-node Redis (scripts touch keys they derive).
+``p:v:i:<item>`` (hash: category, price, JSON row) and ``p:events`` (the live event log).
+
+Reads and event updates are Lua scripts: each resolves the pointer and touches all keys of a user
+in one atomic step and one round trip, so readers never see half a snapshot or half an event, and
+concurrent events never lose updates. Single-node Redis (scripts touch keys they derive).
 """
 
 from __future__ import annotations
