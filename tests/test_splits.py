@@ -158,15 +158,28 @@ def test_temporal_split_default_cutoffs_never_leak(data: Interactions) -> None:
     assert (split.validation.train.timestamps < cutoff).all()
 
 
-def test_temporal_split_with_one_window_event() -> None:
-    # regression: a single window event used to go through sparse fancy indexing and misbehave
+def test_temporal_split_small_example() -> None:
     data = Interactions.from_arrays(
-        [0, 0, 0, 1, 1], [0, 1, 2, 0, 1], n_users=2, n_items=3, timestamps=[1, 2, 3, 1, 2]
+        np.array([0, 0, 0, 1, 1]),
+        np.array([0, 1, 2, 0, 1]),
+        n_users=2,
+        n_items=3,
+        timestamps=np.array([1, 2, 3, 1, 2]),
     )
     split = temporal(data, cutoff=3)
     assert split.test.users.tolist() == [0]
     assert split.test.targets.indices.tolist() == [2]
     assert len(split.test.train) == 4
+
+
+@pytest.mark.parametrize("cutoff", [1, 4])
+def test_temporal_split_refuses_an_empty_side(cutoff: int) -> None:
+    # used to fail with an IndexError / "truth value of an array is ambiguous"
+    data = Interactions.from_arrays(
+        np.array([0, 0, 1]), np.array([0, 1, 2]), n_users=2, n_items=3, timestamps=np.array([1, 2, 3])
+    )
+    with pytest.raises(ValueError, match="temporal split: the test cutoff"):
+        temporal(data, cutoff=cutoff)
 
 
 def test_temporal_split_on_bundled_movielens() -> None:
@@ -183,6 +196,6 @@ def test_temporal_split_on_bundled_movielens() -> None:
 
 
 def test_make_split_rejects_unknown_protocol() -> None:
-    data = Interactions.from_arrays([0, 0, 0], [0, 1, 2], n_users=1, n_items=3)
+    data = Interactions.from_arrays(np.array([0, 0, 0]), np.array([0, 1, 2]), n_users=1, n_items=3)
     with pytest.raises(ValueError, match="unknown protocol"):
         make_split(data, "random")  # type: ignore[arg-type]

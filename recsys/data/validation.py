@@ -312,8 +312,8 @@ def validate_tables(
     ...     for problem in err.problems:
     ...         print(problem)  # doctest: +ELLIPSIS
     events.csv: column 'user_id': null or empty value (1 row; row 2)
-    events.csv: column 'timestamp': unparsable timestamp ... (e.g. 'soon') (1 row; row 2)
     events.csv: column 'item_id': unknown item, not in items.csv (e.g. '9') (1 row; row 2)
+    events.csv: column 'timestamp': unparsable timestamp ... (e.g. 'soon') (1 row; row 2)
     """
     problems: list[Problem] = []
     item_data, item_checks, item_usable = _check_table(
