@@ -73,6 +73,10 @@ class OnlineStore(Protocol):
         """User states (``ARROW_STATE_SCHEMA``), one row per id in order; unknown users are empty."""
         ...
 
+    def get_records(self, user_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """The same states as plain records (maps as dicts): the cheapest form for ``ServingFeatures``."""
+        ...
+
     def get_items(self, item_ids: Sequence[str]) -> pa.Table:
         """Online item rows (``online_items``) in order; unknown items are all-null but the id."""
         ...

@@ -170,6 +170,12 @@ class RedisStore:
         return None if value is None else int(value)
 
     def get_user(self, user_ids: Sequence[str]) -> pa.Table:
+        return records_to_arrow([str(u) for u in user_ids], self._records(user_ids))
+
+    def get_records(self, user_ids: Sequence[str]) -> list[dict[str, Any]]:
+        return [r if r is not None else empty_record() for r in self._records(user_ids)]
+
+    def _records(self, user_ids: Sequence[str]) -> list[dict[str, Any] | None]:
         ids = [str(u) for u in user_ids]
         replies = self._get_users(args=[self.prefix, *ids]) if ids else []
         records: list[dict[str, Any] | None] = []
@@ -192,7 +198,7 @@ class RedisStore:
             records.append(record)
         if not replies:
             records = [None] * len(ids)
-        return records_to_arrow(ids, records)
+        return records
 
     def get_items(self, item_ids: Sequence[str]) -> pa.Table:
         ids = [str(i) for i in item_ids]

@@ -27,6 +27,7 @@ from feature_store.online import (
     SEP,
     apply_to_record,
     check_event,
+    empty_record,
     frame_to_records,
     online_items,
     records_to_arrow,
@@ -138,6 +139,12 @@ class SQLiteStore:
             return version
 
     def get_user(self, user_ids: Sequence[str]) -> pa.Table:
+        return records_to_arrow([str(u) for u in user_ids], self._records(user_ids))
+
+    def get_records(self, user_ids: Sequence[str]) -> list[dict[str, Any]]:
+        return [r if r is not None else empty_record() for r in self._records(user_ids)]
+
+    def _records(self, user_ids: Sequence[str]) -> list[dict[str, Any] | None]:
         ids = [str(u) for u in user_ids]
         found: dict[str, dict[str, Any]] = {}
         with self._read() as (db, version):
@@ -148,7 +155,7 @@ class SQLiteStore:
                     f"SELECT user_id, {_COLUMNS} FROM users_v{version} WHERE user_id IN ({marks})", chunk
                 ):
                     found[row[0]] = _decode(row[1:])
-        return records_to_arrow(ids, [found.get(u) for u in ids])
+        return [found.get(u) for u in ids]
 
     def get_items(self, item_ids: Sequence[str]) -> pa.Table:
         ids = [str(i) for i in item_ids]
@@ -181,7 +188,7 @@ class SQLiteStore:
     ) -> None:
         last_n = int(self._meta(db, "last_n") or DEFAULT_LAST_N)
         row = db.execute(f"SELECT {_COLUMNS} FROM users_v{version} WHERE user_id = ?", (user_id,)).fetchone()
-        record = _decode(row) if row is not None else _empty()
+        record = _decode(row) if row is not None else empty_record()
         item = db.execute(
             f"SELECT category, price FROM items_v{version} WHERE item_id = ?", (item_id,)
         ).fetchone()
@@ -265,12 +272,6 @@ class SQLiteStore:
         if db is not None:
             db.close()
             self._local.db = None
-
-
-def _empty() -> dict[str, Any]:
-    from feature_store.online import empty_record
-
-    return empty_record()
 
 
 def _encode(record: dict[str, Any]) -> list[Any]:

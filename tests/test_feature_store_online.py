@@ -272,3 +272,41 @@ def test_ids_the_store_cannot_keep_are_refused(store: OnlineStore) -> None:
     with pytest.raises(ValueError, match="user_id=''"):
         store.apply_event("", "a", "view", 1)
     assert store.get_user(["u"]).column("n_events").to_pylist() == [0]
+
+
+def test_the_numpy_serving_path_equals_the_definitions(store: OnlineStore, tmp_path: Path) -> None:
+    from feature_store.online import features_for
+    from feature_store.serving import ServingFeatures
+
+    items, interactions, emb = random_world(12)
+    snap = snapshot(tmp_path, 50, interactions, items)
+    store.load(snap)
+    for e in interactions.filter(pl.col(S.TIMESTAMP).is_between(50, 70)).iter_rows(named=True):
+        store.apply_event(e[S.USER_ID], e[S.ITEM_ID], e[S.EVENT], e[S.TIMESTAMP])
+    items_mem = online_items(snap)
+    rows = np.random.default_rng(1).permutation(items_mem.height)[:7]
+    for embeddings in (emb, None):
+        fast = ServingFeatures(items_mem, config=CONFIG, embeddings=embeddings)
+        for user in [*USERS, "nobody"]:
+            table = store.get_user([user])
+            reference = features_for(
+                pl.DataFrame(pl.from_arrow(table)),
+                rows,
+                items=items_mem,
+                now=90,
+                config=CONFIG,
+                embeddings=embeddings,
+            )
+            got = fast(table.to_pylist()[0], rows, now=90)
+            again = fast(store.get_records([user])[0], rows, now=90)
+            for name, values in got.items():
+                if values.dtype == object:
+                    assert values.tolist() == again[name].tolist(), name
+                else:
+                    assert np.array_equal(values, again[name], equal_nan=True), name
+            assert list(got) == [c for c in reference.columns if c not in ("item_id", "user_last_items")]
+            assert_frames_match(
+                pl.DataFrame(got).cast(reference.select(list(got)).schema), reference, list(got)
+            )  # type: ignore[arg-type]
+    with pytest.raises(KeyError, match="'user_favourite_colour' has no serving fast path"):
+        ServingFeatures(items_mem, config=CONFIG, features=["user_favourite_colour"])
