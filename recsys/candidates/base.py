@@ -40,6 +40,19 @@ def check_fitted(model: object, attribute: str) -> None:
         raise NotFittedError(f"{type(model).__name__} is not fitted: call fit() first")
 
 
+def check_n(n: int) -> None:
+    """A list length must be a positive integer (``bool`` is refused)."""
+    if not isinstance(n, int | np.integer) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+
+
+def check_items(items: np.ndarray, n_items: int, name: str) -> None:
+    """Every entry of ``items`` must be an item index of the fitted catalogue ``[0, n_items)``."""
+    if len(items) and (items.min() < 0 or items.max() >= n_items):
+        bad = items[(items < 0) | (items >= n_items)][0]
+        raise ValueError(f"{name} holds item index {int(bad)} outside the catalogue [0, {n_items})")
+
+
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Row-wise top ``k`` of a (rows, n_items) score block, best first.
 

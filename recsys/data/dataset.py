@@ -57,7 +57,8 @@ class Histories:
     def to_csr(self, n_items: int) -> sp.csr_matrix:
         """Binary (batch, n_items) matrix of the items in each history."""
         data = np.ones(len(self.items), dtype=np.float32)
-        m = sp.csr_matrix((data, self.items, self.indptr), shape=(len(self), n_items))
+        # copy: sum_duplicates sorts indices in place and would otherwise rewrite self.items
+        m = sp.csr_matrix((data, self.items, self.indptr), shape=(len(self), n_items), copy=True)
         m.sum_duplicates()
         m.data[:] = 1.0
         return m

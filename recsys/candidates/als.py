@@ -1,0 +1,265 @@
+"""Implicit-feedback matrix factorisation (Hu, Koren & Volinsky 2008) via ``implicit``'s ALS.
+
+Training factorises the (user, item) matrix of event counts, optionally BM25-weighted, with
+confidence ``alpha * weight`` (implicit's convention). At recommend time every history is *folded
+in*: its user vector is the exact least-squares solution against the fixed item factors (implicit's
+``recalculate_user``), so users unknown at training time and histories that grew since both get
+fresh vectors, and offline evaluation needs no user-id bookkeeping. Scores are ``x_u . y_i``.
+
+Items never seen in training have zero factors and are never recommended; an empty history has
+no preference signal and gets no recommendations (all ``-1``): compose with ``Popularity`` for
+cold users.
+
+>>> from recsys.data.dataset import Histories, Interactions
+>>> users = [0, 0, 1, 1, 2, 2, 3, 3]
+>>> items = [0, 1, 0, 1, 2, 3, 2, 3]
+>>> data = Interactions.from_arrays(users, items, n_users=4, n_items=4)
+>>> model = ALS(ALSConfig(factors=2, iterations=10, regularization=0.01, num_threads=1)).fit(data)
+>>> model.recommend(Histories.from_lists([[0], [3]]), 1)[0].tolist()
+[[1], [2]]
+>>> model.similar_items(np.array([2]), 1)[0].tolist()
+[[3]]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Self
+
+import numpy as np
+import scipy.sparse as sp
+
+from recsys.candidates.artifact import read_folder, write_folder
+from recsys.candidates.base import BLOCK_ROWS, check_fitted, check_items, check_n, ranked, top_k
+from recsys.config import from_dict, to_dict
+from recsys.data.dataset import Histories, Interactions
+
+FORMAT = "recsys.als/1"
+
+
+@dataclass(frozen=True)
+class ALSConfig:
+    """Parameters of :class:`ALS`.
+
+    Parameters
+    ----------
+    factors
+        Latent dimensions.
+    regularization
+        L2 penalty on user and item factors.
+    alpha
+        Confidence scale: an observed (user, item) cell has confidence ``alpha * weight``.
+    iterations
+        Alternating sweeps over users and items.
+    bm25
+        Weight the count matrix with BM25 (``bm25_k1``, ``bm25_b``), down-weighting heavy users and
+        saturating repeated events, as in implicit's examples. Folded-in histories get the same weights.
+    use_cg
+        Solve training sweeps by conjugate gradient (fast) rather than Cholesky; fold-in is always exact.
+    seed
+        Seeds the factor initialisation; results are deterministic for a fixed seed.
+    num_threads
+        Threads of implicit's solver (0: all cores). BLAS is limited to one thread while fitting.
+    """
+
+    factors: int = 64
+    regularization: float = 0.01
+    alpha: float = 1.0
+    iterations: int = 15
+    bm25: bool = False
+    bm25_k1: float = 100.0
+    bm25_b: float = 0.8
+    use_cg: bool = True
+    seed: int = 0
+    num_threads: int = 0
+
+    def __post_init__(self) -> None:
+        checks = {
+            "factors": self.factors >= 1,
+            "regularization": self.regularization >= 0,
+            "alpha": self.alpha > 0,
+            "iterations": self.iterations >= 1,
+            "bm25_k1": self.bm25_k1 >= 0,
+            "bm25_b": 0 <= self.bm25_b <= 1,
+            "num_threads": self.num_threads >= 0,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"ALSConfig.{bad[0]} out of range: {getattr(self, bad[0])!r}")
+
+
+def count_matrix(histories: Histories, n_items: int) -> sp.csr_matrix:
+    """(batch, n_items) float32 event counts of each history (repeats add up)."""
+    data = np.ones(len(histories.items), dtype=np.float32)
+    # copy: sum_duplicates sorts indices in place and would otherwise rewrite histories.items
+    m = sp.csr_matrix((data, histories.items, histories.indptr), shape=(len(histories), n_items), copy=True)
+    m.sum_duplicates()
+    return m
+
+
+def bm25_weight(counts: sp.csr_matrix, length_norm: np.ndarray, *, k1: float) -> sp.csr_matrix:
+    """BM25 weights of a (users, items) count matrix, given each item's length normalisation.
+
+    Matches ``implicit.nearest_neighbours.bm25_weight`` applied to the (items, users) matrix: items
+    are the "documents" (normalised by their total count) and users the "terms" (an idf of
+    ``log(n_items) - log1p(distinct items of the user)``).
+    """
+    counts = sp.csr_matrix(counts, dtype=np.float32, copy=True)
+    n_items = counts.shape[1]
+    distinct = np.diff(counts.indptr)
+    idf = np.log(float(n_items)) - np.log1p(distinct.astype(np.float64))
+    rows = np.repeat(np.arange(counts.shape[0]), distinct)
+    x = counts.data.astype(np.float64)
+    counts.data = (x * (k1 + 1.0) / (k1 * length_norm[counts.indices] + x) * idf[rows]).astype(np.float32)
+    return counts
+
+
+def item_length_norm(counts: sp.csr_matrix, *, b: float) -> np.ndarray:
+    """(n_items,) BM25 length normalisation ``(1 - b) + b * total / mean total`` of each item."""
+    totals = np.asarray(counts.sum(axis=0), dtype=np.float64).ravel()
+    mean = totals.mean() if len(totals) and totals.mean() > 0 else 1.0
+    norm: np.ndarray = (1.0 - b) + b * totals / mean
+    return norm
+
+
+class ALS:
+    """Implicit ALS with fold-in recommendation; see the module docstring.
+
+    Attributes
+    ----------
+    item_factors_ : numpy.ndarray
+        (n_items, factors) float32 item factors.
+    length_norm_ : numpy.ndarray or None
+        (n_items,) BM25 item length normalisation from training (only with ``bm25``).
+    """
+
+    def __init__(self, config: ALSConfig | None = None) -> None:
+        self.config = config or ALSConfig()
+        self.item_factors_: np.ndarray | None = None
+        self.length_norm_: np.ndarray | None = None
+        self._solver: Any = None  # implicit model wrapping item_factors_, built on first use
+
+    def fit(self, data: Interactions) -> Self:
+        """Factorise the (optionally BM25-weighted) count matrix of ``data``."""
+        import implicit.cpu.als  # noqa: F401  (load its BLAS before limiting threads)
+        from threadpoolctl import threadpool_limits
+
+        cfg = self.config
+        counts = sp.csr_matrix(
+            (np.ones(len(data), np.float32), (data.users, data.items)),
+            shape=(data.n_users, data.n_items),
+        )
+        counts.sum_duplicates()
+        self.length_norm_ = item_length_norm(counts, b=cfg.bm25_b) if cfg.bm25 else None
+        weighted = self._weigh(counts)
+        # implicit's solver threads do the work; a multi-threaded BLAS inside them only thrashes.
+        with threadpool_limits(limits=1, user_api="blas"):
+            model = self._new_implicit()
+            model.fit(weighted, show_progress=False)
+        self.item_factors_ = np.ascontiguousarray(model.item_factors, dtype=np.float32)
+        model.user_factors = None  # fold-in recomputes users; keep only what recommend needs
+        self._solver = model
+        return self
+
+    def _new_implicit(self) -> Any:
+        from implicit.cpu.als import AlternatingLeastSquares
+
+        cfg = self.config
+        return AlternatingLeastSquares(
+            factors=cfg.factors,
+            regularization=cfg.regularization,
+            alpha=cfg.alpha,
+            iterations=cfg.iterations,
+            use_cg=cfg.use_cg,
+            num_threads=cfg.num_threads,
+            random_state=cfg.seed,
+        )
+
+    def _weigh(self, counts: sp.csr_matrix) -> sp.csr_matrix:
+        if self.length_norm_ is None:
+            return counts
+        return bm25_weight(counts, self.length_norm_, k1=self.config.bm25_k1)
+
+    @property
+    def n_items(self) -> int:
+        check_fitted(self, "item_factors_")
+        assert self.item_factors_ is not None
+        return len(self.item_factors_)
+
+    def user_factors(self, histories: Histories) -> np.ndarray:
+        """(batch, factors) least-squares user vectors of ``histories`` against the item factors."""
+        check_items(histories.items, self.n_items, "histories.items")
+        if self._solver is None:
+            import implicit.cpu.als  # noqa: F401  (load its BLAS before limiting threads)
+            from threadpoolctl import threadpool_limits
+
+            with threadpool_limits(limits=1, user_api="blas"):  # implicit checks BLAS on construction
+                self._solver = self._new_implicit()
+            self._solver.item_factors = self.item_factors_
+        weighted = self._weigh(count_matrix(histories, self.n_items))
+        factors: np.ndarray = self._solver.recalculate_user(np.arange(len(histories)), weighted)
+        return factors.reshape(len(histories), -1)
+
+    def _score_block(self, block: Histories) -> np.ndarray:
+        assert self.item_factors_ is not None
+        scores: np.ndarray = self.user_factors(block) @ self.item_factors_.T  # (block, n_items)
+        scores[:, ~self._trained_items()] = -np.inf
+        scores[block.lengths() == 0] = -np.inf
+        return scores
+
+    def _trained_items(self) -> np.ndarray:
+        assert self.item_factors_ is not None
+        trained: np.ndarray = np.any(self.item_factors_ != 0, axis=1)
+        return trained
+
+    def recommend(self, histories: Histories, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``n`` items per folded-in history, excluding its items: ``(ids, scores)``, (batch, n)."""
+        check_n(n)
+        check_items(histories.items, self.n_items, "histories.items")
+        return ranked(self._score_block, histories, n, self.n_items)
+
+    def similar_items(self, items: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``n`` items with the highest cosine between item factors (never the item itself)."""
+        check_n(n)
+        items = np.asarray(items, dtype=np.int64).ravel()
+        check_items(items, self.n_items, "items")
+        assert self.item_factors_ is not None
+        norms = np.linalg.norm(self.item_factors_, axis=1)
+        unit = self.item_factors_ / np.where(norms > 0, norms, 1.0)[:, None]
+        trained = norms > 0
+        ids = np.full((len(items), n), -1, np.int32)
+        scores = np.full((len(items), n), -np.inf, np.float32)
+        for start in range(0, len(items), BLOCK_ROWS):
+            query = items[start : start + BLOCK_ROWS]
+            cos = unit[query] @ unit.T  # (block, n_items)
+            cos[:, ~trained] = -np.inf
+            cos[np.arange(len(query)), query] = -np.inf
+            cos[~trained[query]] = -np.inf  # an untrained item has no direction
+            ids[start : start + len(query)], scores[start : start + len(query)] = top_k(cos, n)
+        return ids, scores
+
+    def save(self, path: Path) -> None:
+        """Write ``config.json``, ``item_factors.npy`` (and ``length_norm.npy``) into ``path``."""
+        check_fitted(self, "item_factors_")
+        assert self.item_factors_ is not None
+        arrays = {"item_factors": self.item_factors_}
+        if self.length_norm_ is not None:
+            arrays["length_norm"] = self.length_norm_
+        meta = {"format": FORMAT, "n_items": self.n_items, "config": to_dict(self.config)}
+        write_folder(path, meta, arrays)
+
+    @classmethod
+    def load(cls, path: Path) -> ALS:
+        """Read a folder written by :meth:`save`."""
+        meta, _ = read_folder(path, FORMAT, ())
+        config = from_dict(ALSConfig, meta["config"], where=f"{Path(path) / 'config.json'}:config")
+        names = ("item_factors", "length_norm") if config.bm25 else ("item_factors",)
+        _, arrays = read_folder(path, FORMAT, names)
+        model = cls(config)
+        n = int(meta["n_items"])
+        if arrays["item_factors"].shape != (n, config.factors):
+            raise ValueError(f"{path}: item_factors.npy is not ({n}, {config.factors})")
+        model.item_factors_ = arrays["item_factors"].astype(np.float32)
+        model.length_norm_ = arrays.get("length_norm")
+        return model

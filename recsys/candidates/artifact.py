@@ -1,0 +1,55 @@
+"""Model folders without pickle: ``config.json`` (format tag, config, sizes) beside ``.npy`` arrays.
+
+Folders are written atomically (a crash leaves the previous version) and read with
+``allow_pickle=False``; a wrong format tag or a missing array is an error naming the file.
+
+>>> import tempfile
+>>> folder = Path(tempfile.mkdtemp()) / "model"
+>>> write_folder(folder, {"format": "demo/1", "n_items": 2}, {"scores": np.array([0.5, 1.0])})
+>>> meta, arrays = read_folder(folder, "demo/1", ("scores",))
+>>> meta["n_items"], arrays["scores"].tolist()
+(2, [0.5, 1.0])
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recsys.data.io import atomic_path
+
+
+def write_folder(path: str | Path, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+    """Write ``meta`` as ``config.json`` and each array as ``NAME.npy`` into the folder ``path``."""
+    with atomic_path(path) as tmp:
+        tmp.mkdir()
+        (tmp / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+        for name, array in arrays.items():
+            np.save(tmp / f"{name}.npy", np.ascontiguousarray(array), allow_pickle=False)
+
+
+def read_folder(
+    path: str | Path, fmt: str, names: Sequence[str]
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Read a folder written by :func:`write_folder`, checking its format tag and arrays."""
+    path = Path(path)
+    meta_path = path / "config.json"
+    try:
+        meta: dict[str, Any] = json.loads(meta_path.read_text())
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{meta_path}: not a saved model folder (config.json missing)") from exc
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{meta_path}: invalid JSON: {exc}") from exc
+    if meta.get("format") != fmt:
+        raise ValueError(f"{meta_path}: format {meta.get('format')!r} is not {fmt!r}")
+    arrays = {}
+    for name in names:
+        file = path / f"{name}.npy"
+        if not file.is_file():
+            raise FileNotFoundError(f"{file}: array missing from the saved model")
+        arrays[name] = np.load(file, allow_pickle=False)
+    return meta, arrays
