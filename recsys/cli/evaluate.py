@@ -1,0 +1,222 @@
+"""``recsys evaluate``: tune and test candidate generators with full ranking over all items.
+
+::
+
+    recsys evaluate --items ITEMS --interactions EVENTS --protocol leave-last-out|temporal \\
+        --k 10,50 --models popularity,als,itemknn --json OUT
+
+For each model: every configuration of its grid is fitted on the validation task's training data
+and scored on the validation targets; the one with the best NDCG@10 is refitted on the test task's
+training data and scored on the test targets (a one-configuration grid skips validation). Lists
+rank the whole catalogue and never contain an item of the user's input history.
+
+The JSON written to ``--json`` (atomically) is a stable interface that scripts rely on::
+
+    {"protocol": "leave-last-out",
+     "dataset": {"users": .., "items": .., "interactions": ..},
+     "models": {"als": {"recall@10": .., "ndcg@10": .., ...}, ...},   # flat numeric test metrics
+     "details": {"als": {"params": {..}, "validation": [..], "fit_seconds": .., ...}, ...},
+     "split": {...}, "k": [10, 50], "seed": 0}
+
+Adding a model: add one entry to ``MODELS`` in :mod:`recsys.evaluation.models` (its docstring shows
+how); ``--models NAME`` then works here with no change to this module.
+
+Exit codes: 0 success; 2 invalid data (a problem table is printed) or an invalid option (unknown
+model, bad ``--k``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from recsys.cli._errors import data_errors
+from recsys.cli.app import app
+
+if TYPE_CHECKING:
+    from recsys.evaluation.protocol import ModelResult
+
+EXIT_BAD_OPTION = 2
+TABLE_METRICS = ("recall", "ndcg", "hitrate", "mrr", "map", "precision", "coverage", "novelty", "ild")
+
+
+def _parse_ks(text: str) -> list[int]:
+    try:
+        ks = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise typer.BadParameter(
+            f"--k must be a comma-separated list of positive integers, got {text!r}"
+        ) from None
+    if not ks or ks[0] < 1:
+        raise typer.BadParameter(f"--k must be a comma-separated list of positive integers, got {text!r}")
+    return ks
+
+
+def _fail(message: str) -> typer.Exit:
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[bold red]Error:[/] {message}", highlight=False)
+    return typer.Exit(EXIT_BAD_OPTION)
+
+
+@app.command()
+def evaluate(
+    items: Annotated[Path, typer.Option("--items", help="Items table (Parquet, CSV or JSON lines).")],
+    interactions: Annotated[Path, typer.Option("--interactions", help="Interactions table.")],
+    protocol: Annotated[
+        str, typer.Option("--protocol", help="leave-last-out (last event per user) or temporal (time cut).")
+    ] = "leave-last-out",
+    k: Annotated[str, typer.Option("--k", help="Cut-offs, comma-separated.")] = "10,50",
+    models: Annotated[
+        str, typer.Option("--models", help="Models, comma-separated (see recsys.evaluation.models).")
+    ] = "popularity,als,itemknn",
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write results as JSON here.")] = None,
+    test_fraction: Annotated[
+        float, typer.Option("--test-fraction", help="temporal: share of the latest events held out for test.")
+    ] = 0.1,
+    validation_fraction: Annotated[
+        float, typer.Option("--validation-fraction", help="temporal: share held out for validation.")
+    ] = 0.1,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of every model's initialisation.")] = 0,
+    threads: Annotated[int, typer.Option("--threads", help="Solver threads per model (0: all cores).")] = 0,
+    item_embeddings: Annotated[
+        Path | None,
+        typer.Option(
+            "--item-embeddings",
+            help=".npy (n_items, dim) in items-table order: adds intra-list diversity (ild@k).",
+        ),
+    ] = None,
+) -> None:
+    """Tune on validation, report test metrics of each model (full ranking, history excluded)."""
+    import numpy as np
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from recsys.data.loading import load_dataset
+    from recsys.data.splits import make_split
+    from recsys.evaluation.metrics import intra_list_diversity
+    from recsys.evaluation.models import MODELS, EvalContext, resolve
+    from recsys.evaluation.protocol import tune_and_test
+
+    ks = _parse_ks(k)
+    try:
+        names = resolve([m.strip() for m in models.split(",") if m.strip()])
+    except KeyError as exc:
+        raise _fail(str(exc.args[0])) from None
+    if protocol not in ("leave-last-out", "temporal"):
+        raise _fail(f"unknown --protocol {protocol!r} (use leave-last-out or temporal)")
+
+    with data_errors():
+        dataset = load_dataset(items, interactions)
+    embeddings = None
+    if item_embeddings is not None:
+        try:
+            embeddings = np.load(item_embeddings, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise _fail(f"{item_embeddings}: cannot read as .npy: {exc}") from None
+        if embeddings.ndim != 2 or embeddings.shape[0] != dataset.n_items:
+            raise _fail(
+                f"{item_embeddings}: shape {embeddings.shape} is not (n_items={dataset.n_items}, dim)"
+            )
+    data = dataset.to_interactions()
+    options: dict[str, Any] = {}
+    if protocol == "temporal":
+        options = {"test_fraction": test_fraction, "validation_fraction": validation_fraction}
+    try:
+        split = make_split(data, protocol, **options)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+
+    console = Console(stderr=True)
+    ctx = EvalContext(dataset=dataset, seed=seed, num_threads=threads, item_embeddings=embeddings)
+    results: dict[str, ModelResult] = {}
+    with Progress(console=console, transient=True) as progress:
+        overall = progress.add_task("models", total=len(names))
+        for name in names:
+            spec = MODELS[name]
+            grid = list(spec.grid(ctx))
+            results[name] = tune_and_test(
+                lambda config, spec=spec: spec.build(ctx, config),  # type: ignore[misc]
+                grid,
+                split,
+                ks=ks,
+                progress=progress,
+                label=name,
+            )
+            progress.advance(overall)
+            console.print(f"{name}: done ({len(grid)} configuration(s))", highlight=False)
+
+    # Diversity last: a builder (e.g. a text model) may have provided embeddings meanwhile.
+    if ctx.item_embeddings is not None:
+        for result in results.values():
+            for cut in ks:
+                result.metrics[f"ild@{cut}"] = intra_list_diversity(
+                    result.recommended, ctx.item_embeddings, k=cut
+                )
+
+    report = {
+        "protocol": protocol,
+        "dataset": dataset.summary(),
+        "models": {name: result.metrics for name, result in results.items()},
+        "details": {name: result.details() for name, result in results.items()},
+        "split": {
+            "validation_users": len(split.validation.users),
+            "test_users": len(split.test.users),
+            "test_targets": int(split.test.targets.nnz),
+            "train_interactions": len(split.test.train),
+            **options,
+        },
+        "k": ks,
+        "seed": seed,
+    }
+    _print_table(report, ks)
+    if json_out is not None:
+        from recsys.data.io import atomic_path
+
+        with atomic_path(json_out) as tmp:
+            tmp.write_text(json.dumps(_finite(report), indent=2) + "\n")
+        Console().print(f"wrote {json_out}", highlight=False)
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN: undefined metrics (e.g. no list with two items for ild) become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(v) for key, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _print_table(report: dict[str, Any], ks: list[int]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    ds = report["dataset"]
+    table = Table(
+        title=(
+            f"{report['protocol']}: {ds['users']:,} users, {ds['items']:,} items, "
+            f"{ds['interactions']:,} interactions; {report['split']['test_users']:,} test users"
+        ),
+        title_justify="left",
+    )
+    table.add_column("model")
+    table.add_column("k", justify="right")
+    metrics = [m for m in TABLE_METRICS if any(f"{m}@{ks[0]}" in r for r in report["models"].values())]
+    for metric in metrics:
+        table.add_column(metric, justify="right")
+    for name, values in report["models"].items():
+        for cut in ks:
+            table.add_row(name, str(cut), *(_cell(values.get(f"{metric}@{cut}")) for metric in metrics))
+    Console(width=max(100, Console().width)).print(table)
+
+
+def _cell(value: float | None) -> str:
+    if value is None or not math.isfinite(value):
+        return "-"
+    return f"{value:.4f}"

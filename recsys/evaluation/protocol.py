@@ -1,0 +1,168 @@
+"""The offline evaluation protocol: fit, rank all items, score against held-out targets; tune, then test.
+
+``evaluate_task`` fits a generator on ``task.train``, ranks the full catalogue for each evaluated
+user's training history (history items excluded, by the generator contract) and computes every
+metric against ``task.targets``. ``tune_and_test`` picks the grid entry with the best validation
+NDCG@10 (each fitted on ``split.validation.train``), refits it on ``split.test.train`` and reports
+test metrics; a one-entry grid skips validation. Nothing about the test targets reaches a model.
+
+>>> from recsys.candidates.popularity import Popularity, PopularityConfig
+>>> from recsys.data.dataset import Interactions
+>>> from recsys.data.splits import leave_last_out
+>>> data = Interactions.from_arrays(
+...     [0, 0, 0, 1, 1, 1, 2, 2, 2], [0, 1, 2, 0, 1, 2, 1, 0, 2], n_users=3, n_items=4
+... )
+>>> grid = [PopularityConfig(), PopularityConfig(half_life=1.0)]
+>>> result = tune_and_test(Popularity, grid, leave_last_out(data), ks=[2])
+>>> result.metrics["hitrate@2"]  # two items are left to rank for each user: the target is one
+1.0
+>>> result.params, len(result.validation)
+({'half_life': None, 'use_weights': False}, 2)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
+
+from recsys.candidates.base import CandidateGenerator
+from recsys.data.splits import EvalTask, Split
+from recsys.evaluation.metrics import ranking_metrics, self_information
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+C = TypeVar("C")
+
+SELECTION_METRIC = "ndcg@10"
+RECOMMEND_CHUNK = 8192  # users per recommend() call: bounds memory and paces the progress bar
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """Metrics of one fitted generator on one task, and the (users, max k) lists it produced."""
+
+    metrics: dict[str, float]
+    recommended: np.ndarray  # (n_eval, max(ks)) int32, -1 padded
+    fit_seconds: float
+    recommend_seconds: float
+
+
+@dataclass(frozen=True)
+class ModelResult:
+    """Test metrics of the chosen configuration, with what led to choosing it."""
+
+    metrics: dict[str, float]
+    params: dict[str, Any]
+    recommended: np.ndarray  # test lists, (n_test_users, max(ks))
+    fit_seconds: float
+    recommend_seconds: float
+    validation: list[dict[str, Any]] = field(default_factory=list)  # [{"params", metric: value}]
+
+    def details(self) -> dict[str, Any]:
+        """JSON-ready description: chosen params, validation results and timings."""
+        return {
+            "params": self.params,
+            "selection_metric": SELECTION_METRIC,
+            "validation": self.validation,
+            "fit_seconds": round(self.fit_seconds, 3),
+            "recommend_seconds": round(self.recommend_seconds, 3),
+        }
+
+
+def evaluate_task(
+    model: CandidateGenerator,
+    task: EvalTask,
+    *,
+    ks: Sequence[int],
+    progress: Progress | None = None,
+    label: str = "",
+) -> TaskResult:
+    """Fit ``model`` on ``task.train`` and score its full-catalogue top-``max(ks)`` lists."""
+    if not len(task.users):
+        raise ValueError(f"the {task.name} task has no evaluated users: nothing to score")
+    n = max(ks)
+    start = time.perf_counter()
+    model.fit(task.train)
+    fit_seconds = time.perf_counter() - start
+
+    start = time.perf_counter()
+    recommended = np.full((len(task.users), n), -1, dtype=np.int32)
+    bar = progress.add_task(f"{label} recommend", total=len(task.users)) if progress else None
+    for lo in range(0, len(task.users), RECOMMEND_CHUNK):
+        users = task.users[lo : lo + RECOMMEND_CHUNK]
+        ids, _ = model.recommend(task.train.histories(users), n)
+        recommended[lo : lo + len(users)] = ids
+        if progress is not None and bar is not None:
+            progress.advance(bar, len(users))
+    if progress is not None and bar is not None:
+        progress.remove_task(bar)
+    recommend_seconds = time.perf_counter() - start
+
+    matrix = task.train.matrix
+    item_users = np.bincount(matrix.indices, minlength=task.train.n_items)  # distinct users per item
+    n_train_users = int((np.diff(matrix.indptr) > 0).sum())
+    metrics = ranking_metrics(
+        recommended, task.targets, ks=ks, information=self_information(item_users, n_train_users)
+    )
+    return TaskResult(metrics, recommended, fit_seconds, recommend_seconds)
+
+
+def _params(config: Any) -> dict[str, Any]:
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        return dataclasses.asdict(config)
+    return {"config": repr(config)}
+
+
+def tune_and_test(
+    build: Callable[[C], CandidateGenerator],
+    grid: Sequence[C],
+    split: Split,
+    *,
+    ks: Sequence[int],
+    progress: Progress | None = None,
+    label: str = "",
+) -> ModelResult:
+    """Choose the grid entry with the best validation NDCG@10, refit it on the test task's data.
+
+    ``build(config)`` must return a fresh, unfitted generator. Validation always also computes
+    NDCG@10 (the selection metric), whatever ``ks`` asks for. A NaN score never wins.
+    """
+    if not grid:
+        raise ValueError(f"{label or 'model'}: empty parameter grid")
+    validation: list[dict[str, Any]] = []
+    best = grid[0]
+    if len(grid) > 1:
+        val_ks = sorted({*ks, 10})
+        bar = progress.add_task(f"{label} validation grid", total=len(grid)) if progress else None
+        best_score = -math.inf
+        for config in grid:
+            result = evaluate_task(build(config), split.validation, ks=val_ks, progress=progress, label=label)
+            score = result.metrics[SELECTION_METRIC]
+            validation.append(
+                {
+                    "params": _params(config),
+                    **{k: v for k, v in result.metrics.items() if k.startswith(("ndcg@", "recall@"))},
+                }
+            )
+            if score > best_score:  # strict: the first of equal configurations wins
+                best, best_score = config, score
+            if progress is not None and bar is not None:
+                progress.advance(bar)
+        if progress is not None and bar is not None:
+            progress.remove_task(bar)
+    test = evaluate_task(build(best), split.test, ks=ks, progress=progress, label=label)
+    return ModelResult(
+        metrics=test.metrics,
+        params=_params(best),
+        recommended=test.recommended,
+        fit_seconds=test.fit_seconds,
+        recommend_seconds=test.recommend_seconds,
+        validation=validation,
+    )

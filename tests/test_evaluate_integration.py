@@ -1,0 +1,128 @@
+"""End to end: the Amazon adapter and the evaluation protocol on the shared data; the CLI's JSON shape."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from recsys.candidates.als import ALS, ALSConfig
+from recsys.candidates.popularity import Popularity, PopularityConfig
+from recsys.cli import app
+from recsys.data import schema as S
+from recsys.data.loading import convert, load_dataset
+from recsys.data.splits import leave_last_out
+from recsys.evaluation.protocol import tune_and_test
+
+
+@pytest.mark.slow
+def test_als_beats_popularity_on_amazon(amazon_dir: Path, tmp_path: Path) -> None:
+    items, interactions = convert("amazon", amazon_dir, tmp_path / "amazon")
+    dataset = load_dataset(items, interactions)
+    assert dataset.summary() == {"users": 8317, "items": 4344, "interactions": 58492}
+    split = leave_last_out(dataset.to_interactions())
+    assert len(split.test.users) == 8317  # every user has at least 5 events
+
+    popularity = tune_and_test(Popularity, [PopularityConfig()], split, ks=[10])
+    # The peers' popularity on this exact copy and split: R@10 0.0261, N@10 0.0172.
+    assert popularity.metrics["recall@10"] == pytest.approx(0.0261, abs=5e-4)
+    assert popularity.metrics["ndcg@10"] == pytest.approx(0.0172, abs=5e-4)
+
+    config = ALSConfig(factors=64, regularization=0.01, alpha=40.0, iterations=10, num_threads=2)
+    als = tune_and_test(ALS, [config], split, ks=[10])
+    assert als.metrics["ndcg@10"] > popularity.metrics["ndcg@10"]
+    assert als.metrics["ndcg@10"] > 0.05, als.metrics  # measured about 0.07: far below means broken
+    recommended = als.recommended
+    history = split.test.train.histories(split.test.users).to_csr(dataset.n_items)
+    rows = np.repeat(np.arange(len(recommended)), recommended.shape[1])
+    flat = recommended.ravel()
+    assert not np.asarray(history[rows[flat >= 0], flat[flat >= 0]]).any(), "a history item was recommended"
+
+
+# --- the CLI on a small synthetic dataset ---------------------------------------------------------
+
+
+def _write_small(folder: Path, *, n_users: int = 80, n_items: int = 30, seed: int = 0) -> tuple[Path, Path]:
+    """Two communities of users and items, Unix timestamps, 6-9 events per user."""
+    rng = np.random.default_rng(seed)
+    users, items, stamps = [], [], []
+    for user in range(n_users):
+        pool = np.arange(n_items // 2) + (0 if user % 2 else n_items // 2)
+        chosen = rng.choice(pool, size=int(rng.integers(6, 10)), replace=False)
+        start = 1_500_000_000 + int(rng.integers(0, 10**6))
+        users += [f"u{user}"] * len(chosen)
+        items += [f"i{i}" for i in chosen]
+        stamps += sorted((start + rng.integers(0, 10**7, len(chosen))).tolist())
+    folder.mkdir(parents=True, exist_ok=True)
+    item_path, event_path = folder / "items.parquet", folder / "interactions.parquet"
+    pl.DataFrame(
+        {S.ITEM_ID: [f"i{i}" for i in range(n_items)], S.TITLE: [f"item {i}" for i in range(n_items)]}
+    ).write_parquet(item_path)
+    pl.DataFrame(
+        {S.USER_ID: users, S.ITEM_ID: items, S.TIMESTAMP: stamps}, schema_overrides={S.TIMESTAMP: pl.Int64}
+    ).write_parquet(event_path)
+    return item_path, event_path
+
+
+@pytest.mark.parametrize("protocol", ["leave-last-out", "temporal"])
+def test_cli_writes_the_stable_json_shape(tmp_path: Path, protocol: str) -> None:
+    item_path, event_path = _write_small(tmp_path / "data")
+    out = tmp_path / "out" / "eval.json"
+    emb = tmp_path / "emb.npy"
+    np.save(emb, np.random.default_rng(0).normal(size=(30, 4)).astype(np.float32))
+    result = CliRunner().invoke(
+        app,
+        [
+            "evaluate", "--items", str(item_path), "--interactions", str(event_path),
+            "--protocol", protocol, "--k", "5,10", "--models", "popularity,itemknn,als",
+            "--json", str(out), "--threads", "1", "--item-embeddings", str(emb),
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["protocol"] == protocol
+    assert report["dataset"] == {"users": 80, "items": 30, "interactions": report["dataset"]["interactions"]}
+    assert list(report["models"]) == ["popularity", "itemknn", "als"]
+    for name, metrics in report["models"].items():
+        expected = {
+            f"{m}@{k}"
+            for m in ("recall", "ndcg", "hitrate", "mrr", "map", "precision", "coverage", "novelty", "ild")
+            for k in (5, 10)
+        }
+        assert set(metrics) == expected, name
+        assert all(isinstance(v, float) for v in metrics.values()), name  # flat numbers only
+    assert set(report["details"]) == set(report["models"])
+    assert report["details"]["als"]["params"]["factors"] in (64, 128)
+    assert len(report["details"]["als"]["validation"]) == 8
+    if protocol == "temporal":  # clock time: popularity tries half-lives
+        assert len(report["details"]["popularity"]["validation"]) == 4
+    # two disjoint communities: the personalised models must beat popularity
+    assert report["models"]["itemknn"]["ndcg@10"] > report["models"]["popularity"]["ndcg@10"]
+    assert "itemknn" in result.output and "recall" in result.output
+
+
+def test_cli_errors_exit_2_and_write_nothing(tmp_path: Path) -> None:
+    item_path, event_path = _write_small(tmp_path / "data")
+    out = tmp_path / "eval.json"
+    runner = CliRunner()
+    base = ["evaluate", "--items", str(item_path), "--interactions", str(event_path), "--json", str(out)]
+
+    unknown = runner.invoke(app, [*base, "--models", "popularity,nope"])
+    assert unknown.exit_code == 2 and "unknown model 'nope'" in unknown.output
+    bad_k = runner.invoke(app, [*base, "--k", "10,x"])
+    assert bad_k.exit_code == 2 and "--k" in bad_k.output
+    bad_protocol = runner.invoke(app, [*base, "--protocol", "random"])
+    assert bad_protocol.exit_code == 2 and "protocol" in bad_protocol.output
+    missing = runner.invoke(
+        app, ["evaluate", "--items", str(tmp_path / "nope.parquet"), "--interactions", str(event_path)]
+    )
+    assert missing.exit_code == 2 and "nope.parquet" in missing.output
+    bad_rows = tmp_path / "bad.csv"
+    bad_rows.write_text("user_id,item_id,timestamp\nu1,i1,not-a-time\n")
+    invalid = runner.invoke(app, ["evaluate", "--items", str(item_path), "--interactions", str(bad_rows)])
+    assert invalid.exit_code == 2 and "timestamp" in invalid.output
+    assert not out.exists()
