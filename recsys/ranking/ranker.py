@@ -25,12 +25,12 @@ class RankerConfig:
     min_data_in_leaf: int = 50
     feature_fraction: float = 0.9
     lambdarank_truncation_level: int = 20
-    max_rounds: int = 600
-    early_stopping_rounds: int = 40
+    max_rounds: int = 400
+    early_stopping_rounds: int = 30
     eval_at: int = 10
     valid_fraction: float = 0.15  # share of user groups held out for early stopping
     # a small search over (num_leaves, learning_rate); the best by held-out NDCG@eval_at wins
-    search: tuple[tuple[int, float], ...] = ((15, 0.05), (31, 0.05), (63, 0.03))
+    search: tuple[tuple[int, float], ...] = ((31, 0.1), (63, 0.05))
     num_threads: int = 2
     seed: int = 0
 

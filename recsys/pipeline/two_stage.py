@@ -1,0 +1,406 @@
+"""The two-stage recommender: several retrievers propose candidates, LightGBM LambdaRank orders them.
+
+``fit(data)`` is a pure function of the training interactions:
+
+1. An inner split of ``data`` holds out labels: each user's last event (leave-last-out) or the events
+   after a time cutoff (temporal). Generators are fitted on what remains, so candidates and
+   features never see the labels.
+2. Each labelled user's candidates are blended from all sources, featurised (retriever evidence plus
+   the feature store's user, item and user×item features as of the end of the inner data) and
+   labelled 1 where the candidate is a held-out item. Users whose label is not among their
+   candidates are dropped (and counted): they carry no ranking signal.
+3. The ranker is fitted on those groups; then every generator is refitted on all of ``data``, and
+   item features are recomputed as of its end, for answering.
+
+``recommend(histories, n)`` follows the same path at answer time. The candidate-source ablations
+(``sources``) and the optional MMR diversity re-rank are part of the config.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal, Self
+
+import numpy as np
+import polars as pl
+
+from feature_store.definitions import FeatureConfig
+from recsys.candidates.als import ALSConfig
+from recsys.candidates.base import CandidateGenerator, check_fitted, check_n
+from recsys.candidates.blend import Candidates, blend
+from recsys.candidates.cooccurrence import CoOccurrenceConfig
+from recsys.candidates.itemknn import ItemKNNConfig
+from recsys.candidates.popularity import PopularityConfig
+from recsys.candidates.text import TextRetrieverConfig
+from recsys.config import from_dict, to_dict
+from recsys.data import schema as S
+from recsys.data.dataset import Histories, Interactions
+from recsys.data.io import atomic_path
+from recsys.data.splits import EvalTask, make_split
+from recsys.ranking import features as F
+from recsys.ranking.diversity import mmr
+from recsys.ranking.ranker import LambdaRanker, RankerConfig
+
+FORMAT = "recsys.two_stage/1"
+SOURCES = ("als", "itemknn", "cooccurrence", "text", "sequential", "popularity")
+
+
+@dataclass(frozen=True)
+class SequentialSourceConfig:
+    hidden: int = 64
+    layers: int = 2
+    max_len: int = 50
+    max_epochs: int = 200
+    patience: int = 5
+    time_budget_s: float = 600.0
+    text_init: bool = True
+
+
+@dataclass(frozen=True)
+class CandidatesConfig:
+    """Which sources propose candidates, how many each, and how many survive the blend."""
+
+    sources: tuple[str, ...] = SOURCES
+    per_source: int = 100
+    total: int = 200
+    als: ALSConfig = field(default_factory=lambda: ALSConfig(factors=128, regularization=0.01, alpha=40.0))
+    itemknn: ItemKNNConfig = field(default_factory=ItemKNNConfig)
+    cooccurrence: CoOccurrenceConfig = field(default_factory=CoOccurrenceConfig)
+    text: TextRetrieverConfig = field(default_factory=TextRetrieverConfig)
+    sequential: SequentialSourceConfig = field(default_factory=SequentialSourceConfig)
+    popularity: PopularityConfig = field(default_factory=PopularityConfig)
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.sources) - set(SOURCES))
+        if unknown:
+            raise ValueError(f"unknown candidate source {unknown[0]!r} (known: {', '.join(SOURCES)})")
+        if not self.sources:
+            raise ValueError("at least one candidate source is needed")
+        if self.per_source < 1 or self.total < 1:
+            raise ValueError("per_source and total must be >= 1")
+
+
+@dataclass(frozen=True)
+class TwoStageConfig:
+    candidates: CandidatesConfig = field(default_factory=CandidatesConfig)
+    ranker: RankerConfig = field(default_factory=RankerConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    # "auto": Unix seconds when timestamps look like them, else an order index ("steps")
+    time_unit: Literal["auto", "seconds", "steps"] = "auto"
+    label_protocol: Literal["leave-last-out", "temporal"] = "leave-last-out"
+    label_fraction: float = 0.1  # temporal labels: the last share of events
+    text_features: bool = True  # the text-embedding user×item feature (ablation: False)
+    train_negatives: int = 50  # negatives sampled per training group (all positives are kept)
+    diversity: float = 0.0  # MMR lambda on item embeddings; 0 = off
+
+
+def generator_class(name: str) -> type[CandidateGenerator]:
+    """The generator class of a source name (imported lazily: some sources pull in heavy libraries)."""
+    if name == "als":
+        from recsys.candidates.als import ALS
+
+        return ALS
+    if name == "itemknn":
+        from recsys.candidates.itemknn import ItemKNN
+
+        return ItemKNN
+    if name == "cooccurrence":
+        from recsys.candidates.cooccurrence import CoOccurrence
+
+        return CoOccurrence
+    if name == "popularity":
+        from recsys.candidates.popularity import Popularity
+
+        return Popularity
+    if name == "text":
+        from recsys.candidates.text import TextRetriever
+
+        return TextRetriever
+    if name == "sequential":
+        from recsys.candidates.sequential import SequentialRecommender
+
+        return SequentialRecommender
+    raise ValueError(f"unknown candidate source {name!r} (known: {', '.join(SOURCES)})")
+
+
+def _sequential_config(s: SequentialSourceConfig) -> Any:
+    from recsys.candidates.sequential import SequentialConfig
+
+    return SequentialConfig(
+        hidden=s.hidden,
+        layers=s.layers,
+        max_len=s.max_len,
+        max_epochs=s.max_epochs,
+        patience=s.patience,
+        time_budget_s=s.time_budget_s,
+        use_text=s.text_init,
+    )
+
+
+def _time_unit(config: TwoStageConfig, data: Interactions) -> Literal["seconds", "steps"]:
+    if config.time_unit != "auto":
+        return config.time_unit
+    # Unix seconds after 1990 are > 6e8; an order index is a small integer
+    return "seconds" if len(data) and data.timestamps.max() > 600_000_000 else "steps"
+
+
+class TwoStage:
+    """Multi-source retrieval + LambdaRank; see the module docstring.
+
+    Parameters
+    ----------
+    config
+        What to fit.
+    items
+        The validated items table; item index ``i`` is row ``i``.
+    item_embeddings
+        (n_items, dim) L2-normalised text embeddings, row order of ``items`` (needed by the ``text``
+        source, the sequential model's text initialisation and the embedding features).
+    """
+
+    def __init__(
+        self, config: TwoStageConfig, *, items: pl.DataFrame, item_embeddings: np.ndarray | None = None
+    ) -> None:
+        self.config = config
+        self.items = items
+        self.item_embeddings = item_embeddings
+        self.generators_: dict[str, CandidateGenerator] | None = None
+        self.ranker_: LambdaRanker | None = None
+        self.snapshot_: F.ItemSnapshot | None = None
+        self.feature_names_: list[str] | None = None
+        self.report_: dict[str, Any] | None = None
+
+    # --- fitting -----------------------------------------------------------------------------------
+    def _new_generator(self, name: str) -> CandidateGenerator:
+        c = self.config.candidates
+        cls = generator_class(name)
+        if name in ("text", "sequential"):
+            if self.item_embeddings is None:
+                raise ValueError(f"candidate source {name!r} needs item embeddings")
+            if name == "text":
+                return cls(c.text, item_embeddings=self.item_embeddings)  # type: ignore[call-arg]
+            s = c.sequential
+            config = _sequential_config(s)
+            return cls(config, item_embeddings=self.item_embeddings)  # type: ignore[call-arg]
+        return cls(getattr(c, name))  # type: ignore[call-arg]
+
+    def _fit_generators(self, data: Interactions, timings: dict[str, float]) -> dict[str, CandidateGenerator]:
+        fitted = {}
+        for name in self.config.candidates.sources:
+            start = time.perf_counter()
+            fitted[name] = self._new_generator(name).fit(data)
+            timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+        return fitted
+
+    def _events(self, data: Interactions) -> pl.DataFrame:
+        item_ids = self.items.get_column(S.ITEM_ID).to_numpy()
+        return pl.DataFrame(
+            {
+                S.USER_ID: data.users.astype(str),
+                S.ITEM_ID: item_ids[data.items].astype(str),
+                S.TIMESTAMP: data.timestamps,
+            }
+        )
+
+    def _snapshot(self, data: Interactions, features: FeatureConfig) -> F.ItemSnapshot:
+        now = int(data.timestamps.max()) + 1 if len(data) else 0
+        embeddings = self.item_embeddings if self.config.text_features else None
+        return F.ItemSnapshot.build(
+            self._events(data), self.items, config=features, now=now, embeddings=embeddings
+        )
+
+    def fit(self, data: Interactions) -> Self:
+        config = self.config
+        if data.n_items != self.items.height:
+            raise ValueError(
+                f"interactions have {data.n_items} items but the items table {self.items.height}"
+            )
+        features = replace(config.features, time_unit=_time_unit(config, data))
+        timings: dict[str, float] = {}
+        inner: EvalTask = make_split(
+            data,
+            config.label_protocol,
+            **({"test_fraction": config.label_fraction} if config.label_protocol == "temporal" else {}),
+        ).test
+        generators = self._fit_generators(inner.train, timings)
+        snapshot = self._snapshot(inner.train, features)
+        histories = inner.train.histories(inner.users)
+        proposals = self._propose(generators, histories)
+        candidates = blend(proposals, total=config.candidates.total, n_items=self.items.height)
+        X, rows, cols = self._features(candidates, histories, snapshot)
+        labels = np.asarray(inner.targets[rows, candidates.ids[rows, cols]]).ravel().astype(np.float32)
+        has_label = np.zeros(len(histories), dtype=bool)
+        has_label[rows[labels > 0]] = True
+        keep = has_label[rows] & _sample_negatives(
+            rows, labels, config.train_negatives, seed=config.ranker.seed
+        )
+        groups = np.bincount(rows[keep], minlength=len(histories))
+        groups = groups[groups > 0]
+        names = F.feature_names(candidates.sources, snapshot)
+        start = time.perf_counter()
+        self.ranker_ = LambdaRanker(config.ranker).fit(X[keep], labels[keep], groups, feature_names=names)
+        timings["ranker"] = time.perf_counter() - start
+        self.feature_names_ = names
+        recall = {name: _recall(ids, inner.targets) for name, (ids, _) in proposals.items()} | {
+            "blended": _recall(candidates.ids, inner.targets)
+        }
+        self.generators_ = self._fit_generators(data, timings)
+        self.snapshot_ = self._snapshot(data, features)
+        self.report_ = {
+            "label_users": len(histories),
+            "label_users_dropped": int((~has_label).sum()),
+            "training_rows": int(keep.sum()),
+            "inner_candidate_recall": recall,
+            "fit_seconds": timings,
+            "time_unit": features.time_unit,
+        }
+        return self
+
+    # --- answering ---------------------------------------------------------------------------------
+    def _propose(
+        self, generators: dict[str, CandidateGenerator], histories: Histories
+    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        n = self.config.candidates.per_source
+        return {name: g.recommend(histories, n) for name, g in generators.items()}
+
+    def _features(
+        self, candidates: Candidates, histories: Histories, snapshot: F.ItemSnapshot
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        item_ids = snapshot.attrs.get_column(S.ITEM_ID).to_numpy()
+        states = F.states_from_histories(
+            histories, self.items, item_ids, config=snapshot.config, now=snapshot.now
+        )
+        return F.assemble(candidates, states, snapshot)
+
+    def candidates(self, histories: Histories) -> Candidates:
+        """The blended candidates of each history (before ranking)."""
+        check_fitted(self, "generators_")
+        assert self.generators_ is not None
+        proposals = self._propose(self.generators_, histories)
+        return blend(proposals, total=self.config.candidates.total, n_items=self.items.height)
+
+    def recommend(self, histories: Histories, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``n`` of each history by ranker score (after MMR when ``diversity`` > 0)."""
+        check_n(n)
+        check_fitted(self, "ranker_")
+        assert self.ranker_ is not None and self.snapshot_ is not None
+        ids = np.full((len(histories), n), -1, dtype=np.int32)
+        scores = np.full((len(histories), n), -np.inf, dtype=np.float32)
+        block = 2048  # bounds the feature matrix: block x total x features floats
+        for start in range(0, len(histories), block):
+            stop = min(start + block, len(histories))
+            part = _slice(histories, start, stop)
+            cands = self.candidates(part)
+            X, rows, cols = self._features(cands, part, self.snapshot_)
+            dense = np.full(cands.ids.shape, -np.inf, dtype=np.float32)
+            dense[rows, cols] = self.ranker_.predict(X)
+            top_ids, top_scores = _rank(cands.ids, dense, n, self.config.diversity, self.item_embeddings)
+            ids[start:stop], scores[start:stop] = top_ids, top_scores
+        return ids, scores
+
+    def similar_items(self, items: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Item-to-item neighbours from the text source when present, else co-occurrence, else ALS."""
+        check_fitted(self, "generators_")
+        assert self.generators_ is not None
+        for name in ("text", "cooccurrence", "als", "itemknn"):
+            if name in self.generators_:
+                return self.generators_[name].similar_items(items, n)
+        raise ValueError("no source of this model supports similar_items")
+
+    # --- persistence -------------------------------------------------------------------------------
+    def save(self, path: Path) -> None:
+        """Write the fitted model into the folder ``path`` (atomically): JSON, Parquet, npy, LightGBM text."""
+        check_fitted(self, "ranker_")
+        assert self.generators_ is not None and self.ranker_ is not None and self.snapshot_ is not None
+        with atomic_path(path) as tmp:
+            tmp.mkdir()
+            meta = {
+                "format": FORMAT,
+                "config": to_dict(self.config),
+                "features": to_dict(self.snapshot_.config),
+                "now": self.snapshot_.now,
+                "feature_names": self.feature_names_,
+                "report": self.report_,
+            }
+            (tmp / "two_stage.json").write_text(json.dumps(meta, indent=2))
+            self.items.write_parquet(tmp / "items.parquet")
+            self.snapshot_.table.write_parquet(tmp / "item_features.parquet")
+            if self.item_embeddings is not None:
+                np.save(
+                    tmp / "item_embeddings.npy", self.item_embeddings.astype(np.float32), allow_pickle=False
+                )
+            for name, generator in self.generators_.items():
+                generator.save(tmp / "generators" / name)
+            self.ranker_.save(tmp / "ranker")
+
+    @classmethod
+    def load(cls, path: Path) -> TwoStage:
+        """Read a folder written by :meth:`save`. Nothing is unpickled."""
+        path = Path(path)
+        meta = json.loads((path / "two_stage.json").read_text())
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{path / 'two_stage.json'}: format {meta.get('format')!r} is not {FORMAT!r}")
+        config = from_dict(TwoStageConfig, meta["config"], where=f"{path / 'two_stage.json'}:config")
+        features = from_dict(FeatureConfig, meta["features"], where=f"{path / 'two_stage.json'}:features")
+        emb_path = path / "item_embeddings.npy"
+        embeddings = np.load(emb_path, allow_pickle=False) if emb_path.exists() else None
+        model = cls(config, items=pl.read_parquet(path / "items.parquet"), item_embeddings=embeddings)
+        model.generators_ = {
+            name: generator_class(name).load(path / "generators" / name)  # type: ignore[attr-defined]
+            for name in config.candidates.sources
+        }
+        model.ranker_ = LambdaRanker.load(path / "ranker")
+        model.snapshot_ = F.ItemSnapshot(
+            features,
+            pl.read_parquet(path / "item_features.parquet"),
+            embeddings if config.text_features else None,
+            int(meta["now"]),
+        )
+        model.feature_names_ = list(meta["feature_names"])
+        model.report_ = meta["report"]
+        return model
+
+
+def _sample_negatives(rows: np.ndarray, labels: np.ndarray, per_group: int, *, seed: int) -> np.ndarray:
+    """Keep every positive and about ``per_group`` random negatives of each group (row)."""
+    negatives = np.bincount(rows[labels == 0], minlength=int(rows.max(initial=-1)) + 1)
+    p = np.minimum(1.0, per_group / np.maximum(negatives, 1))
+    draw = np.random.default_rng(seed).random(len(rows))
+    return np.asarray((labels > 0) | (draw < p[rows]))
+
+
+def _slice(histories: Histories, start: int, stop: int) -> Histories:
+    lo, hi = histories.indptr[start], histories.indptr[stop]
+    return Histories(
+        indptr=histories.indptr[start : stop + 1] - lo,
+        items=histories.items[lo:hi],
+        timestamps=None if histories.timestamps is None else histories.timestamps[lo:hi],
+    )
+
+
+def _rank(
+    ids: np.ndarray, scores: np.ndarray, n: int, diversity: float, embeddings: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    if diversity > 0 and embeddings is not None:
+        return mmr(ids, scores, embeddings, n=n, diversity=diversity)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :n]
+    top_ids = np.take_along_axis(ids, order, axis=1)
+    top_scores = np.take_along_axis(scores, order, axis=1)
+    top_ids[~np.isfinite(top_scores)] = -1
+    if top_ids.shape[1] < n:
+        pad = n - top_ids.shape[1]
+        top_ids = np.pad(top_ids, ((0, 0), (0, pad)), constant_values=-1)
+        top_scores = np.pad(top_scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+    return top_ids, top_scores
+
+
+def _recall(ids: np.ndarray, targets: Any) -> float:
+    """Share of target items found in each row's list."""
+    rows = np.repeat(np.arange(ids.shape[0]), ids.shape[1])
+    cols = ids.ravel()
+    ok = cols >= 0
+    hits = np.asarray(targets[rows[ok], cols[ok]]).ravel().sum()
+    return float(hits / max(targets.nnz, 1))
