@@ -17,6 +17,8 @@ table. Each request picks a random user and 500 random items, as the service doe
 * ``features_polars``: the same with the Polars reference (``online.features_for``), memory only.
 * ``items_from_store``: the 500 items' rows read from the backend instead of memory.
 * ``apply_event``: one live event (read-modify-write, atomic).
+* ``build_features``: seconds to build 200,000 point-in-time training rows (one label time per user,
+  random candidates, 64-d embeddings), the offline path the ranker uses.
 
 Backends run interleaved request by request, so load from other jobs on the shared machine hits all
 alike. Prints a table and writes ``benchmarks/results/feature_store.json`` (flat: ``<backend>_p50_ms``
@@ -46,7 +48,7 @@ import pyarrow as pa
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from feature_store import FeatureConfig, online_items, open_store, write_snapshot  # noqa: E402
+from feature_store import FeatureConfig, build_features, online_items, open_store, write_snapshot  # noqa: E402
 from feature_store.online import OnlineStore, features_for, frame_to_records  # noqa: E402
 from feature_store.serving import ServingFeatures  # noqa: E402
 from recsys.data import schema as S  # noqa: E402
@@ -107,6 +109,7 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=500)
     parser.add_argument("--feature-requests", type=int, default=500)
     parser.add_argument("--reference-requests", type=int, default=100)
+    parser.add_argument("--build-rows", type=int, default=200_000)
     parser.add_argument("--redis-url", default=None)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "feature_store.json")
     args = parser.parse_args()
@@ -115,6 +118,23 @@ def main() -> None:
     items, interactions = movielens(DATA)
     config = FeatureConfig(event_types=("rating",))
     cutoff = int(interactions.get_column(S.TIMESTAMP).max()) + 1  # type: ignore[arg-type]
+    # offline: point-in-time training rows, as the ranker builds them (one label time per user,
+    # random candidate items, 64-d random unit embeddings)
+    build_rng = np.random.default_rng(1)
+    last = interactions.sort(S.TIMESTAMP).group_by(S.USER_ID, maintain_order=True).last()
+    train_rows = last.select(S.USER_ID, pl.col(S.TIMESTAMP).alias("cutoff")).sample(
+        n=args.build_rows, with_replacement=True, seed=0
+    )
+    pool = items.get_column(S.ITEM_ID).to_numpy()
+    train_rows = train_rows.with_columns(
+        pl.Series(S.ITEM_ID, pool[build_rng.integers(0, len(pool), train_rows.height)])
+    )
+    emb = build_rng.normal(size=(items.height, 64)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    t = time.perf_counter()
+    built = build_features(train_rows, interactions=interactions, items=items, config=config, embeddings=emb)
+    build_s = time.perf_counter() - t
+    assert built.height == train_rows.height
     work = Path(tempfile.mkdtemp(prefix="fs-bench-"))
     redis_proc = None
     try:
@@ -219,6 +239,9 @@ def main() -> None:
         "feature_requests": args.feature_requests,
         "reference_requests": args.reference_requests,
         "snapshot_write_s": round(snapshot_s, 3),
+        "build_rows": train_rows.height,
+        "build_user_cutoffs": train_rows.select(S.USER_ID, "cutoff").n_unique(),
+        "build_features_s": round(build_s, 3),
         "machine": f"{platform.machine()} {platform.python_implementation()} {platform.python_version()}",
         "cpu_count": os.cpu_count() or 0,
         "loadavg_1min_before": round(load_before, 2),
@@ -243,6 +266,7 @@ def main() -> None:
         print(f"{name:<8} {'load snapshot':<18} {seconds:8.3f} s")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"build_features: {train_rows.height} rows in {build_s:.3f} s; snapshot write {snapshot_s:.3f} s")
     load = f"{result['loadavg_1min_before']} -> {result['loadavg_1min_after']}"
     print(f"load average (1 min) {load} on {os.cpu_count()} CPUs")
     print(f"wrote {args.out}")

@@ -39,6 +39,7 @@ USER_FEATURES = "user_features.parquet"
 ITEM_FEATURES = "item_features.parquet"
 ITEM_ATTRIBUTES = "items.parquet"
 MANIFEST = "manifest.json"
+ITEM_CUTOFF = "item_cutoff"
 
 
 def _check_embeddings(embeddings: np.ndarray | None, items: pl.DataFrame) -> None:
@@ -63,6 +64,9 @@ def build_features(
     rows
         ``user_id``, ``item_id``, ``cutoff`` (Int64, same unit as the timestamps; usually the label
         time) and any other columns, which are kept. Events at or after ``cutoff`` are never used.
+        An optional ``item_cutoff`` column sets the as-of time of the item features separately:
+        with order-only timestamps (Amazon), positions of different users are not comparable, so
+        pass e.g. a cutoff past every training event and only the training interactions.
     interactions, items
         Contract tables; ``embeddings`` (n_items, dim), L2-normalised, rows in ``items`` order.
 
@@ -79,18 +83,27 @@ def build_features(
     keys = rows.select(pl.col(S.USER_ID).cast(pl.String), pl.col(D.NOW).cast(pl.Int64))
     states = C.user_states(interactions, items, keys, config=config)
     users = C.user_features(states, config=config)
-    item_keys = rows.select(pl.col(S.ITEM_ID).cast(pl.String), pl.col(D.NOW).cast(pl.Int64))
-    item_feats = C.item_features(interactions, items, item_keys, config=config).drop(D.ITEM_IDX_COL)
+    item_time = ITEM_CUTOFF if ITEM_CUTOFF in rows.columns else D.NOW
+    if rows.get_column(item_time).null_count():
+        raise ValueError(f"rows: column {item_time!r} has null values")
+    item_keys = rows.select(pl.col(S.ITEM_ID).cast(pl.String), pl.col(item_time).cast(pl.Int64).alias(D.NOW))
+    item_feats = (
+        C.item_features(interactions, items, item_keys, config=config)
+        .drop(D.ITEM_IDX_COL)
+        .rename({D.NOW: item_time})
+    )
     key_of = states.select(S.USER_ID, D.NOW).with_row_index(C.KEY).with_columns(pl.col(C.KEY).cast(pl.Int64))
     pairs = rows.select(
         pl.col(S.USER_ID).cast(pl.String), pl.col(S.ITEM_ID).cast(pl.String), pl.col(D.NOW).cast(pl.Int64)
     ).join(key_of, on=[S.USER_ID, D.NOW], how="left", maintain_order="left")
     pair = C.pair_features(states, pairs, C.item_attributes(items), config=config, embeddings=embeddings)
     typed = rows.with_columns(
-        pl.col(S.USER_ID).cast(pl.String), pl.col(S.ITEM_ID).cast(pl.String), pl.col(D.NOW).cast(pl.Int64)
+        pl.col(S.USER_ID).cast(pl.String),
+        pl.col(S.ITEM_ID).cast(pl.String),
+        pl.col(*{D.NOW, item_time}).cast(pl.Int64),
     )
     out = typed.join(users, on=[S.USER_ID, D.NOW], how="left", maintain_order="left").join(
-        item_feats, on=[S.ITEM_ID, D.NOW], how="left", maintain_order="left"
+        item_feats, on=[S.ITEM_ID, item_time], how="left", maintain_order="left"
     )
     return pl.concat([out, pair], how="horizontal")
 

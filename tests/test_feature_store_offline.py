@@ -251,6 +251,23 @@ def test_snapshot_is_atomic_and_self_describing(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "schema.json").read_text())["features"][0]["name"] == "user_n_events"
 
 
+def test_item_features_can_have_their_own_cutoff() -> None:
+    items, interactions, _ = random_world(5)
+    rows = pl.DataFrame({S.USER_ID: ["u0", "u1"], S.ITEM_ID: ["i1", "i2"], "cutoff": [30, 40]})
+    split = build_features(
+        rows.with_columns(item_cutoff=pl.lit(90)), interactions=interactions, items=items, config=CONFIG
+    )
+    same_user = build_features(rows, interactions=interactions, items=items, config=CONFIG)
+    late = build_features(
+        rows.with_columns(cutoff=pl.lit(90)), interactions=interactions, items=items, config=CONFIG
+    )
+    item_names = [f["name"] for f in feature_schema(CONFIG) if f["entity"] == "item"]
+    other = [f["name"] for f in feature_schema(CONFIG) if f["entity"] != "item"]
+    assert split.select(item_names).equals(late.select(item_names))
+    assert split.select(other).equals(same_user.select(other))
+    assert not split.select(item_names).equals(same_user.select(item_names))
+
+
 def test_bad_input_is_named() -> None:
     items, interactions, emb = random_world(0)
     rows = pl.DataFrame({S.USER_ID: ["u0"], S.ITEM_ID: ["i0"]})
