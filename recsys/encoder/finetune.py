@@ -1,0 +1,400 @@
+"""Contrastive fine-tuning of the item encoder on the shop's own behaviour.
+
+Items bought close together by the same person should land close together. Positive pairs are
+items within ``window`` positions of each other in a user's history, taken from the *training*
+interactions only (pass an evaluation task's ``train``: its targets never become pairs). The loss is
+symmetric InfoNCE with in-batch negatives: each anchor must pick its partner among the partners of
+the other pairs in the batch, at ``temperature``. In-batch "negatives" that are in fact the same
+item as the positive (or the anchor itself) are masked out, so popular items are not pushed away
+from themselves.
+
+Optimisation is AdamW with linear warm-up and decay, gradient clipping and a seeded order. A held-out
+set of pairs gives pair-retrieval Recall@10 (rank the partner among all held-out items), measured
+before training and every ``eval_every`` steps; training stops after ``patience`` measurements
+without improvement and the best weights are kept. With ``lora`` only low-rank adapters are trained
+and saved, next to a reference to the base checkpoint and its fingerprint.
+
+The saved folder holds safetensors weights (or adapters), the Hugging Face config and tokenizer, and
+``recsys_encoder.json`` with both configs, the training data fingerprint and the validation history.
+``load_encoder(path)`` reads it back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+from torch import nn
+
+from recsys.data.dataset import Interactions
+from recsys.data.io import atomic_path
+from recsys.encoder.config import EncoderConfig, FinetuneConfig, item_texts
+from recsys.encoder.model import ItemEncoder, load_encoder, save_encoder
+
+EVAL_K = 10
+
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    """What a fine-tuning run produced; ``path`` loads with ``load_encoder(path)``."""
+
+    path: Path
+    fingerprint: str  # of the saved encoder, as load_encoder(path).fingerprint reports it
+    data_fingerprint: str  # training interactions + item texts + config
+    baseline_recall: float  # held-out pair Recall@10 before any update
+    best_recall: float
+    best_step: int  # 0: no update beat the starting model, which is what was saved
+    steps: int
+    wall_seconds: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def improved(self) -> bool:
+        return self.best_step > 0
+
+
+def cooccurrence_pairs(train: Interactions, *, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unordered item pairs within ``window`` positions in some user's history, and their counts.
+
+    >>> data = Interactions.from_arrays([0, 0, 0, 1, 1], [5, 6, 7, 6, 5], n_users=2, n_items=8)
+    >>> pairs, counts = cooccurrence_pairs(data, window=1)
+    >>> pairs.tolist(), counts.tolist()
+    ([[5, 6], [6, 7]], [2, 1])
+    """
+    firsts, seconds = [], []
+    for offset in range(1, window + 1):  # a loop over offsets, each step vectorised over all events
+        same_user = train.users[:-offset] == train.users[offset:]
+        firsts.append(train.items[:-offset][same_user])
+        seconds.append(train.items[offset:][same_user])
+    a = np.concatenate(firsts) if firsts else np.zeros(0, np.int32)
+    b = np.concatenate(seconds) if seconds else np.zeros(0, np.int32)
+    keep = a != b
+    lo, hi = np.minimum(a[keep], b[keep]), np.maximum(a[keep], b[keep])
+    if not len(lo):
+        return np.zeros((0, 2), np.int32), np.zeros(0, np.int64)
+    pairs, counts = np.unique(np.stack([lo, hi], axis=1), axis=0, return_counts=True)
+    return pairs.astype(np.int32), counts
+
+
+def data_fingerprint(train: Interactions, texts: list[str], config: FinetuneConfig) -> str:
+    h = hashlib.sha256()
+    for array in (train.users, train.items, train.timestamps):
+        h.update(np.ascontiguousarray(array).tobytes())
+    h.update("\x1f".join(texts).encode())
+    h.update(json.dumps(dataclasses.asdict(config), sort_keys=True, default=list).encode())
+    return h.hexdigest()
+
+
+def info_nce(
+    anchors: torch.Tensor,
+    positives: torch.Tensor,
+    anchor_items: torch.Tensor,
+    positive_items: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
+    """Symmetric InfoNCE with in-batch negatives; duplicates of the true partner are masked.
+
+    ``anchors``/``positives`` are (batch, dim) unit vectors; ``*_items`` (batch,) item ids.
+    """
+    batch = anchors.shape[0]
+    eye = torch.eye(batch, dtype=torch.bool, device=anchors.device)
+    losses = []
+    for q, k, q_items, k_items in (
+        (anchors, positives, anchor_items, positive_items),
+        (positives, anchors, positive_items, anchor_items),
+    ):
+        logits = q @ k.T / temperature  # (batch, batch)
+        # column j is a false negative for row i if its key is row i's partner item or row i's query
+        # item, or if its own query is row i's query item (then its key is a partner of row i too)
+        false_negative = (
+            (k_items[None, :] == k_items[:, None])
+            | (k_items[None, :] == q_items[:, None])
+            | (q_items[None, :] == q_items[:, None])
+        )
+        logits = logits.masked_fill(false_negative & ~eye, float("-inf"))
+        target = torch.arange(batch, device=anchors.device)
+        losses.append(nn.functional.cross_entropy(logits, target))
+    return (losses[0] + losses[1]) / 2
+
+
+def pair_recall(
+    encoder: ItemEncoder, token_ids: list[list[int]], pairs: np.ndarray, *, k: int = EVAL_K
+) -> float:
+    """Recall@k of finding each held-out partner among all held-out items (both directions)."""
+    pool, inverse = np.unique(pairs, return_inverse=True)
+    inverse = inverse.reshape(pairs.shape)
+    was_training = encoder.model.training
+    encoder.model.eval()
+    vectors = []
+    with torch.inference_mode():
+        order = np.argsort([-len(token_ids[i]) for i in pool], kind="stable")
+        emb = np.zeros((len(pool), encoder.dim), np.float32)
+        for start in range(0, len(pool), 128):
+            rows = order[start : start + 128]
+            emb[rows] = encoder.embed_batch([token_ids[pool[r]] for r in rows]).float().cpu().numpy()
+        vectors.append(emb)
+    encoder.model.train(was_training)
+    emb = vectors[0]
+    queries = np.concatenate([inverse[:, 0], inverse[:, 1]])
+    answers = np.concatenate([inverse[:, 1], inverse[:, 0]])
+    scores = emb[queries] @ emb.T  # (2 * pairs, pool)
+    scores[np.arange(len(queries)), queries] = -np.inf
+    k_eff = min(k, len(pool) - 1)
+    top = np.argpartition(-scores, k_eff - 1, axis=1)[:, :k_eff]
+    return float((top == answers[:, None]).any(axis=1).mean())
+
+
+def _batches(pairs: np.ndarray, config: FinetuneConfig, epoch: int, device: torch.device) -> Iterator[Any]:
+    """Shuffled pair batches; a DataLoader with workers and pinned memory when training on a GPU."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
+    cuda = device.type == "cuda"
+    loader = DataLoader(
+        TensorDataset(torch.from_numpy(pairs.astype(np.int64))),
+        batch_size=config.batch_size,
+        shuffle=True,
+        drop_last=len(pairs) >= 2 * config.batch_size,
+        generator=generator,
+        num_workers=config.num_workers if cuda else 0,
+        pin_memory=cuda,
+    )
+    for (batch,) in loader:
+        yield batch
+
+
+def _trainable(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+
+@contextlib.contextmanager
+def _tensorboard(directory: str) -> Iterator[Any]:
+    if not directory:
+        yield None
+        return
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:
+        raise ImportError(
+            "FinetuneConfig.tensorboard_dir needs the tensorboard package: pip install tensorboard"
+        ) from exc
+    writer = SummaryWriter(directory)
+    try:
+        yield writer
+    finally:
+        writer.close()
+
+
+@contextlib.contextmanager
+def _progress_bar(enabled: bool, total: int) -> Iterator[Any]:
+    if not enabled:
+        yield lambda **kw: None
+        return
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    columns = (
+        TextColumn("fine-tuning"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} steps"),
+        TextColumn("loss {task.fields[loss]:.4f} lr {task.fields[lr]:.2e} R@10 {task.fields[recall]:.4f}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns) as bar:
+        task = bar.add_task("finetune", total=total, loss=float("nan"), lr=0.0, recall=float("nan"))
+        yield lambda **kw: bar.update(task, **kw)
+
+
+def finetune(
+    items: pl.DataFrame,
+    train: Interactions,
+    config: FinetuneConfig | None = None,
+    *,
+    out: str | Path,
+    encoder: EncoderConfig | None = None,
+) -> FinetuneResult:
+    """Fine-tune the encoder on co-occurrence pairs of ``train`` and save it into ``out``.
+
+    ``items`` row ``i`` is item index ``i`` of ``train`` (``Dataset.items``). ``encoder`` names the
+    starting checkpoint and the text template; the saved encoder keeps them (with the inference
+    ``max_tokens`` of ``encoder``, not the shorter training one).
+    """
+    config = config or FinetuneConfig()
+    encoder_config = encoder or EncoderConfig()
+    if items.height != train.n_items:
+        raise ValueError(f"items has {items.height} rows but the interactions index {train.n_items} items")
+    started = time.perf_counter()
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    texts = item_texts(items, encoder_config).to_list()
+    pairs, _ = cooccurrence_pairs(train, window=config.window)
+    if len(pairs) < config.validation_pairs + config.batch_size:
+        raise ValueError(
+            f"only {len(pairs)} co-occurrence pairs in the training interactions; need at least "
+            f"validation_pairs + batch_size = {config.validation_pairs + config.batch_size}"
+        )
+    pairs = pairs[rng.permutation(len(pairs))]
+    held_out, pairs = pairs[: config.validation_pairs], pairs[config.validation_pairs :]
+    if config.max_pairs and len(pairs) > config.max_pairs:
+        pairs = pairs[: config.max_pairs]
+
+    base = load_encoder(encoder_config.checkpoint, config=dataclasses.replace(encoder_config, quantize=False))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model: Any = base.model
+    if config.lora:
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules=list(config.lora_targets),
+            bias="none",
+        )
+        model = get_peft_model(model, lora)
+    model.to(device).train()
+    work = ItemEncoder(base.config, tokenizer=base.tokenizer, model=model, fingerprint=base.fingerprint)
+    token_ids = work.tokenize(texts, max_tokens=config.max_tokens)
+
+    steps_per_epoch = len(pairs) // config.batch_size if len(pairs) >= 2 * config.batch_size else 1
+    total = config.epochs * steps_per_epoch
+    if config.max_steps:
+        total = min(total, config.max_steps)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    plan = {"total": total, "warmup": max(1, int(config.warmup_ratio * total))}
+
+    def lr_factor(s: int) -> float:  # linear warm-up, then linear decay to 0 at the planned last step
+        if s < plan["warmup"]:
+            return (s + 1) / plan["warmup"]
+        return max(0.0, (plan["total"] - s) / max(1, plan["total"] - plan["warmup"]))
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    timed_steps = 5  # with a time budget, the plan is fitted to the speed of the first steps
+    amp = config.amp and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
+
+    baseline = pair_recall(work, token_ids, held_out)
+    history: list[dict[str, float]] = [{"step": 0, "recall@10": baseline}]
+    best_recall, best_step, best_state = baseline, 0, _trainable(model)
+    bad_evals, step, stop = 0, 0, False
+    train_started = time.perf_counter()
+    with _tensorboard(config.tensorboard_dir) as writer, _progress_bar(config.progress, total) as show:
+        if writer is not None:
+            writer.add_scalar("validation/pair_recall@10", baseline, 0)
+        for epoch in range(config.epochs):
+            for batch in _batches(pairs, config, epoch, device):
+                a_items, b_items = batch[:, 0], batch[:, 1]
+                unique, index = torch.unique(batch.reshape(-1), return_inverse=True)
+                index = index.reshape(-1, 2)
+                with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp):
+                    emb = work.embed_batch([token_ids[i] for i in unique.tolist()])  # (unique, dim)
+                    loss = info_nce(
+                        emb[index[:, 0]].float(),
+                        emb[index[:, 1]].float(),
+                        a_items.to(device),
+                        b_items.to(device),
+                        config.temperature,
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+                scaler.step(optimizer)
+                scaler.update()
+                schedule.step()
+                step += 1
+                if step == 1:
+                    train_started = time.perf_counter()
+                if config.time_budget_s and step == timed_steps + 1:
+                    # seconds per step (evaluations take about one eval_every-th more), then re-plan
+                    per_step = (
+                        (time.perf_counter() - train_started) / timed_steps * (1 + 2 / config.eval_every)
+                    )
+                    left = config.time_budget_s - (time.perf_counter() - started)
+                    planned = max(step + 1, step + int(left / per_step))
+                    if planned < plan["total"]:
+                        plan["total"] = planned
+                        plan["warmup"] = max(1, min(plan["warmup"], int(config.warmup_ratio * planned)))
+                        total = planned
+                        show(total=total)
+                lr = float(schedule.get_last_lr()[0])
+                loss_value = float(loss.detach())
+                history.append({"step": step, "loss": loss_value, "lr": lr})
+                if writer is not None:
+                    writer.add_scalar("train/loss", loss_value, step)
+                    writer.add_scalar("train/lr", lr, step)
+                if step % config.eval_every == 0 or step == total:
+                    recall = pair_recall(work, token_ids, held_out)
+                    history.append({"step": step, "recall@10": recall})
+                    if writer is not None:
+                        writer.add_scalar("validation/pair_recall@10", recall, step)
+                    if recall > best_recall:
+                        best_recall, best_step, best_state, bad_evals = recall, step, _trainable(model), 0
+                    else:
+                        bad_evals += 1
+                    show(recall=recall)
+                    stop = bad_evals >= config.patience
+                show(advance=1, loss=loss_value, lr=lr)
+                if stop or step >= total:
+                    break
+            if stop or step >= total:
+                break
+
+    with torch.no_grad():  # keep the best weights seen, which may be the starting ones
+        named = dict(model.named_parameters())
+        for name, value in best_state.items():
+            named[name].copy_(value)
+    model.eval().cpu()
+    wall = time.perf_counter() - started
+    fingerprint_data = data_fingerprint(train, texts, config)
+    meta: dict[str, Any] = {
+        "finetune": dataclasses.asdict(config),
+        "base_checkpoint": encoder_config.checkpoint,
+        "base_fingerprint": base.fingerprint,
+        "data_fingerprint": fingerprint_data,
+        "lora": config.lora,
+        "train_pairs": len(pairs),
+        "held_out_pairs": len(held_out),
+        "baseline_recall@10": baseline,
+        "best_recall@10": best_recall,
+        "best_step": best_step,
+        "steps": step,
+        "wall_seconds": wall,
+        "device": device.type,
+        "history": history,
+    }
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        if config.lora:
+            model.save_pretrained(tmp, safe_serialization=True)  # adapters only
+            base.tokenizer.save_pretrained(tmp)
+            full = {"format_version": 1, "encoder": dataclasses.asdict(base.config), **meta}
+            (tmp / "recsys_encoder.json").write_text(json.dumps(full, indent=2, default=list) + "\n")
+        else:
+            saved = ItemEncoder(base.config, tokenizer=base.tokenizer, model=model, fingerprint="")
+            save_encoder(saved, tmp, meta=meta)
+    fingerprint = load_encoder(out).fingerprint
+    return FinetuneResult(
+        path=out,
+        fingerprint=fingerprint,
+        data_fingerprint=fingerprint_data,
+        baseline_recall=baseline,
+        best_recall=best_recall,
+        best_step=best_step,
+        steps=step,
+        wall_seconds=wall,
+        history=history,
+    )

