@@ -80,7 +80,7 @@ def _movielens(folder: Path, *, top_tags: int) -> tuple[pl.DataFrame, pl.DataFra
         pl.when(no_genre).then(None).otherwise("Genres: " + pl.col("genres").str.replace_all(r"\|", ", "))
     )
     description = pl.concat_str([genre_text, "Tags: " + pl.col("tags")], separator=". ", ignore_nulls=True)
-    items = movies.join(tags, on="movieId", how="left").select(
+    items = movies.join(tags, on="movieId", how="left", maintain_order="left").select(
         pl.col("movieId").alias(S.ITEM_ID),
         pl.col("title").alias(S.TITLE),
         pl.when(description.str.len_chars() > 0).then(description).alias(S.DESCRIPTION),

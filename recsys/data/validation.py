@@ -121,6 +121,8 @@ def _parse_datetime_string(expr: pl.Expr) -> pl.Expr:
 def _timestamp(name: str, dtype: pl.DataType) -> tuple[pl.Expr, pl.Expr] | None:
     """(Int64 timestamp, is-date-time flag) or None for a type that cannot be a timestamp.
 
+    Text is handled by :func:`_parse_text_timestamps` after collecting.
+
     Date-times become Unix seconds; integers are kept as given (Unix seconds or an order index);
     floats are floored to whole seconds.
     """
@@ -137,15 +139,30 @@ def _timestamp(name: str, dtype: pl.DataType) -> tuple[pl.Expr, pl.Expr] | None:
         return finite.floor().cast(pl.Int64, strict=False), pl.lit(value=False)
     if dtype == pl.Null:
         return col.cast(pl.Int64), pl.lit(value=False)
-    if dtype == pl.String:
-        text = _strip_to_null(col)
-        as_int = text.str.to_integer(strict=False)
-        as_float = text.cast(pl.Float64, strict=False)
-        as_float = pl.when(as_float.is_finite()).then(as_float).floor().cast(pl.Int64, strict=False)
-        numeric = pl.coalesce([as_int, as_float])
-        parsed = _parse_datetime_string(text).dt.epoch("s")
-        return pl.coalesce([numeric, parsed]), numeric.is_null() & parsed.is_not_null()
     return None
+
+
+def _parse_text_timestamps(data: pl.DataFrame, name: str) -> pl.DataFrame:
+    """Parse a text timestamp column of a collected frame in place, adding the is-date-time flag.
+
+    Integers are tried on every row (cheap); decimals and the date-time formats only on the rows
+    that are not integers, because date-time parsing costs ~50x more and CSV timestamps are
+    usually all Unix seconds.
+    """
+    text = data.select(_strip_to_null(pl.col(name))).to_series()
+    value = text.str.to_integer(strict=False)
+    is_datetime = pl.repeat(value=False, n=data.height, eager=True)
+    todo = (text.is_not_null() & value.is_null()).arg_true()
+    if len(todo):
+        rest = pl.DataFrame({"t": text.gather(todo)})
+        number = pl.col("t").cast(pl.Float64, strict=False)
+        number = pl.when(number.is_finite()).then(number).floor().cast(pl.Int64, strict=False)
+        parsed = _parse_datetime_string(pl.col("t")).dt.epoch("s")
+        rest = rest.select(number.alias("number"), parsed.alias("parsed"))
+        numbers, dates = rest.get_column("number"), rest.get_column("parsed")
+        value = value.scatter(todo, numbers.fill_null(dates))
+        is_datetime = is_datetime.scatter(todo, numbers.is_null() & dates.is_not_null())
+    return data.with_columns(value.alias(name), is_datetime.alias(_TS_IS_DATETIME))
 
 
 # --- the table checks ------------------------------------------------------------------------------
@@ -185,6 +202,7 @@ def _check_table(
     exprs: list[pl.Expr] = []
     checks: list[_Check] = []
     usable: set[str] = set()
+    text_timestamps = False
     for name, target in {**required, **optional}.items():
         if name not in schema:
             continue
@@ -194,11 +212,15 @@ def _check_table(
         example = pl.col(raw).cast(pl.String)
         if name == S.TIMESTAMP:
             result = _timestamp(name, dtype)
-            if result is None:
+            if dtype == pl.String:
+                exprs.append(pl.col(name).alias(raw))
+                text_timestamps = True
+            elif result is None:
                 problems.append(_wrong_type(source, name, dtype, "a date-time, Unix seconds or an integer"))
                 continue
-            value, is_datetime = result
-            exprs += [pl.col(name).alias(raw), value.alias(name), is_datetime.alias(_TS_IS_DATETIME)]
+            else:
+                value, is_datetime = result
+                exprs += [pl.col(name).alias(raw), value.alias(name), is_datetime.alias(_TS_IS_DATETIME)]
             checks.append(_Check(name, "timestamp is missing", ~present))
             message = "unparsable timestamp (use ISO 8601, Unix seconds or an integer order index)"
             checks.append(_Check(name, message, present & pl.col(name).is_null(), example))
@@ -223,6 +245,8 @@ def _check_table(
         usable.add(name)
 
     data = frame.with_row_index(_ROW, offset=1).with_columns(exprs).collect()
+    if text_timestamps:
+        data = _parse_text_timestamps(data, S.TIMESTAMP)
     if data.height == 0:
         problems.append(Problem(source, None, "table has no rows"))
     return data, checks, usable
