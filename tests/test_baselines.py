@@ -106,9 +106,9 @@ def test_itemknn_matches_implicit() -> None:
 def test_als_ignores_untrained_items_and_empty_histories() -> None:
     data = Interactions.from_arrays([0, 0, 1, 1], [0, 1, 1, 2], n_users=2, n_items=4)
     model = ALS(ALSConfig(factors=2, num_threads=1)).fit(data)
-    ids, _ = model.recommend(Histories.from_lists([[0], []]), 4)
+    ids, _ = model.recommend(Histories.from_lists([[0], [], [3]]), 4)
     assert 3 not in ids[0].tolist()  # item 3 was never seen in training
-    assert (ids[1] == -1).all()
+    assert (ids[1] == -1).all() and (ids[2] == -1).all()
     assert model.similar_items(np.array([3]), 2)[0].tolist() == [[-1, -1]]
 
 

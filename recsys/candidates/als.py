@@ -6,9 +6,9 @@ in*: its user vector is the exact least-squares solution against the fixed item 
 ``recalculate_user``), so users unknown at training time and histories that grew since both get
 fresh vectors, and offline evaluation needs no user-id bookkeeping. Scores are ``x_u . y_i``.
 
-Items never seen in training have zero factors and are never recommended; an empty history has
-no preference signal and gets no recommendations (all ``-1``): compose with ``Popularity`` for
-cold users.
+Items never seen in training have zero factors and are never recommended; a history without any
+trained item (empty, or cold items only) has no preference signal and gets no recommendations (all
+``-1``): compose with ``Popularity`` for cold users.
 
 >>> from recsys.data.dataset import Histories, Interactions
 >>> users = [0, 0, 1, 1, 2, 2, 3, 3]
@@ -203,9 +203,11 @@ class ALS:
 
     def _score_block(self, block: Histories) -> np.ndarray:
         assert self.item_factors_ is not None
-        scores: np.ndarray = self.user_factors(block) @ self.item_factors_.T  # (block, n_items)
+        factors = self.user_factors(block)  # (block, factors)
+        scores: np.ndarray = factors @ self.item_factors_.T  # (block, n_items)
         scores[:, ~self._trained_items()] = -np.inf
-        scores[block.lengths() == 0] = -np.inf
+        # an empty history, or one of untrained items only, folds in to zero: no preference signal
+        scores[~np.any(factors != 0, axis=1)] = -np.inf
         return scores
 
     def _trained_items(self) -> np.ndarray:
