@@ -7,6 +7,7 @@ import math
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -205,6 +206,8 @@ def test_switch_is_atomic_and_old_versions_go(store: OnlineStore, tmp_path: Path
     readers = [threading.Thread(target=read) for _ in range(2)]
     for r in readers:
         r.start()
+    while not seen:  # make sure the readers are running before the switches start
+        time.sleep(0.001)
     versions = [store.load(snaps[k % 2]) for k in range(1, 7)]
     stop.set()
     for r in readers:
