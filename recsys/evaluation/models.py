@@ -26,15 +26,16 @@ anything derived from it is computed once per run through ``ctx.cached``. Builde
 look at interactions outside what ``fit`` receives: the protocol hands each task's training data
 to ``fit``, and that is the only place interactions may come from.
 
->>> sorted(MODELS)
-['als', 'itemknn', 'popularity']
+>>> sorted(MODELS)  # doctest: +NORMALIZE_WHITESPACE
+['als', 'cooccurrence', 'itemknn', 'pipeline', 'pipeline-notext', 'popularity', 'sequential',
+ 'text']
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
@@ -64,6 +65,8 @@ class EvalContext:
     num_threads: int = 0
     item_embeddings: np.ndarray | None = None
     cache: dict[str, Any] = field(default_factory=dict)
+    encoder: str = ""  # item encoder of the ``text`` model: '' = packaged MiniLM, or a fine-tuned folder
+    embedding_cache: str = "artifacts/cache/embeddings"  # recsys.encoder.embed cache ('' = none)
 
     def cached(self, key: str, compute: Callable[[], T]) -> T:
         """``compute()`` once per run and key."""
@@ -132,12 +135,107 @@ def _itemknn_build(ctx: EvalContext, config: ItemKNNConfig) -> CandidateGenerato
     return ItemKNN(config)
 
 
+def _text_grid(ctx: EvalContext) -> list[Any]:
+    from recsys.candidates.text import TextRetrieverConfig
+
+    return [TextRetrieverConfig(last_n=1)] + [
+        TextRetrieverConfig(last_n=n, decay=decay) for n in (3, 5) for decay in (0.5, 0.8)
+    ]
+
+
+def _text_embeddings(ctx: EvalContext) -> np.ndarray:
+    """Item embeddings of the ``--encoder`` (computed once per run)."""
+
+    def embed() -> np.ndarray:
+        from recsys.encoder.embed import embed_items  # imports torch only here
+
+        return embed_items(ctx.dataset.items, encoder=ctx.encoder, cache_dir=ctx.embedding_cache or None)
+
+    embeddings = ctx.cached(f"text_embeddings:{ctx.encoder}", embed)
+    if ctx.item_embeddings is None:
+        ctx.item_embeddings = embeddings  # enables intra-list diversity for every model of the run
+    return embeddings
+
+
+def _text_build(ctx: EvalContext, config: Any) -> CandidateGenerator:
+    from recsys.candidates.text import TextRetriever
+
+    return TextRetriever(config, item_embeddings=_text_embeddings(ctx))
+
+
+def _pipeline_grid(ctx: EvalContext, *, text: bool = True) -> list[Any]:
+    from recsys.pipeline.two_stage import SOURCES, CandidatesConfig, SequentialSourceConfig, TwoStageConfig
+
+    # the ranker's labels are held out the way the evaluation holds out targets
+    labels: Literal["temporal", "leave-last-out"] = "temporal" if ctx.has_clock_time else "leave-last-out"
+    if text:
+        return [TwoStageConfig(label_protocol=labels)]
+    no_text = CandidatesConfig(
+        sources=tuple(s for s in SOURCES if s != "text"), sequential=SequentialSourceConfig(text_init=False)
+    )
+    return [TwoStageConfig(label_protocol=labels, candidates=no_text, text_features=False)]
+
+
+def _pipeline_build(ctx: EvalContext, config: Any) -> CandidateGenerator:
+    from recsys.pipeline.two_stage import TwoStage
+
+    return TwoStage(config, items=ctx.dataset.items, item_embeddings=_text_embeddings(ctx))
+
+
+def _cooccurrence_grid(ctx: EvalContext) -> list[Any]:
+    from recsys.candidates.cooccurrence import CoOccurrenceConfig
+
+    return [
+        CoOccurrenceConfig(window=window, beta=beta, recency_decay=recency)
+        for window in (3, 5, 10)
+        for beta in (0.1, 0.3)
+        for recency in (0.6, 0.8)
+    ]
+
+
+def _cooccurrence_build(ctx: EvalContext, config: Any) -> CandidateGenerator:
+    from recsys.candidates.cooccurrence import CoOccurrence
+
+    return CoOccurrence(config)
+
+
+def _sequential_grid(ctx: EvalContext) -> list[Any]:
+    from recsys.candidates.sequential import SequentialConfig  # imports torch only here
+
+    # one configuration: each fit trains a network (with its own early stopping), minutes on 2 cores
+    return [SequentialConfig(seed=ctx.seed, threads=ctx.num_threads)]
+
+
+def _sequential_build(ctx: EvalContext, config: Any) -> CandidateGenerator:
+    from recsys.candidates.sequential import SequentialRecommender
+
+    # text initialisation when the run has item embeddings (--item-embeddings), ids only otherwise
+    return SequentialRecommender(config, item_embeddings=ctx.item_embeddings)
+
+
 MODELS: dict[str, ModelSpec] = {
     "popularity": ModelSpec(
         _popularity_grid, _popularity_build, "most popular items (time-decayed half-lives on clock time)"
     ),
     "als": ModelSpec(_als_grid, _als_build, "implicit ALS, fold-in users, factors x alpha x bm25 grid"),
     "itemknn": ModelSpec(_itemknn_grid, _itemknn_build, "implicit item-kNN, cosine/bm25 x K grid"),
+    "text": ModelSpec(
+        _text_grid, _text_build, "BERT item-text embeddings (--encoder), recency-weighted profile, cosine"
+    ),
+    "cooccurrence": ModelSpec(
+        _cooccurrence_grid, _cooccurrence_build, "recency-weighted item-to-item transitions, window grid"
+    ),
+    "sequential": ModelSpec(
+        _sequential_grid, _sequential_build, "SASRec-style next-item transformer (text init if embeddings)"
+    ),
+    "pipeline": ModelSpec(
+        _pipeline_grid, _pipeline_build, "two-stage: all retrievers blended, LightGBM LambdaRank (--encoder)"
+    ),
+    "pipeline-notext": ModelSpec(
+        lambda ctx: _pipeline_grid(ctx, text=False),
+        _pipeline_build,
+        "ablation: the two-stage pipeline without any text-embedding source, init or feature",
+    ),
 }
 
 

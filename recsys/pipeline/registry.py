@@ -30,6 +30,11 @@ def bentoml_home() -> Path:
     return Path(os.environ.get("BENTOML_HOME") or Path.home() / "bentoml")
 
 
+def default_online_store_url() -> str:
+    """The embedded SQLite online store in the BentoML home, next to the models it serves."""
+    return f"sqlite:///{bentoml_home().resolve() / 'recsys' / 'online.db'}"
+
+
 def _pointer_path(name: str) -> Path:
     return bentoml_home() / "recsys" / f"{name}.current.json"
 

