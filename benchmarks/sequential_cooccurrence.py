@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import sys
@@ -112,6 +113,7 @@ def main() -> None:
         "--out", default=str(ROOT / "benchmarks" / "results" / "sequential_cooccurrence.json")
     )
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     embedding_paths = dict(kv.split("=", 1) for kv in args.embeddings.split(",") if kv)
 
     import torch

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import os
 import time
@@ -50,6 +51,7 @@ from recsys.data.io import atomic_path
 from recsys.data.splits import EvalTask
 
 FORMAT = "recsys.sequential/1"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -311,6 +313,13 @@ class SequentialRecommender:
                     "recall10": recall,
                     "seconds": seconds,
                 }
+            )
+            log.info(
+                "epoch %d: loss %.4f, validation NDCG@10 %.4f, %.0f s",
+                epoch,
+                total / max(count, 1),
+                ndcg,
+                seconds,
             )
             if ndcg > self.best_score_:
                 self.best_score_, self.best_epoch_, since_best = ndcg, epoch, 0

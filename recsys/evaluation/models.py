@@ -28,7 +28,7 @@ to ``fit``, and that is the only place interactions may come from.
 
 >>> sorted(MODELS)  # doctest: +NORMALIZE_WHITESPACE
 ['als', 'cooccurrence', 'itemknn', 'pipeline', 'pipeline-notext', 'popularity', 'sequential',
- 'text']
+ 'sequential-text', 'text']
 """
 
 from __future__ import annotations
@@ -209,8 +209,14 @@ def _sequential_grid(ctx: EvalContext) -> list[Any]:
 def _sequential_build(ctx: EvalContext, config: Any) -> CandidateGenerator:
     from recsys.candidates.sequential import SequentialRecommender
 
-    # text initialisation when the run has item embeddings (--item-embeddings), ids only otherwise
-    return SequentialRecommender(config, item_embeddings=ctx.item_embeddings)
+    return SequentialRecommender(config)  # item ids only
+
+
+def _sequential_text_build(ctx: EvalContext, config: Any) -> CandidateGenerator:
+    from recsys.candidates.sequential import SequentialRecommender
+
+    # item vectors = id embedding + projection of the --encoder's frozen text embeddings
+    return SequentialRecommender(config, item_embeddings=_text_embeddings(ctx))
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -225,8 +231,9 @@ MODELS: dict[str, ModelSpec] = {
     "cooccurrence": ModelSpec(
         _cooccurrence_grid, _cooccurrence_build, "recency-weighted item-to-item transitions, window grid"
     ),
-    "sequential": ModelSpec(
-        _sequential_grid, _sequential_build, "SASRec-style next-item transformer (text init if embeddings)"
+    "sequential": ModelSpec(_sequential_grid, _sequential_build, "SASRec-style next-item transformer"),
+    "sequential-text": ModelSpec(
+        _sequential_grid, _sequential_text_build, "SASRec-style, item vectors + text embeddings (--encoder)"
     ),
     "pipeline": ModelSpec(
         _pipeline_grid, _pipeline_build, "two-stage: all retrievers blended, LightGBM LambdaRank (--encoder)"
