@@ -337,3 +337,33 @@ def test_packaged_minilm_gives_normalised_384_dim_embeddings() -> None:
     assert emb.shape == (3, 384) and emb.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
     assert emb[0] @ emb[1] > emb[0] @ emb[2] + 0.2  # a real sentence encoder, not random weights
+
+
+def test_top_layers_on_cached_states_match_the_full_forward(tiny_bert: Path) -> None:
+    from recsys.encoder.finetune import TopLayers
+
+    encoder = load_encoder(tiny_bert)
+    ids = encoder.tokenize(item_texts(toy_items(), encoder.config).to_list())
+    top = TopLayers(encoder, 1)
+    top.cache_lower(ids, batch_size=7)
+    with torch.inference_mode():
+        fast = top.embed(list(range(len(ids)))).numpy()
+        full = encoder.embed_batch(ids).numpy()
+    np.testing.assert_allclose(fast, full, atol=2e-5)
+    with pytest.raises(ValueError, match="train_layers must be in"):
+        TopLayers(encoder, 3)
+
+
+def test_finetuning_top_layers_leaves_the_rest_untouched(tiny_bert: Path, tmp_path: Path) -> None:
+    result = finetune(
+        toy_items(),
+        toy_interactions(),
+        tiny_finetune_config(train_layers=1),
+        out=tmp_path / "top",
+        encoder=EncoderConfig(checkpoint=str(tiny_bert), max_tokens=16),
+    )
+    losses = [h["loss"] for h in result.history if "loss" in h]
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses
+    base, tuned = load_encoder(tiny_bert).model.state_dict(), load_encoder(result.path).model.state_dict()
+    changed = {k for k in base if not torch.equal(base[k], tuned[k])}
+    assert changed and all(k.startswith("encoder.layer.1.") for k in changed), changed

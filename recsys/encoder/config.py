@@ -75,6 +75,7 @@ class FinetuneConfig:
     window: int = 2
     batch_size: int = 64  # pairs per step; each step encodes at most 2 * batch_size texts
     max_tokens: int = 64  # shorter than inference: the budget on a 2-core CPU is dominated by backward
+    train_layers: int = 0  # 0: the whole network; n: only the top n layers, on cached lower-layer outputs
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
@@ -103,6 +104,7 @@ class FinetuneConfig:
             "window": self.window >= 1,
             "batch_size": self.batch_size >= 2,
             "max_tokens": 8 <= self.max_tokens <= 512,
+            "train_layers": self.train_layers >= 0,
             "warmup_ratio": 0 <= self.warmup_ratio < 1,
             "weight_decay": self.weight_decay >= 0,
             "max_grad_norm": self.max_grad_norm > 0,

@@ -26,7 +26,7 @@ import dataclasses
 import hashlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,7 @@ from torch import nn
 from recsys.data.dataset import Interactions
 from recsys.data.io import atomic_path
 from recsys.encoder.config import EncoderConfig, FinetuneConfig, item_texts
-from recsys.encoder.model import ItemEncoder, load_encoder, save_encoder
+from recsys.encoder.model import ItemEncoder, cls_pool, load_encoder, mean_pool, save_encoder
 
 EVAL_K = 10
 
@@ -127,24 +127,23 @@ def info_nce(
     return (losses[0] + losses[1]) / 2
 
 
-def pair_recall(
-    encoder: ItemEncoder, token_ids: list[list[int]], pairs: np.ndarray, *, k: int = EVAL_K
-) -> float:
+EmbedFn = Callable[[list[int]], torch.Tensor]  # item indices -> (n, dim) unit vectors
+
+
+def pair_recall(embed: EmbedFn, model: nn.Module, pairs: np.ndarray, *, k: int = EVAL_K) -> float:
     """Recall@k of finding each held-out partner among all held-out items (both directions)."""
     pool, inverse = np.unique(pairs, return_inverse=True)
     inverse = inverse.reshape(pairs.shape)
-    was_training = encoder.model.training
-    encoder.model.eval()
-    vectors = []
+    was_training = model.training
+    model.eval()
+    emb = np.zeros((len(pool), 0), np.float32)
     with torch.inference_mode():
-        order = np.argsort([-len(token_ids[i]) for i in pool], kind="stable")
-        emb = np.zeros((len(pool), encoder.dim), np.float32)
-        for start in range(0, len(pool), 128):
-            rows = order[start : start + 128]
-            emb[rows] = encoder.embed_batch([token_ids[pool[r]] for r in rows]).float().cpu().numpy()
-        vectors.append(emb)
-    encoder.model.train(was_training)
-    emb = vectors[0]
+        parts = [
+            embed(pool[start : start + 128].tolist()).float().cpu().numpy()
+            for start in range(0, len(pool), 128)
+        ]
+        emb = np.concatenate(parts)
+    model.train(was_training)
     queries = np.concatenate([inverse[:, 0], inverse[:, 1]])
     answers = np.concatenate([inverse[:, 1], inverse[:, 0]])
     scores = emb[queries] @ emb.T  # (2 * pairs, pool)
@@ -152,6 +151,75 @@ def pair_recall(
     k_eff = min(k, len(pool) - 1)
     top = np.argpartition(-scores, k_eff - 1, axis=1)[:, :k_eff]
     return float((top == answers[:, None]).any(axis=1).mean())
+
+
+class TopLayers:
+    """Fine-tune only the top ``n`` transformer layers of a BERT-style model, on cached inputs.
+
+    The frozen part (embeddings and the lower layers) gives the same output for an item at every
+    step, so it runs once per item, under ``inference_mode``, and each training step runs only the
+    top layers. On a CPU this makes a step several times cheaper than back-propagating through the
+    whole network; the saved model is still a complete BERT.
+    """
+
+    def __init__(self, encoder: ItemEncoder, n: int) -> None:
+        model = encoder.model
+        layers = getattr(getattr(model, "encoder", None), "layer", None)
+        if layers is None or not hasattr(model, "embeddings") or model.config.is_decoder:
+            raise ValueError("FinetuneConfig.train_layers needs a BERT-style encoder (model.encoder.layer)")
+        if not 1 <= n <= len(layers):
+            raise ValueError(
+                f"FinetuneConfig.train_layers must be in [1, {len(layers)}] for this model, got {n}"
+            )
+        self.encoder, self.model = encoder, model
+        self.lower, self.upper = list(layers[: len(layers) - n]), list(layers[len(layers) - n :])
+        self.states: list[torch.Tensor] = []
+
+    def trainable(self) -> list[nn.Parameter]:
+        return [p for layer in self.upper for p in layer.parameters()]
+
+    def _mask(self, hidden: torch.Tensor, mask: torch.Tensor) -> Any:
+        from transformers.masking_utils import create_bidirectional_mask
+
+        return create_bidirectional_mask(config=self.model.config, inputs_embeds=hidden, attention_mask=mask)
+
+    def cache_lower(self, token_ids: list[list[int]], *, batch_size: int = 128) -> None:
+        """Outputs of the frozen lower part for every item, unpadded: a list of (len_i, dim) tensors."""
+        device = self.encoder.device
+        order = np.argsort([-len(t) for t in token_ids], kind="stable")
+        states: list[torch.Tensor | None] = [None] * len(token_ids)
+        was_training = self.model.training
+        self.model.eval()
+        with torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                rows = order[start : start + batch_size]
+                ids, mask = self.encoder._pad([token_ids[r] for r in rows])
+                ids, mask = ids.to(device), mask.to(device)
+                hidden = self.model.embeddings(input_ids=ids)  # (batch, seq, dim)
+                extended = self._mask(hidden, mask)
+                for layer in self.lower:
+                    hidden = layer(hidden, extended)
+                lengths = mask.sum(1).tolist()
+                for r, h, n in zip(rows, hidden, lengths, strict=True):
+                    states[r] = h[:n].clone()
+        self.model.train(was_training)
+        self.states = [s for s in states if s is not None]
+
+    def embed(self, items: list[int]) -> torch.Tensor:
+        """Pooled unit vectors of ``items`` through the top layers only. -> (len(items), dim)."""
+        rows = [self.states[i] for i in items]
+        length = max(len(r) for r in rows)
+        device = self.encoder.device
+        hidden = torch.zeros(len(rows), length, rows[0].shape[-1], device=device)
+        mask = torch.zeros(len(rows), length, dtype=torch.long, device=device)
+        for j, r in enumerate(rows):  # per batch row, a copy of cached states
+            hidden[j, : len(r)] = r
+            mask[j, : len(r)] = 1
+        extended = self._mask(hidden, mask)
+        for layer in self.upper:
+            hidden = layer(hidden, extended)
+        pool = mean_pool if self.encoder.config.pooling == "mean" else cls_pool
+        return pool(hidden, mask)
 
 
 def _batches(pairs: np.ndarray, config: FinetuneConfig, epoch: int, device: torch.device) -> Iterator[Any]:
@@ -251,6 +319,12 @@ def finetune(
     base = load_encoder(encoder_config.checkpoint, config=dataclasses.replace(encoder_config, quantize=False))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model: Any = base.model
+    top = TopLayers(base, config.train_layers) if config.train_layers else None
+    if top is not None and not config.lora:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for p in top.trainable():
+            p.requires_grad_(True)
     if config.lora:
         from peft import LoraConfig, get_peft_model
 
@@ -259,12 +333,21 @@ def finetune(
             lora_alpha=config.lora_alpha,
             lora_dropout=config.lora_dropout,
             target_modules=list(config.lora_targets),
+            layers_to_transform=(
+                list(range(len(top.lower), len(top.lower) + len(top.upper))) if top is not None else None
+            ),
             bias="none",
         )
         model = get_peft_model(model, lora)
     model.to(device).train()
     work = ItemEncoder(base.config, tokenizer=base.tokenizer, model=model, fingerprint=base.fingerprint)
     token_ids = work.tokenize(texts, max_tokens=config.max_tokens)
+    embed: EmbedFn
+    if top is not None:
+        top.cache_lower(token_ids)
+        embed = top.embed
+    else:
+        embed = lambda items: work.embed_batch([token_ids[i] for i in items])  # noqa: E731
 
     steps_per_epoch = len(pairs) // config.batch_size if len(pairs) >= 2 * config.batch_size else 1
     total = config.epochs * steps_per_epoch
@@ -285,7 +368,7 @@ def finetune(
     amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
 
-    baseline = pair_recall(work, token_ids, held_out)
+    baseline = pair_recall(embed, model, held_out)
     history: list[dict[str, float]] = [{"step": 0, "recall@10": baseline}]
     best_recall, best_step, best_state = baseline, 0, _trainable(model)
     bad_evals, step, stop = 0, 0, False
@@ -299,7 +382,7 @@ def finetune(
                 unique, index = torch.unique(batch.reshape(-1), return_inverse=True)
                 index = index.reshape(-1, 2)
                 with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp):
-                    emb = work.embed_batch([token_ids[i] for i in unique.tolist()])  # (unique, dim)
+                    emb = embed(unique.tolist())  # (unique, dim)
                     loss = info_nce(
                         emb[index[:, 0]].float(),
                         emb[index[:, 1]].float(),
@@ -336,7 +419,7 @@ def finetune(
                     writer.add_scalar("train/loss", loss_value, step)
                     writer.add_scalar("train/lr", lr, step)
                 if step % config.eval_every == 0 or step == total:
-                    recall = pair_recall(work, token_ids, held_out)
+                    recall = pair_recall(embed, model, held_out)
                     history.append({"step": step, "recall@10": recall})
                     if writer is not None:
                         writer.add_scalar("validation/pair_recall@10", recall, step)
