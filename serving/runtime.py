@@ -35,11 +35,12 @@ ENV_STORE_URL = "RECSYS_ONLINE_STORE_URL"
 ENV_ADMIN_TOKEN = "RECSYS_ADMIN_TOKEN"
 ENV_POLL_SECONDS = "RECSYS_POLL_SECONDS"
 ENV_WORKERS = "RECSYS_WORKERS"
+ENV_THREADS = "RECSYS_THREADS"
 
 
 def default_store_url() -> str:
-    """The embedded SQLite online store in the BentoML home (``$BENTOML_HOME/recsys/online.db``)."""
-    return f"sqlite:///{registry.bentoml_home().resolve() / 'recsys' / 'online.db'}"
+    """The online store ``recsys train`` loads by default: SQLite in the BentoML home."""
+    return registry.default_online_store_url()
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class Settings:
     store_url: str | None = None
     admin_token: str | None = None
     poll_seconds: float = 1.0
+    threads: int = 2  # requests scored at once per worker (NumPy/LightGBM release the GIL)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -69,7 +71,11 @@ class Settings:
             poll = -1.0
         if not poll >= 0:
             raise ValueError(f"{ENV_POLL_SECONDS} must be a number of seconds >= 0, got {raw_poll!r}")
+        raw_threads = env.get(ENV_THREADS, "2")
+        if not raw_threads.isdigit() or int(raw_threads) < 1:
+            raise ValueError(f"{ENV_THREADS} must be a whole number >= 1, got {raw_threads!r}")
         return cls(
+            threads=int(raw_threads),
             model_tag=env.get(ENV_MODEL_TAG) or None,
             store_url=env.get(ENV_STORE_URL) or None,
             admin_token=env.get(ENV_ADMIN_TOKEN) or None,

@@ -26,7 +26,7 @@ import math
 import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, ParamSpec, cast
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
 import anyio.to_thread
 import bentoml
@@ -38,12 +38,12 @@ from serving.guard import API_ROUTES, RequestGuard
 from serving.runtime import ENV_WORKERS, Loaded, ModelHolder, Settings, default_store_url
 
 if TYPE_CHECKING:
-    from recsys.pipeline.recommender import Recommendation
-
     from feature_store.online import OnlineStore
+    from recsys.pipeline.recommender import Recommendation
 
 logger = logging.getLogger("recsys.serving")
 P = ParamSpec("P")
+T = TypeVar("T")
 
 
 class _QuietClientErrors(logging.Filter):
@@ -180,6 +180,7 @@ class Recsys:
         self.store: OnlineStore = open_store(self.settings.store_url or default_store_url())
         self.models = ModelHolder(pinned_tag=self.settings.model_tag, poll_seconds=self.settings.poll_seconds)
         self.models.start()
+        self._limiter = anyio.CapacityLimiter(self.settings.threads)
 
     def __is_ready__(self) -> bool:
         return self.models.current is not None
@@ -225,6 +226,12 @@ class Recsys:
         )
 
     # --- endpoints ----------------------------------------------------------------------------------
+    # Validation runs on the event loop; store reads and model calls run in a small thread pool
+    # (NumPy, LightGBM and SQLite release the GIL), so /livez, /readyz and /metrics answer at once
+    # even while a slow batch is being scored.
+
+    async def _run(self, func: Callable[[], T]) -> T:
+        return await anyio.to_thread.run_sync(func, limiter=self._limiter)
 
     @bentoml.api(route="/recommend", input_spec=api.RecommendRequest, output_spec=api.RecommendResponse)
     @answers
@@ -234,17 +241,21 @@ class Recsys:
         request = api.RecommendRequest.model_construct(**fields)
         loaded = self.loaded()
         filters = self._filters(loaded, request.filters)
-        record = self._records([request.user_id])[0]
-        recommendations = loaded.recommender.recommend(
-            _history(record),
-            n=request.n,
-            exclude_seen=request.exclude_seen,
-            filters=filters,
-            context_item_ids=request.context_item_ids,
-            user_features=record,
-        )
+
+        def run() -> list[Recommendation]:
+            record = self._records([request.user_id])[0]
+            return loaded.recommender.recommend(
+                _history(record),
+                n=request.n,
+                exclude_seen=request.exclude_seen,
+                filters=filters,
+                context_item_ids=request.context_item_ids,
+                user_features=record,
+            )
+
+        items = _items(await self._run(run))
         return api.RecommendResponse.model_construct(
-            user_id=request.user_id, model_version=loaded.version, items=_items(recommendations)
+            user_id=request.user_id, model_version=loaded.version, items=items
         )
 
     @bentoml.api(
@@ -256,18 +267,18 @@ class Recsys:
         request = api.BatchRecommendRequest.model_construct(**fields)
         loaded = self.loaded()
         filters = self._filters(loaded, request.filters)
-        records = self._records(request.user_ids)
 
         def run() -> list[list[Recommendation]]:
+            records = self._records(request.user_ids)
             return loaded.recommender.recommend_batch(
                 [_history(r) for r in records],
                 n=request.n,
                 exclude_seen=request.exclude_seen,
                 filters=filters,
+                user_features=records,
             )
 
-        # A big batch takes a while: run it off the event loop so single requests keep flowing.
-        results = await anyio.to_thread.run_sync(run)
+        results = await self._run(run)
         return api.BatchRecommendResponse.model_construct(
             model_version=loaded.version,
             results=[
@@ -284,12 +295,9 @@ class Recsys:
         """Items similar to one item, by text embedding and co-occurrence. Unknown item: 404."""
         request = api.SimilarItemsRequest.model_construct(**fields)
         loaded = self.loaded()
-        try:
-            similar = loaded.recommender.similar_items(request.item_id, n=request.n)
-        except KeyError:
-            raise RequestError(
-                404, f"unknown item {request.item_id!r}", loc=["item_id"], kind="not_found"
-            ) from None
+        if not loaded.recommender.has_item(request.item_id):
+            raise RequestError(404, f"unknown item {request.item_id!r}", loc=["item_id"], kind="not_found")
+        similar = await self._run(lambda: loaded.recommender.similar_items(request.item_id, n=request.n))
         return api.SimilarItemsResponse.model_construct(
             item_id=request.item_id, model_version=loaded.version, items=_items(similar)
         )
@@ -302,13 +310,14 @@ class Recsys:
         loaded = self.loaded()
         if not loaded.recommender.has_item(request.item_id):
             raise RequestError(404, f"unknown item {request.item_id!r}", loc=["item_id"], kind="not_found")
-        record = self._records([request.user_id])[0]
-        try:
-            contributions = loaded.recommender.explain(_history(record), request.item_id, top=request.top)
-        except KeyError:
-            raise RequestError(
-                404, f"unknown item {request.item_id!r}", loc=["item_id"], kind="not_found"
-            ) from None
+
+        def run() -> list[tuple[str, float]]:
+            record = self._records([request.user_id])[0]
+            return loaded.recommender.explain(
+                _history(record), request.item_id, top=request.top, user_features=record
+            )
+
+        contributions = await self._run(run)
         return api.ExplainResponse.model_construct(
             user_id=request.user_id,
             item_id=request.item_id,
@@ -325,8 +334,12 @@ class Recsys:
         """Record one user event in the online store; the user's next ``/recommend`` reflects it."""
         request = api.EventRequest.model_construct(**fields)
         timestamp = int(time.time()) if request.timestamp is None else request.timestamp
-        self.store.apply_event(request.user_id, request.item_id, request.event, timestamp)
-        record = self._records([request.user_id])[0]
+
+        def run() -> dict[str, Any]:
+            self.store.apply_event(request.user_id, request.item_id, request.event, timestamp)
+            return self._records([request.user_id])[0]
+
+        record = await self._run(run)
         return api.EventResponse.model_construct(
             user_id=request.user_id,
             item_id=request.item_id,

@@ -24,6 +24,9 @@ def serve(
         ),
     ] = None,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Worker processes.")] = 1,
+    threads: Annotated[
+        int, typer.Option("--threads", min=1, help="Requests scored at once in each worker.")
+    ] = 2,
     store: Annotated[
         str | None,
         typer.Option(
@@ -63,6 +66,10 @@ def serve(
     env = dict(os.environ)
     env[runtime.ENV_WORKERS] = str(workers)
     env[runtime.ENV_POLL_SECONDS] = str(poll_seconds)
+    env[runtime.ENV_THREADS] = str(threads)
+    # One request is small: BLAS/OpenMP thread pools per request only fight the other requests.
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env.setdefault(name, "1")
     if tag:
         env[runtime.ENV_MODEL_TAG] = tag
     else:

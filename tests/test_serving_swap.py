@@ -1,0 +1,152 @@
+"""End-to-end tests of the service's life cycle over real HTTP: readiness before any model exists,
+hot swap to a newly published version under concurrent load with zero failed requests, following
+``recsys models rollback``, and ``bentoml build`` of the packaged service.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import httpx
+import pytest
+from serving_fixtures import (
+    copy_as_version,
+    publish,
+    recsys_server,
+    run_cli,
+    server_env,
+    tiny_bundle,
+    tiny_home,
+)
+
+from serving.process import bentoml_serve_command, free_port, running
+
+pytestmark = pytest.mark.slow
+
+
+def wait_for_version(client: httpx.Client, version: str, *, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        info = client.get("/model")
+        if info.status_code == 200 and info.json()["version"] == version:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"the service did not switch to {version} in {timeout} s")
+
+
+def test_not_ready_until_a_model_is_published(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    store_url = f"sqlite:///{home / 'online.db'}"
+    port = free_port()
+    command = bentoml_serve_command("serving.service:Recsys", port=port)  # recsys serve would refuse
+    with (
+        running(
+            command, port=port, env=server_env(home, store_url), ready_path="/livez", log_dir=tmp_path
+        ) as server,
+        httpx.Client(base_url=server.url, timeout=30) as client,
+    ):
+        assert client.get("/livez").status_code == 200
+        assert client.get("/readyz").status_code == 503
+        response = client.post("/recommend", json={"user_id": "1"})
+        assert response.status_code == 503 and "no model loaded" in response.json()["error"]
+        assert client.get("/model").status_code == 503
+        assert client.post("/recommend", json={"user_id": ""}).status_code == 400  # validation first
+
+        version = publish(home, tiny_bundle(), store_url=store_url)
+        server.wait_until("/readyz", timeout=60)
+        answer = client.post("/recommend", json={"user_id": "1", "n": 3})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["model_version"] == version and len(answer.json()["items"]) == 3
+
+
+def test_hot_swap_and_rollback_under_load_drop_no_request(tmp_path: Path) -> None:
+    home = tiny_home(tmp_path / "home")
+    v1 = home.version
+    v2_bundle = copy_as_version(tiny_bundle(), tmp_path / "bundle-v2", f"{v1}-next")
+    results: dict[int, list[tuple[int, str]]] = defaultdict(list)  # thread -> (status, version)
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def hammer(worker: int, url: str) -> None:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            i = 0
+            while not stop.is_set():
+                user = home.users[i % len(home.users)] if i % 5 else f"stranger-{worker}-{i}"
+                i += 1
+                try:
+                    response = client.post("/recommend", json={"user_id": user, "n": 10})
+                except httpx.HTTPError as err:
+                    failures.append(f"{type(err).__name__}: {err}")
+                    continue
+                if response.status_code != 200:
+                    failures.append(f"{response.status_code}: {response.text}")
+                    continue
+                body = response.json()
+                if len(body["items"]) != 10:
+                    failures.append(f"short answer {body}")
+                results[worker].append((response.status_code, body["model_version"]))
+
+    with recsys_server(home.path, home.store_url) as server, httpx.Client(base_url=server.url) as client:
+        threads = [threading.Thread(target=hammer, args=(k, server.url)) for k in range(6)]
+        for thread in threads:
+            thread.start()
+        try:
+            time.sleep(1.0)
+            v2 = publish(home.path, v2_bundle, store_url=home.store_url)  # as `recsys train` ends
+            wait_for_version(client, v2)
+            time.sleep(1.0)
+            rollback = run_cli(home.path, "models", "rollback")
+            assert rollback.returncode == 0, rollback.stderr
+            assert v1 in rollback.stdout
+            wait_for_version(client, v1)
+            time.sleep(1.0)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join()
+        current = run_cli(home.path, "models", "current")
+        assert current.stdout.strip() == f"recsys-bundle:{v1}"
+
+    assert not failures, failures[:5]
+    total = sum(len(r) for r in results.values())
+    assert total > 50, f"only {total} requests completed"
+    for worker, answers in results.items():
+        versions = [v for _, v in answers]
+        assert set(versions) <= {v1, v2}
+        # Each caller sees v1, then v2, then v1 again: one switch each way, never back and forth.
+        switches = [b for a, b in itertools.pairwise(versions) if a != b]
+        assert switches == [v2, v1], f"caller {worker}: versions switched as {switches}"
+
+
+def test_bentoml_build_packages_the_service(tmp_path: Path) -> None:
+    home = tiny_home(tmp_path / "home")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "BENTOML_HOME": str(home.path), "BENTOML_DO_NOT_TRACK": "true"}
+    done = subprocess.run(
+        [sys.executable, "-m", "bentoml", "build", "-f", "serving/bentofile.yaml", "-o", "tag", "."],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    tag = done.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
+    assert tag.startswith("recsys:")
+    bento = home.path / "bentos" / "recsys" / tag.split(":")[1]
+    manifest = (bento / "bento.yaml").read_text()
+    assert f"recsys-bundle:{home.version}" in manifest  # the bundle travels with the Bento
+    for route in ("/recommend", "/recommend/batch", "/similar_items", "/explain", "/events"):
+        assert f"route: {route}\n" in manifest
+    assert (bento / "src" / "serving" / "service.py").is_file()
+    assert not any(
+        "torch" in line for line in (bento / "env" / "python" / "requirements.txt").read_text().splitlines()
+    )
