@@ -1,0 +1,280 @@
+"""Serving latency and throughput: ``POST /recommend`` on the real server vs a bare BentoML echo floor.
+
+Run from the project root::
+
+    .venv/bin/python benchmarks/serving.py                 # 60 s per concurrency level
+    .venv/bin/python benchmarks/serving.py --duration 10   # quick look
+
+Both servers run as subprocesses (``recsys serve`` and ``bentoml serve serving.echo:Echo``) with the
+same number of workers, one after the other, and are driven by the same closed-loop client
+(``aiohttp``, one connection per concurrent caller) for ``--duration`` seconds at each concurrency
+(default 1 and 16), after a short warm-up. Requests use real user ids of the demo data
+(``--interactions``, the bundled MovieLens by default) mixed with ``--unknown-share`` unknown users.
+
+The model is the current bundle of ``$BENTOML_HOME`` (or ``--home``): publish one first (``make demo``
+trains and publishes the demo bundle; ``recsys train`` any other). The online store is the one
+``recsys train`` loaded (``$RECSYS_ONLINE_STORE_URL`` or SQLite in the BentoML home).
+
+Prints a table and writes ``benchmarks/results/serving.json`` (flat keys ``<server>_c<N>_<measure>``;
+latencies in ms, throughput in requests/s, RSS in MB: the server process and all its workers,
+sampled every 0.5 s, peak; server CPU ms per request, which shared-machine load distorts less than
+latency) plus ``recsys_c<N>_p99_vs_echo`` and ``..._rps_vs_echo`` ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from recsys.data.loading import bundled_paths  # noqa: E402
+from serving.process import (  # noqa: E402
+    Server,
+    bentoml_serve_command,
+    free_port,
+    recsys_serve_command,
+    running,
+)
+
+TARGETS = {"p99_ms": 25.0, "rps": 300.0, "rss_mb": 1500.0}
+
+
+def request_bodies(interactions: Path, *, unknown_share: float, count: int, seed: int) -> list[bytes]:
+    """JSON bodies for ``/recommend``: real user ids, a share replaced by never-seen ids."""
+    import polars as pl
+
+    from recsys.data import schema as S
+    from recsys.data.io import read_table
+
+    users = (
+        read_table(interactions)
+        .select(pl.col(S.USER_ID).cast(pl.String).unique(maintain_order=True))
+        .collect()
+    )
+    pool = users.get_column(S.USER_ID).to_list()
+    rng = random.Random(seed)
+    bodies = []
+    for i in range(count):
+        user = f"benchmark-unknown-{i}" if rng.random() < unknown_share else rng.choice(pool)
+        bodies.append(json.dumps({"user_id": user, "n": 10}).encode())
+    return bodies
+
+
+async def _drive(url: str, bodies: list[bytes], *, concurrency: int, duration: float) -> dict[str, Any]:
+    import aiohttp
+
+    latencies: list[float] = []
+    errors = 0
+    headers = {"Content-Type": "application/json"}
+    connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        start = time.perf_counter()
+        stop = start + duration
+
+        async def caller(k: int) -> None:
+            nonlocal errors
+            i = k
+            while time.perf_counter() < stop:
+                body = bodies[i % len(bodies)]
+                i += concurrency
+                t0 = time.perf_counter()
+                try:
+                    async with session.post(url, data=body, headers=headers) as response:
+                        await response.read()
+                        ok = response.status == 200
+                except (aiohttp.ClientError, TimeoutError):
+                    ok = False
+                latencies.append(time.perf_counter() - t0)
+                errors += not ok
+
+        await asyncio.gather(*(caller(k) for k in range(concurrency)))
+        elapsed = time.perf_counter() - start
+    ms = np.asarray(latencies) * 1000
+    return {
+        "requests": len(latencies),
+        "errors": errors,
+        "rps": len(latencies) / elapsed,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p95_ms": float(np.percentile(ms, 95)),
+        "p99_ms": float(np.percentile(ms, 99)),
+    }
+
+
+class PeakRss:
+    """Samples the server's RSS (process + workers) every 0.5 s in a thread; ``peak`` in bytes."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.peak = server.rss_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            self.peak = max(self.peak, self.server.rss_bytes())
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def cpu_seconds(server: Server) -> float:
+    """User + system CPU time of the server process and its workers so far."""
+    import psutil
+
+    root = psutil.Process(server.process.pid)
+    total = 0.0
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            times = proc.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def measure(
+    name: str, server: Server, bodies: list[bytes], *, levels: list[int], duration: float, warmup: float
+) -> dict[str, float]:
+    url = server.url + "/recommend"
+    out: dict[str, float] = {}
+    asyncio.run(_drive(url, bodies, concurrency=max(levels), duration=warmup))
+    with PeakRss(server) as rss:
+        for level in levels:
+            cpu_before = cpu_seconds(server)
+            result = asyncio.run(_drive(url, bodies, concurrency=level, duration=duration))
+            result["cpu_ms_per_request"] = (
+                1000 * (cpu_seconds(server) - cpu_before) / max(result["requests"], 1)
+            )
+            for key, value in result.items():
+                out[f"{name}_c{level}_{key}"] = value
+            out[f"{name}_c{level}_rss_mb"] = rss.peak / 2**20
+            print(
+                f"  {name:6s} c={level:<3d} {result['rps']:8.1f} req/s  p50 {result['p50_ms']:6.2f}  "
+                f"p95 {result['p95_ms']:6.2f}  p99 {result['p99_ms']:6.2f} ms  errors {result['errors']}  "
+                f"RSS {rss.peak / 2**20:.0f} MB  server CPU {result['cpu_ms_per_request']:.2f} ms/request",
+                flush=True,
+            )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--duration", type=float, default=60.0, help="Seconds per concurrency level.")
+    parser.add_argument("--warmup", type=float, default=3.0, help="Warm-up seconds before measuring.")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--workers", type=int, default=1, help="Server worker processes (both servers).")
+    parser.add_argument("--unknown-share", type=float, default=0.1)
+    parser.add_argument("--home", type=Path, default=None, help="BENTOML_HOME with a published bundle.")
+    parser.add_argument("--interactions", type=Path, default=None, help="Where real user ids come from.")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "serving.json")
+    args = parser.parse_args()
+
+    from recsys.pipeline import registry
+
+    if args.home is not None:
+        os.environ["BENTOML_HOME"] = str(args.home.resolve())
+    try:
+        version = registry.current()
+    except registry.RegistryError as err:
+        sys.exit(f"{err} (`make demo` trains and publishes the demo bundle)")
+    interactions = args.interactions or bundled_paths()[1]
+    bodies = request_bodies(interactions, unknown_share=args.unknown_share, count=20_000, seed=0)
+    env = {"BENTOML_HOME": str(registry.bentoml_home()), "RECSYS_WORKERS": str(args.workers)}
+    print(
+        f"model {version.tag}; {args.workers} worker(s); {args.duration:g} s per level; "
+        f"{os.cpu_count()} CPUs on {platform.node()}",
+        flush=True,
+    )
+
+    results: dict[str, Any] = {
+        "model": version.tag,
+        "workers": args.workers,
+        "duration_s": args.duration,
+        "unknown_share": args.unknown_share,
+        "cpus": os.cpu_count() or 0,
+    }
+    port = free_port()
+    with running(bentoml_serve_command("serving.echo:Echo", port=port), port=port, env=env) as echo:
+        results.update(
+            measure("echo", echo, bodies, levels=args.concurrency, duration=args.duration, warmup=args.warmup)
+        )
+    port = free_port()
+    command = recsys_serve_command(port=port, options=["--workers", str(args.workers)])
+    with running(command, port=port, env=env) as server:
+        results.update(
+            measure(
+                "recsys", server, bodies, levels=args.concurrency, duration=args.duration, warmup=args.warmup
+            )
+        )
+    for level in args.concurrency:
+        results[f"recsys_c{level}_p99_vs_echo"] = (
+            results[f"recsys_c{level}_p99_ms"] / results[f"echo_c{level}_p99_ms"]
+        )
+        results[f"recsys_c{level}_rps_vs_echo"] = (
+            results[f"recsys_c{level}_rps"] / results[f"echo_c{level}_rps"]
+        )
+
+    print()
+    columns = [
+        "server",
+        "concurrency",
+        "req/s",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "errors",
+        "peak RSS MB",
+        "CPU ms/req",
+    ]
+    print("| " + " | ".join([*columns, "p99 / echo", "req/s / echo"]) + " |")
+    print("|" + "---|" * (len(columns) + 2))
+    for level in args.concurrency:
+        for name in ("echo", "recsys"):
+            k = f"{name}_c{level}_"
+            p99_ratio = results[f"recsys_c{level}_p99_vs_echo"] if name == "recsys" else 1.0
+            rps_ratio = results[f"recsys_c{level}_rps_vs_echo"] if name == "recsys" else 1.0
+            print(
+                f"| {name} | {level} | {results[k + 'rps']:.0f} | {results[k + 'p50_ms']:.2f} | "
+                f"{results[k + 'p95_ms']:.2f} | {results[k + 'p99_ms']:.2f} | {int(results[k + 'errors'])} | "
+                f"{results[k + 'rss_mb']:.0f} | {results[k + 'cpu_ms_per_request']:.2f} | "
+                f"{p99_ratio:.2f} | {rps_ratio:.2f} |"
+            )
+    top = max(args.concurrency)
+    met = {
+        f"p99 < {TARGETS['p99_ms']:g} ms": results[f"recsys_c{top}_p99_ms"] < TARGETS["p99_ms"],
+        f">= {TARGETS['rps']:g} req/s": results[f"recsys_c{top}_rps"] >= TARGETS["rps"],
+        "zero errors": all(results[f"recsys_c{c}_errors"] == 0 for c in args.concurrency),
+        f"RSS < {TARGETS['rss_mb']:g} MB": results[f"recsys_c{top}_rss_mb"] < TARGETS["rss_mb"],
+    }
+    print(
+        f"\ntargets at concurrency {top}: "
+        + "; ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in met.items())
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=2))
+    tmp.replace(args.out)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
