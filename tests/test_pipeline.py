@@ -1,0 +1,155 @@
+"""End to end: the two-stage model and the training job on a small real slice (bundled MovieLens)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from pipeline_helpers import fast_config, save_tiny_bert, vocabulary
+
+from recsys.data import schema as S
+from recsys.data.dataset import Dataset
+from recsys.data.loading import bundled_paths, load_dataset
+from recsys.data.splits import make_split
+from recsys.pipeline.recommender import Filters, Recommender
+from recsys.pipeline.train import TrainConfig, train_bundle
+from recsys.pipeline.two_stage import TwoStage
+
+ARTIFACT_SUFFIXES = {".json", ".parquet", ".npy", ".txt", ".safetensors", ".yaml"}
+
+
+@pytest.fixture(scope="module")
+def tables() -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The first 80 users of the bundled MovieLens sample and the items they rated."""
+    dataset = load_dataset(*bundled_paths())
+    interactions = dataset.interactions.drop(S.USER_IDX, S.ITEM_IDX)
+    users = interactions.get_column(S.USER_ID).unique(maintain_order=True).head(80)
+    interactions = interactions.filter(pl.col(S.USER_ID).is_in(users.implode()))
+    items = dataset.items.filter(pl.col(S.ITEM_ID).is_in(interactions.get_column(S.ITEM_ID).implode()))
+    return items, interactions
+
+
+@pytest.fixture(scope="module")
+def config(
+    tmp_path_factory: pytest.TempPathFactory, tables: tuple[pl.DataFrame, pl.DataFrame]
+) -> TrainConfig:
+    checkpoint = save_tiny_bert(tmp_path_factory.mktemp("bert"), vocabulary(tables[0]))
+    config = fast_config(checkpoint)
+    assert isinstance(config, TrainConfig)
+    return config
+
+
+@pytest.fixture(scope="module")
+def bundle(
+    tmp_path_factory: pytest.TempPathFactory, tables: tuple[pl.DataFrame, pl.DataFrame], config: TrainConfig
+) -> Path:
+    return train_bundle(*tables, config=config, out_dir=tmp_path_factory.mktemp("bundles"))
+
+
+def test_bundle_is_self_describing_and_pickle_free(bundle: Path) -> None:
+    meta = json.loads((bundle / "metadata.json").read_text())
+    assert meta["version"] == bundle.name
+    for key in ("created_at", "data_fingerprint", "config", "metrics", "library_versions", "encoder"):
+        assert key in meta
+    assert 0.0 <= meta["metrics"]["test"]["ndcg@10"] <= 1.0
+    assert (bundle / "model" / "ranker" / "model.txt").read_text().startswith("tree")
+    files = [p for p in bundle.rglob("*") if p.is_file()]
+    assert {p.suffix for p in files} <= ARTIFACT_SUFFIXES, {p.suffix for p in files} - ARTIFACT_SUFFIXES
+    for path in files:
+        if path.suffix == ".npy":
+            np.load(path, allow_pickle=False)  # raises if an object array (pickle) were stored
+
+
+def test_fit_save_load_gives_identical_scores(
+    tmp_path: Path, tables: tuple[pl.DataFrame, pl.DataFrame], config: TrainConfig
+) -> None:
+    dataset = Dataset.from_tables(*tables)
+    split = make_split(dataset.to_interactions(), "temporal")
+    rng = np.random.default_rng(0)
+    embeddings = rng.normal(size=(dataset.n_items, 8)).astype(np.float32)
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    model = TwoStage(config.model, items=dataset.items, item_embeddings=embeddings).fit(split.test.train)
+    histories = split.test.train.histories(split.test.users)
+    ids, scores = model.recommend(histories, 20)
+    model.save(tmp_path / "model")
+    again_ids, again_scores = TwoStage.load(tmp_path / "model").recommend(histories, 20)
+    np.testing.assert_array_equal(ids, again_ids)
+    np.testing.assert_array_equal(scores, again_scores)
+    # never a history item, every list full (the catalogue is large enough)
+    history = histories.to_csr(dataset.n_items).toarray()
+    assert not np.any(history[np.arange(len(ids))[:, None], ids] > 0)
+    assert np.all(ids >= 0)
+    # ranker ordering: scores are non-increasing along each list
+    assert np.all(np.diff(scores, axis=1) <= 0)
+
+
+def test_recommender_answers_like_the_model(bundle: Path, tables: tuple[pl.DataFrame, pl.DataFrame]) -> None:
+    _, interactions = tables
+    recommender = Recommender.load(bundle)
+    model = recommender.model
+    user = interactions.get_column(S.USER_ID)[0]
+    history = interactions.filter(pl.col(S.USER_ID) == user).sort(S.TIMESTAMP).get_column(S.ITEM_ID).to_list()
+    recs = recommender.recommend(history, n=10)
+    assert len(recs) == 10 and not {r.item_id for r in recs} & set(history)
+    assert all(r.sources for r in recs) and all(r.title for r in recs)
+    # the same history through the offline path gives the same top 10 (fast path == Polars path)
+    rows = [recommender._row_of[i] for i in history]
+    from recsys.data.dataset import Histories
+
+    offline_ids, offline_scores = model.recommend(Histories.from_lists([rows]), 10)
+    assert [r.item_id for r in recs] == [str(recommender._ids[i]) for i in offline_ids[0]]
+    np.testing.assert_allclose([r.score for r in recs], offline_scores[0], rtol=1e-5, atol=1e-6)
+
+
+def test_recommender_fallbacks_and_filters(bundle: Path, tables: tuple[pl.DataFrame, pl.DataFrame]) -> None:
+    items, interactions = tables
+    recommender = Recommender.load(bundle)
+    cold = recommender.recommend([], n=5)
+    assert [r.sources for r in cold] == [("popularity",)] * 5
+    popular = interactions.group_by(S.ITEM_ID).len().sort("len", descending=True).get_column(S.ITEM_ID)
+    assert cold[0].item_id == popular[0]
+    context = popular[3]
+    session = recommender.recommend([], n=5, context_item_ids=[context])
+    assert context not in {r.item_id for r in session}
+    assert any(s != "popularity" for r in session for s in r.sources)
+    category = next(iter(sorted(recommender.categories())))
+    filtered = recommender.recommend([], n=5, filters=Filters(categories=(category,)))
+    allowed = set(items.filter(pl.col(S.CATEGORY) == category).get_column(S.ITEM_ID).to_list())
+    assert filtered and {r.item_id for r in filtered} <= allowed
+    excluded = recommender.recommend([], n=3, filters=Filters(exclude_item_ids=(cold[0].item_id,)))
+    assert cold[0].item_id not in {r.item_id for r in excluded}
+    assert recommender.similar_items(context, n=5)
+    with pytest.raises(KeyError):
+        recommender.similar_items("no-such-item", n=5)
+    contributions = recommender.explain([context], popular[0], top=3)
+    assert len(contributions) == 3 and all(isinstance(v, float) for _, v in contributions)
+
+
+def test_publish_then_load_from_the_model_store(tmp_path: Path, bundle: Path) -> None:
+    """Publishing copies the bundle into the BentoML store (in a subprocess: BENTOML_HOME binds at import)."""
+    code = (
+        "import sys; from pathlib import Path; from recsys.pipeline.train import publish_bundle; "
+        "from recsys.pipeline import registry; v = publish_bundle(Path(sys.argv[1])); "
+        "print(v.tag, v.path, registry.current().tag)"
+    )
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "home"), "BENTOML_DO_NOT_TRACK": "True"}
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(bundle)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout.split()
+    tag, path, current = out[-3:]
+    assert tag == current == f"recsys-bundle:{bundle.name}"
+    history = ["1", "3", "6"]
+    published = Recommender.load(Path(path)).recommend(history, n=5)
+    assert published == Recommender.load(bundle).recommend(history, n=5)
+    assert (tmp_path / "home" / "recsys" / "online.db").exists()
