@@ -9,9 +9,10 @@ Steps, each a function of its inputs:
    each on its held-out targets (full ranking, history excluded).
 4. Fit it on all interactions: that is the model served.
 5. Write the bundle folder atomically: ``metadata.json``, ``model/`` (two-stage model),
-   ``encoder/`` (the fine-tuned encoder, safetensors; a frozen one is only referenced), ``features/`` (the feature-store snapshot as
-   of the end of the data). Then publish it to the BentoML model store and load the snapshot into
-   the online store, so the service answers known users from their histories.
+   ``encoder/`` (the fine-tuned encoder, safetensors; a frozen one is only referenced) and
+   ``features/`` (the feature-store snapshot as of the end of the data). Then publish it to the
+   BentoML model store and load the snapshot into the online store, so the service answers known
+   users from their histories.
 """
 
 from __future__ import annotations

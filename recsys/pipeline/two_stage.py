@@ -126,6 +126,16 @@ def generator_class(name: str) -> type[CandidateGenerator]:
     raise ValueError(f"unknown candidate source {name!r} (known: {', '.join(SOURCES)})")
 
 
+def _loader(name: str) -> Any:
+    """The class that loads a saved source: the sequential model answers through its NumPy
+    inference, so a loaded model (and the service) never imports torch."""
+    if name == "sequential":
+        from recsys.candidates.sequential_numpy import SequentialScorer
+
+        return SequentialScorer
+    return generator_class(name)
+
+
 def _sequential_config(s: SequentialSourceConfig) -> Any:
     from recsys.candidates.sequential import SequentialConfig
 
@@ -349,8 +359,7 @@ class TwoStage:
         embeddings = np.load(emb_path, allow_pickle=False) if emb_path.exists() else None
         model = cls(config, items=pl.read_parquet(path / "items.parquet"), item_embeddings=embeddings)
         model.generators_ = {
-            name: generator_class(name).load(path / "generators" / name)  # type: ignore[attr-defined]
-            for name in config.candidates.sources
+            name: _loader(name).load(path / "generators" / name) for name in config.candidates.sources
         }
         model.ranker_ = LambdaRanker.load(path / "ranker")
         model.snapshot_ = F.ItemSnapshot(

@@ -84,7 +84,9 @@ class LambdaRanker:
         if int(groups.sum()) != len(features) or len(labels) != len(features):
             raise ValueError("groups must sum to the number of rows, and labels must have one per row")
         if len(groups) < 2:
-            raise ValueError(f"the ranker needs at least 2 user groups with a positive label, got {len(groups)}")
+            raise ValueError(
+                f"the ranker needs at least 2 user groups with a positive label, got {len(groups)}"
+            )
         rng = np.random.default_rng(c.seed)
         n_valid = min(len(groups) - 1, max(1, round(c.valid_fraction * len(groups))))
         valid_group = np.zeros(len(groups), dtype=bool)
