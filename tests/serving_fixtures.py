@@ -186,12 +186,12 @@ class Home:
         return top
 
 
-def tiny_home(path: Path) -> Home:
+def tiny_home(path: Path, *, store_url: str | None = None) -> Home:
     """Publish the tiny bundle into a fresh BentoML home at ``path``, with its users' states in the
-    online store ``path/online.db``, as ``recsys train`` does."""
+    online store (``store_url``, default SQLite ``path/online.db``), as ``recsys train`` does."""
     path.mkdir(parents=True, exist_ok=True)
     bundle = tiny_bundle()
-    store_url = f"sqlite:///{path / 'online.db'}"
+    store_url = store_url or f"sqlite:///{path / 'online.db'}"
     version = publish(path, bundle, store_url=store_url)
     metadata = json.loads((bundle / "metadata.json").read_text())
     items, interactions = tiny_tables()

@@ -26,6 +26,7 @@ from serving_fixtures import (
     tiny_home,
 )
 
+from redis_server import redis_server, redis_url  # noqa: F401 - fixtures
 from serving.process import bentoml_serve_command, free_port, running
 
 pytestmark = pytest.mark.slow
@@ -124,6 +125,25 @@ def test_hot_swap_and_rollback_under_load_drop_no_request(tmp_path: Path) -> Non
         # Each caller sees v1, then v2, then v1 again: one switch each way, never back and forth.
         switches = [b for a, b in itertools.pairwise(versions) if a != b]
         assert switches == [v2, v1], f"caller {worker}: versions switched as {switches}"
+
+
+def test_redis_online_store(tmp_path: Path, redis_url: str) -> None:  # noqa: F811
+    """``recsys serve --store redis://...``: histories come from Redis and events land there."""
+    known = tiny_home(tmp_path / "home", store_url=redis_url)
+    user = known.users[0]
+    with (
+        recsys_server(known.path, redis_url, "--store", redis_url) as server,
+        httpx.Client(base_url=server.url, timeout=30) as client,
+    ):
+        answer = client.post("/recommend", json={"user_id": user, "n": 10}).json()
+        items = [i["item_id"] for i in answer["items"]]
+        assert len(items) == 10 and not set(items) & known.seen[user]
+        assert any(set(i["sources"]) - {"popularity"} for i in answer["items"])  # personalised
+        stranger = f"redis-user-{time.monotonic_ns()}"
+        event = client.post("/events", json={"user_id": stranger, "item_id": known.users_item})
+        assert event.status_code == 200 and event.json()["n_events"] == 1
+        after = client.post("/recommend", json={"user_id": stranger, "n": 10}).json()
+        assert known.users_item not in [i["item_id"] for i in after["items"]]
 
 
 def test_bentoml_build_packages_the_service(tmp_path: Path) -> None:
