@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from redis_server import redis_server, redis_url  # noqa: F401 - fixtures
 from serving_fixtures import (
     copy_as_version,
     publish,
@@ -26,7 +27,6 @@ from serving_fixtures import (
     tiny_home,
 )
 
-from redis_server import redis_server, redis_url  # noqa: F401 - fixtures
 from serving.process import bentoml_serve_command, free_port, running
 
 pytestmark = pytest.mark.slow
