@@ -136,15 +136,24 @@ class Recommender:
 
         return frame_to_records(states)[1][0]
 
-    def _score(self, candidates: Candidates, record: dict[str, Any]) -> np.ndarray:
-        """Ranker scores of one history's candidates (row 0), -inf where there is none."""
-        assert self.model.ranker_ is not None
+    def _matrix(self, candidates: Candidates, last: int, record: dict[str, Any]) -> np.ndarray:
+        """The ranker's feature rows of one history's valid candidates, in ``feature_names_`` order."""
+        assert self.model.generators_ is not None
         retriever, rows, cols = F.retriever_features(candidates)
         item_rows = candidates.ids[rows, cols]
-        store = self._features(record, item_rows, now=self._now(record))
-        X = np.column_stack(
-            [retriever, *(store[name].astype(np.float32) for name in self._features.features)]
+        sequence = self.model.last_item_features(
+            self.model.generators_, np.full(len(item_rows), last), item_rows
         )
+        store = self._features(record, item_rows, now=self._now(record))
+        return np.column_stack(
+            [retriever, sequence, *(store[name].astype(np.float32) for name in self._features.features)]
+        )
+
+    def _score(self, candidates: Candidates, last: int, record: dict[str, Any]) -> np.ndarray:
+        """Ranker scores of one history's candidates (row 0), -inf where there is none."""
+        assert self.model.ranker_ is not None
+        rows, cols = np.nonzero(candidates.ids >= 0)
+        X = self._matrix(candidates, last, record)
         scores = np.full(candidates.ids.shape, -np.inf, dtype=np.float32)
         scores[rows, cols] = self.model.ranker_.predict(X)
         return scores
@@ -184,7 +193,7 @@ class Recommender:
         if not rows:
             return self._popular(allowed, n)
         candidates = self.model.candidates(Histories.from_lists([rows]))
-        scores = self._score(candidates, self._record(rows, user_features))[0]
+        scores = self._score(candidates, rows[-1], self._record(rows, user_features))[0]
         ids = candidates.ids[0]
         ok = (ids >= 0) & np.isfinite(scores)
         ok[ok] &= allowed[ids[ok]]
@@ -266,10 +275,5 @@ class Recommender:
                 np.full(shape, np.nan, np.float32),
                 np.full(shape, np.nan, np.float32),
             )
-        retriever, _, _ = F.retriever_features(single)
-        record = self._record(rows, user_features)
-        store = self._features(record, np.array([target]), now=self._now(record))
-        X = np.column_stack(
-            [retriever, *(store[name].astype(np.float32) for name in self._features.features)]
-        )
+        X = self._matrix(single, rows[-1] if rows else -1, self._record(rows, user_features))
         return self.model.ranker_.explain(X, top=top)[0]

@@ -55,7 +55,7 @@ class SequentialSourceConfig:
     max_len: int = 50
     max_epochs: int = 200
     patience: int = 5
-    time_budget_s: float = 600.0
+    time_budget_s: float = 300.0  # per fit; a pipeline fit trains it twice (labels held out, then all)
     text_init: bool = True
 
 
@@ -240,7 +240,7 @@ class TwoStage:
         histories = inner.train.histories(inner.users)
         proposals = self._propose(generators, histories)
         candidates = blend(proposals, total=config.candidates.total, n_items=self.items.height)
-        X, rows, cols = self._features(candidates, histories, snapshot)
+        X, rows, cols = self._features(generators, candidates, histories, snapshot)
         labels = np.asarray(inner.targets[rows, candidates.ids[rows, cols]]).ravel().astype(np.float32)
         has_label = np.zeros(len(histories), dtype=bool)
         has_label[rows[labels > 0]] = True
@@ -277,13 +277,31 @@ class TwoStage:
         return {name: g.recommend(histories, n) for name, g in generators.items()}
 
     def _features(
-        self, candidates: Candidates, histories: Histories, snapshot: F.ItemSnapshot
+        self,
+        generators: dict[str, CandidateGenerator],
+        candidates: Candidates,
+        histories: Histories,
+        snapshot: F.ItemSnapshot,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         item_ids = snapshot.attrs.get_column(S.ITEM_ID).to_numpy()
         states = F.states_from_histories(
             histories, self.items, item_ids, config=snapshot.config, now=snapshot.now
         )
-        return F.assemble(candidates, states, snapshot)
+        rows, cols = np.nonzero(candidates.ids >= 0)
+        last = self.last_item_features(generators, histories.last(1)[rows, 0], candidates.ids[rows, cols])
+        return F.assemble(candidates, states, snapshot, last)
+
+    def last_item_features(
+        self, generators: dict[str, CandidateGenerator], last: np.ndarray, candidates: np.ndarray
+    ) -> np.ndarray:
+        """``features.last_item_features`` from this model's transitions and embeddings."""
+        cooc = generators.get("cooccurrence")
+        return F.last_item_features(
+            last,
+            candidates,
+            transitions=getattr(cooc, "similarity_", None),
+            embeddings=self.item_embeddings if self.config.text_features else None,
+        )
 
     def candidates(self, histories: Histories) -> Candidates:
         """The blended candidates of each history (before ranking)."""
@@ -296,7 +314,7 @@ class TwoStage:
         """Top ``n`` of each history by ranker score (after MMR when ``diversity`` > 0)."""
         check_n(n)
         check_fitted(self, "ranker_")
-        assert self.ranker_ is not None and self.snapshot_ is not None
+        assert self.ranker_ is not None and self.snapshot_ is not None and self.generators_ is not None
         ids = np.full((len(histories), n), -1, dtype=np.int32)
         scores = np.full((len(histories), n), -np.inf, dtype=np.float32)
         block = 2048  # bounds the feature matrix: block x total x features floats
@@ -304,7 +322,7 @@ class TwoStage:
             stop = min(start + block, len(histories))
             part = _slice(histories, start, stop)
             cands = self.candidates(part)
-            X, rows, cols = self._features(cands, part, self.snapshot_)
+            X, rows, cols = self._features(self.generators_, cands, part, self.snapshot_)
             dense = np.full(cands.ids.shape, -np.inf, dtype=np.float32)
             dense[rows, cols] = self.ranker_.predict(X)
             top_ids, top_scores = _rank(cands.ids, dense, n, self.config.diversity, self.item_embeddings)

@@ -18,6 +18,7 @@ from functools import cached_property
 
 import numpy as np
 import polars as pl
+import scipy.sparse as sp
 
 from feature_store import compute as C
 from feature_store import definitions as D
@@ -103,10 +104,36 @@ def states_from_histories(
     return C.user_states(frame, items, key_frame, config=config)
 
 
+LAST_ITEM_FEATURES = ("transition_from_last", "text_cosine_to_last")
+
+
 def feature_names(sources: tuple[str, ...], snapshot: ItemSnapshot) -> list[str]:
     config = snapshot.config
     retriever = [f"{s}_{kind}" for s in sources for kind in ("score", "rank")] + ["n_sources"]
-    return retriever + store_features(config)
+    return retriever + list(LAST_ITEM_FEATURES) + store_features(config)
+
+
+def last_item_features(
+    last: np.ndarray,
+    candidates: np.ndarray,
+    *,
+    transitions: sp.csr_matrix | None,
+    embeddings: np.ndarray | None,
+) -> np.ndarray:
+    """(n, 2): the item-to-item transition weight from each row's last item to its candidate, and
+    the text cosine between them (NaN where unknown or there is no last item).
+
+    ``last`` and ``candidates`` are aligned (n,) item rows; ``last`` is -1 for an empty history.
+    On sequential shops the next item is mostly a neighbour of the last one, which a history-wide
+    score blurs.
+    """
+    out = np.full((len(last), 2), np.nan, dtype=np.float32)
+    ok = last >= 0
+    if transitions is not None and ok.any():
+        out[ok, 0] = np.asarray(transitions[last[ok], candidates[ok]]).ravel()
+    if embeddings is not None and ok.any():
+        out[ok, 1] = np.einsum("ij,ij->i", embeddings[last[ok]], embeddings[candidates[ok]])
+    return out
 
 
 def store_features(config: D.FeatureConfig) -> list[str]:
@@ -130,12 +157,13 @@ def retriever_features(candidates: Candidates) -> tuple[np.ndarray, np.ndarray, 
 
 
 def assemble(
-    candidates: Candidates, states: pl.DataFrame, snapshot: ItemSnapshot
+    candidates: Candidates, states: pl.DataFrame, snapshot: ItemSnapshot, last_item: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Feature rows of every valid candidate, in row-major order.
 
     Returns ``(features, rows, cols)``: ``features`` (n_valid, n_features) float32, and the position
-    ``(rows[k], cols[k])`` of each feature row in ``candidates.ids``.
+    ``(rows[k], cols[k])`` of each feature row in ``candidates.ids``. ``last_item`` holds the
+    ``last_item_features`` columns of those rows.
     """
     config = snapshot.config
     retriever, rows, cols = retriever_features(candidates)
@@ -156,5 +184,5 @@ def assemble(
         .astype(np.float32)
     )
 
-    features = np.hstack([retriever, user_matrix[rows], snapshot.matrix[item_idx], pair_matrix])
+    features = np.hstack([retriever, last_item, user_matrix[rows], snapshot.matrix[item_idx], pair_matrix])
     return features, rows, cols
