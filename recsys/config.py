@@ -64,13 +64,13 @@ def _coerce(hint: Any, value: Any, *, where: str) -> Any:
     if origin is tuple:
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{where} must be a list, got {value!r}")
-        args = typing.get_args(hint) or (Any, ...)
-        if len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]
-            args = (args[0],) * len(value)
-        elif len(args) != len(value):
-            raise ConfigError(f"{where} must have {len(args)} entries, got {len(value)}")
+        hints: tuple[Any, ...] = typing.get_args(hint) or (Any, ...)
+        if len(hints) == 2 and hints[1] is Ellipsis:  # tuple[X, ...]
+            hints = (hints[0],) * len(value)
+        elif len(hints) != len(value):
+            raise ConfigError(f"{where} must have {len(hints)} entries, got {len(value)}")
         return tuple(
-            _coerce(h, v, where=f"{where}[{i}]") for i, (h, v) in enumerate(zip(args, value, strict=True))
+            _coerce(h, v, where=f"{where}[{i}]") for i, (h, v) in enumerate(zip(hints, value, strict=True))
         )
     if origin is dict or hint is Any:
         return value
