@@ -11,9 +11,10 @@ validation), full ranking over all items, history items excluded, metrics from
 
 * ``cooccurrence``: a small grid is tuned on the validation task (fit on ``split.validation.train``),
   the best NDCG@10 configuration is refitted on ``split.test.train`` and reported on the test task.
-* ``sequential``: fitted once on ``split.test.train``; early stopping holds out each user's last
-  training event, which under leave-last-out is exactly the validation target. ``sequential+text``
-  is the same with frozen MiniLM text embeddings (``--embeddings``, (n_items, 384) ``.npy``).
+* ``sequential``: fitted once on ``split.test.train``; early stopping holds out the last training
+  event of ``--validation-users`` sampled users (0: all users, which under leave-last-out is exactly
+  the validation target). ``sequential+text`` is the same with frozen MiniLM text embeddings
+  (``--embeddings``, (n_items, 384) ``.npy``).
 
 Prints a table and writes flat JSON to ``benchmarks/results/sequential_cooccurrence.json``.
 """
@@ -88,7 +89,11 @@ def run_sequential(
     from recsys.candidates.sequential import SequentialConfig, SequentialRecommender
 
     config = SequentialConfig(
-        time_budget_s=args.time_budget, threads=args.threads, lr=args.lr, seed=args.seed
+        time_budget_s=args.time_budget,
+        threads=args.threads,
+        lr=args.lr,
+        seed=args.seed,
+        validation_users=args.validation_users,
     )
     model = SequentialRecommender(config, item_embeddings=embeddings).fit(split.test.train)
     return {
@@ -109,6 +114,7 @@ def main() -> None:
     parser.add_argument("--time-budget", type=float, default=600.0)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--validation-users", type=int, default=2000, help="0: hold out every user")
     parser.add_argument(
         "--out", default=str(ROOT / "benchmarks" / "results" / "sequential_cooccurrence.json")
     )
