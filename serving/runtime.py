@@ -10,6 +10,8 @@ The holder follows the registry's *current* pointer (``recsys.pipeline.registry`
 checks ``current_marker()`` (one ``stat``) every ``poll_seconds`` and loads the new current version
 when it changes, so ``recsys train`` publishing a version or ``recsys models rollback`` is followed
 within about a second, with no restart and no dropped request. A pinned tag is never swapped.
+A version that fails to load or to answer a smoke test is not swapped in: the service keeps the
+model it has (or stays not ready) and logs why.
 """
 
 from __future__ import annotations
@@ -101,6 +103,19 @@ def _load_bundle(path: Path) -> Recommender:
     return Recommender.load(path)
 
 
+def smoke_test(recommender: Recommender) -> None:
+    """Answer one request of each kind before serving a model: a bundle that loads but cannot
+    answer (e.g. written by an incompatible version) must never replace a working one. It also
+    warms the caches, so the first real request after a swap is not slow."""
+    popular = recommender.recommend([], n=3)
+    if not popular:
+        raise RuntimeError("the model recommends nothing to a new user")
+    history = [r.item_id for r in popular]
+    recommender.recommend(history[:2], n=3)
+    recommender.similar_items(history[0], n=3)
+    recommender.explain(history[:1], history[-1], top=1)
+
+
 class ModelHolder:
     """The current model, loaded from the BentoML model store and swapped atomically.
 
@@ -151,6 +166,7 @@ class ModelHolder:
                 self._marker = marker
                 return previous.tag, previous.tag, False
             recommender = self._load(version.path)
+            smoke_test(recommender)
             self._current = Loaded(
                 recommender=recommender,
                 tag=version.tag,

@@ -331,7 +331,8 @@ class Recsys:
     @bentoml.api(route="/events", input_spec=api.EventRequest, output_spec=api.EventResponse)
     @answers
     async def events(self, **fields: Any) -> api.EventResponse | Response:
-        """Record one user event in the online store; the user's next ``/recommend`` reflects it."""
+        """Record one user event in the online store; the user's next ``/recommend`` reflects it.
+        Items the served model does not know yet (new catalogue items) are recorded too."""
         request = api.EventRequest.model_construct(**fields)
         timestamp = int(time.time()) if request.timestamp is None else request.timestamp
 

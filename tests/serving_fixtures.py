@@ -83,6 +83,23 @@ def copy_as_version(bundle: Path, out: Path, version: str) -> Path:
     return out
 
 
+def incompatible_copy(bundle: Path, out: Path, version: str) -> Path:
+    """A release whose ranker expects two features fewer than this code computes: it loads, but
+    fails on every request (what a bundle written by an incompatible version does)."""
+    import re
+
+    copy_as_version(bundle, out, version)
+    path = out / "model" / "ranker" / "model.txt"
+    text = path.read_text()
+    n = int(re.search(r"^max_feature_idx=(\d+)$", text, flags=re.M).group(1))  # type: ignore[union-attr]
+    text = text.replace(f"max_feature_idx={n}", f"max_feature_idx={n - 2}", 1)
+    for key in ("feature_names", "feature_infos"):
+        line = re.search(rf"^{key}=(.*)$", text, flags=re.M).group(1)  # type: ignore[union-attr]
+        text = text.replace(f"{key}={line}", f"{key}=" + " ".join(line.split()[:-2]), 1)
+    path.write_text(text)
+    return out
+
+
 def server_env(home: Path, store_url: str, **extra: str) -> dict[str, str]:
     return {
         "BENTOML_HOME": str(home),

@@ -18,7 +18,9 @@ import httpx
 import pytest
 from redis_server import redis_server, redis_url  # noqa: F401 - fixtures
 from serving_fixtures import (
+    ADMIN_TOKEN,
     copy_as_version,
+    incompatible_copy,
     publish,
     recsys_server,
     run_cli,
@@ -125,6 +127,28 @@ def test_hot_swap_and_rollback_under_load_drop_no_request(tmp_path: Path) -> Non
         # Each caller sees v1, then v2, then v1 again: one switch each way, never back and forth.
         switches = [b for a, b in itertools.pairwise(versions) if a != b]
         assert switches == [v2, v1], f"caller {worker}: versions switched as {switches}"
+
+
+def test_a_broken_version_is_never_swapped_in(tmp_path: Path) -> None:
+    """A published version that loads but cannot answer is refused; the working one keeps serving."""
+    home = tiny_home(tmp_path / "home")
+    broken = incompatible_copy(tiny_bundle(), tmp_path / "broken", f"{home.version}-broken")
+    with (
+        recsys_server(home.path, home.store_url) as server,
+        httpx.Client(base_url=server.url, timeout=30) as client,
+    ):
+        broken_version = publish(home.path, broken, store_url=home.store_url)
+        assert run_cli(home.path, "models", "current").stdout.strip().endswith(broken_version)
+        deadline = time.monotonic() + 30
+        while "model (re)load failed" not in server.log() and time.monotonic() < deadline:
+            response = client.post("/recommend", json={"user_id": home.users[0], "n": 5})
+            assert response.status_code == 200 and response.json()["model_version"] == home.version
+            time.sleep(0.1)
+        assert "number of features" in server.log()
+        assert client.get("/model").json()["version"] == home.version
+        assert client.get("/readyz").status_code == 200
+        reload = client.post("/admin/reload", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        assert reload.status_code == 503 and "still serving the previous model" in reload.json()["error"]
 
 
 def test_redis_online_store(tmp_path: Path, redis_url: str) -> None:  # noqa: F811
