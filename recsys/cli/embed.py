@@ -64,7 +64,7 @@ def embed(
     max_tokens: Annotated[
         int | None, typer.Option("--max-tokens", help="Token limit per item (default: the encoder's, 128).")
     ] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Texts per forward pass.", min=1)] = 256,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Texts per forward pass.", min=1)] = 64,
     threads: Annotated[int, typer.Option("--threads", help="Torch threads (0: torch's default).", min=0)] = 0,
 ) -> None:
     """Embed every item's text (title, brand, category, description) and write them atomically."""

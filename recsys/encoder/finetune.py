@@ -25,6 +25,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -373,6 +374,7 @@ def finetune(
     best_recall, best_step, best_state = baseline, 0, _trainable(model)
     bad_evals, step, stop = 0, 0, False
     train_started = time.perf_counter()
+    prepare_seconds = train_started - started  # loading, tokenizing, lower-layer cache, baseline
     with _tensorboard(config.tensorboard_dir) as writer, _progress_bar(config.progress, total) as show:
         if writer is not None:
             writer.add_scalar("validation/pair_recall@10", baseline, 0)
@@ -428,6 +430,14 @@ def finetune(
                     else:
                         bad_evals += 1
                     show(recall=recall)
+                    if config.progress:  # a line per validation also reaches logs that are not a terminal
+                        print(
+                            f"step {step}/{total}: loss {loss_value:.4f}, pair R@10 {recall:.4f} "
+                            f"(best {best_recall:.4f} at step {best_step}), "
+                            f"{time.perf_counter() - started:.0f}s",
+                            file=sys.stderr,
+                            flush=True,
+                        )
                     stop = bad_evals >= config.patience
                 show(advance=1, loss=loss_value, lr=lr)
                 if stop or step >= total:
@@ -455,6 +465,8 @@ def finetune(
         "best_step": best_step,
         "steps": step,
         "wall_seconds": wall,
+        "prepare_seconds": prepare_seconds,
+        "seconds_per_step": (wall - prepare_seconds) / max(1, step),
         "device": device.type,
         "history": history,
     }
