@@ -101,25 +101,14 @@ def _imports_torch(statement: str) -> bool:
     return done.stdout.strip().splitlines()[-1] == "True"
 
 
-def test_every_served_source_but_sequential_loads_without_torch() -> None:
-    sources = [s for s in SOURCES if s != "sequential"]
+def test_every_source_loads_for_serving_without_torch() -> None:
+    """What ``TwoStage.load`` imports for each source (the sequential model answers through NumPy)."""
     statement = (
         "import serving.service, recsys.pipeline.recommender\n"
-        "from recsys.pipeline.two_stage import generator_class\n"
-        f"for name in {sources!r}: generator_class(name)"
+        "from recsys.pipeline.two_stage import _loader\n"
+        f"for name in {sorted(SOURCES)!r}: _loader(name)"
     )
     assert not _imports_torch(statement)
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="recsys.candidates.sequential imports torch at module level, so a bundle with the sequential "
-    "source (the demo's) makes the service import torch; issue 6 says the request path must not",
-)
-def test_sequential_source_loads_without_torch() -> None:
-    assert not _imports_torch(
-        "from recsys.pipeline.two_stage import generator_class; generator_class('sequential')"
-    )
 
 
 def test_model_endpoint_describes_the_served_bundle(client: httpx.Client, home: Any) -> None:
