@@ -71,6 +71,12 @@ class Recommender:
             embeddings=model.snapshot_.embeddings,
             features=F.store_features(model.snapshot_.config),
         )
+        expected = F.feature_names(model.config.candidates.sources, model.snapshot_)
+        if model.feature_names_ != expected or model.ranker_.feature_names_ != expected:
+            raise ValueError(
+                "the bundle's ranker was trained on other features than this version of recsys computes "
+                f"({len(model.ranker_.feature_names_ or [])} vs {len(expected)}): retrain with `recsys train`"
+            )
 
     @classmethod
     def load(cls, bundle_dir: Path) -> Recommender:
@@ -155,7 +161,7 @@ class Recommender:
         rows, cols = np.nonzero(candidates.ids >= 0)
         X = self._matrix(candidates, last, record)
         scores = np.full(candidates.ids.shape, -np.inf, dtype=np.float32)
-        scores[rows, cols] = self.model.ranker_.predict(X)
+        scores[rows, cols] = self.model.ranker_.predict(X, num_threads=1)
         return scores
 
     def _popular(self, allowed: np.ndarray, n: int) -> list[Recommendation]:

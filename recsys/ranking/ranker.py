@@ -142,11 +142,17 @@ class LambdaRanker:
         }
         return self
 
-    def predict(self, features: np.ndarray) -> np.ndarray:
+    def predict(self, features: np.ndarray, *, num_threads: int | None = None) -> np.ndarray:
+        """Scores of feature rows; ``num_threads`` overrides the config (a service answering one user
+        per request wants 1: its concurrency comes from requests, not from OpenMP)."""
         check_fitted(self, "booster_")
-        return np.asarray(
-            self.booster_.predict(features, num_threads=self.config.num_threads), dtype=np.float32
-        )
+        assert self.feature_names_ is not None
+        if features.shape[1] != len(self.feature_names_):
+            raise ValueError(
+                f"{features.shape[1]} feature columns, but the ranker knows {len(self.feature_names_)}"
+            )
+        threads = self.config.num_threads if num_threads is None else num_threads
+        return np.asarray(self.booster_.predict(features, num_threads=threads), dtype=np.float32)
 
     def explain(self, features: np.ndarray, *, top: int = 5) -> list[list[tuple[str, float]]]:
         """Per row, the ``top`` features by absolute contribution to the score, largest first."""
