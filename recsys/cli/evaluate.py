@@ -90,6 +90,14 @@ def evaluate(
             help=".npy (n_items, dim) in items-table order: adds intra-list diversity (ild@k).",
         ),
     ] = None,
+    encoder: Annotated[
+        str,
+        typer.Option(
+            "--encoder",
+            help="text model: item encoder folder (fine-tuned on the validation task's training events "
+            "only) or cached hub name; default the packaged MiniLM BERT.",
+        ),
+    ] = "",
 ) -> None:
     """Tune on validation, report test metrics of each model (full ranking, history excluded)."""
     import numpy as np
@@ -132,7 +140,9 @@ def evaluate(
         raise _fail(str(exc)) from None
 
     console = Console(stderr=True)
-    ctx = EvalContext(dataset=dataset, seed=seed, num_threads=threads, item_embeddings=embeddings)
+    ctx = EvalContext(
+        dataset=dataset, seed=seed, num_threads=threads, item_embeddings=embeddings, encoder=encoder
+    )
     results: dict[str, ModelResult] = {}
     with Progress(console=console, transient=True) as progress:
         overall = progress.add_task("models", total=len(names))
