@@ -31,7 +31,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from recsys.candidates.artifact import read_folder, write_folder
-from recsys.candidates.base import BLOCK_ROWS, check_fitted, check_items, check_n, ranked, top_k
+from recsys.candidates.base import check_fitted, check_items, check_n, neighbours, ranked
 from recsys.config import from_dict, to_dict
 from recsys.data.dataset import Histories, Interactions
 
@@ -223,23 +223,19 @@ class ALS:
 
     def similar_items(self, items: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``n`` items with the highest cosine between item factors (never the item itself)."""
-        check_n(n)
-        items = np.asarray(items, dtype=np.int64).ravel()
-        check_items(items, self.n_items, "items")
+        check_fitted(self, "item_factors_")
         assert self.item_factors_ is not None
         norms = np.linalg.norm(self.item_factors_, axis=1)
         unit = self.item_factors_ / np.where(norms > 0, norms, 1.0)[:, None]
         trained = norms > 0
-        ids = np.full((len(items), n), -1, np.int32)
-        scores = np.full((len(items), n), -np.inf, np.float32)
-        for start in range(0, len(items), BLOCK_ROWS):
-            query = items[start : start + BLOCK_ROWS]
-            cos = unit[query] @ unit.T  # (block, n_items)
+
+        def score_rows(query: np.ndarray) -> np.ndarray:
+            cos: np.ndarray = unit[query] @ unit.T  # (block, n_items)
             cos[:, ~trained] = -np.inf
-            cos[np.arange(len(query)), query] = -np.inf
             cos[~trained[query]] = -np.inf  # an untrained item has no direction
-            ids[start : start + len(query)], scores[start : start + len(query)] = top_k(cos, n)
-        return ids, scores
+            return cos
+
+        return neighbours(score_rows, items, n, self.n_items)
 
     def save(self, path: Path) -> None:
         """Write ``config.json``, ``item_factors.npy`` (and ``length_norm.npy``) into ``path``."""

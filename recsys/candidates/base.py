@@ -9,6 +9,7 @@ qualify. Items in a row's history are never returned.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol, Self, runtime_checkable
 
@@ -89,9 +90,7 @@ def mask_history(scores: np.ndarray, history: sp.csr_matrix) -> np.ndarray:
     return scores
 
 
-def ranked(
-    score_block: ScoreFn, histories: Histories, n: int, n_items: int
-) -> tuple[np.ndarray, np.ndarray]:
+def ranked(score_block: ScoreFn, histories: Histories, n: int, n_items: int) -> tuple[np.ndarray, np.ndarray]:
     """Score histories block by block, mask their own items, and keep the top ``n`` of each row."""
     ids = np.full((len(histories), n), -1, dtype=np.int32)
     scores = np.full((len(histories), n), -np.inf, dtype=np.float32)
@@ -112,3 +111,30 @@ def ranked(
 
 class ScoreFn(Protocol):
     def __call__(self, block: Histories) -> np.ndarray: ...
+
+
+def neighbours(
+    score_rows: Callable[[np.ndarray], np.ndarray], items: np.ndarray, n: int, n_items: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``similar_items`` of every generator: score the query items' rows in blocks, drop each item
+    itself (and ``-inf`` entries), keep the top ``n``. ``score_rows(query)`` is (len(query), n_items).
+    """
+    check_n(n)
+    items = np.asarray(items, dtype=np.int64).ravel()
+    check_items(items, n_items, "items")
+    ids = np.full((len(items), n), -1, np.int32)
+    scores = np.full((len(items), n), -np.inf, np.float32)
+    for start in range(0, len(items), BLOCK_ROWS):
+        query = items[start : start + BLOCK_ROWS]
+        dense = np.array(score_rows(query), dtype=np.float32)  # a copy: the caller's rows stay intact
+        dense[np.arange(len(query)), query] = -np.inf
+        ids[start : start + len(query)], scores[start : start + len(query)] = top_k(dense, n)
+    return ids, scores
+
+
+def sparse_rows(matrix: sp.csr_matrix, rows: np.ndarray) -> np.ndarray:
+    """Dense (len(rows), n_cols) copy of sparse rows, ``-inf`` where there is no entry."""
+    part = matrix[rows].tocoo()
+    dense = np.full((len(rows), matrix.shape[1]), -np.inf, np.float32)
+    dense[part.row, part.col] = part.data
+    return dense

@@ -31,7 +31,7 @@ from typing import Any, Self
 import numpy as np
 import scipy.sparse as sp
 
-from recsys.candidates.base import check_fitted, check_items, check_n, ranked, top_k
+from recsys.candidates.base import check_fitted, check_items, check_n, neighbours, ranked, sparse_rows
 from recsys.config import from_dict, to_dict
 from recsys.data.dataset import Histories, Interactions
 from recsys.data.io import atomic_path
@@ -185,15 +185,10 @@ class CoOccurrence:
 
     def similar_items(self, items: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``n`` strongest transition neighbours of each item (never the item itself)."""
-        check_n(n)
-        items = np.asarray(items, dtype=np.int64).ravel()
-        check_items(items, self.n_items, "items")
+        check_fitted(self, "similarity_")
         assert self.similarity_ is not None
-        rows = self.similarity_[items].tocoo()
-        dense = np.full((len(items), self.n_items), -np.inf, np.float32)
-        dense[rows.row, rows.col] = rows.data
-        dense[np.arange(len(items)), items] = -np.inf
-        return top_k(dense, n)
+        similarity = self.similarity_
+        return neighbours(lambda query: sparse_rows(similarity, query), items, n, self.n_items)
 
     # --- persistence -----------------------------------------------------------------------------
     def save(self, path: Path) -> None:

@@ -28,7 +28,7 @@ import scipy.sparse as sp
 
 from recsys.candidates.als import count_matrix
 from recsys.candidates.artifact import read_folder, write_folder
-from recsys.candidates.base import BLOCK_ROWS, check_fitted, check_items, check_n, ranked, top_k
+from recsys.candidates.base import check_fitted, check_items, check_n, neighbours, ranked, sparse_rows
 from recsys.config import from_dict, to_dict
 from recsys.data.dataset import Histories, Interactions
 
@@ -133,20 +133,10 @@ class ItemKNN:
 
     def similar_items(self, items: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``n`` most similar items of each item (its similarity row, never the item itself)."""
-        check_n(n)
-        items = np.asarray(items, dtype=np.int64).ravel()
-        check_items(items, self.n_items, "items")
+        check_fitted(self, "similarity_")
         assert self.similarity_ is not None
-        ids = np.full((len(items), n), -1, np.int32)
-        scores = np.full((len(items), n), -np.inf, np.float32)
-        for start in range(0, len(items), BLOCK_ROWS):
-            query = items[start : start + BLOCK_ROWS]
-            rows = self.similarity_[query].tocoo()
-            dense = np.full((len(query), self.n_items), -np.inf, np.float32)
-            dense[rows.row, rows.col] = rows.data
-            dense[np.arange(len(query)), query] = -np.inf
-            ids[start : start + len(query)], scores[start : start + len(query)] = top_k(dense, n)
-        return ids, scores
+        similarity = self.similarity_
+        return neighbours(lambda query: sparse_rows(similarity, query), items, n, self.n_items)
 
     def save(self, path: Path) -> None:
         """Write ``config.json`` and the CSR parts of ``similarity_`` as ``.npy`` into ``path``."""

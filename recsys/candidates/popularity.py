@@ -22,7 +22,7 @@ from typing import Self
 import numpy as np
 
 from recsys.candidates.artifact import read_folder, write_folder
-from recsys.candidates.base import check_fitted, check_items, check_n, ranked, top_k
+from recsys.candidates.base import check_fitted, check_items, check_n, neighbours, ranked
 from recsys.config import from_dict, to_dict
 from recsys.data.dataset import Histories, Interactions
 
@@ -88,13 +88,10 @@ class Popularity:
 
     def similar_items(self, items: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``n`` most popular items other than each query item (popularity knows no similarity)."""
-        check_n(n)
-        items = np.asarray(items, dtype=np.int64).ravel()
-        check_items(items, self.n_items, "items")
+        check_fitted(self, "scores_")
         assert self.scores_ is not None
-        dense = np.tile(self.scores_, (len(items), 1))
-        dense[np.arange(len(items)), items] = -np.inf
-        return top_k(dense, n)
+        popular = self.scores_
+        return neighbours(lambda query: np.tile(popular, (len(query), 1)), items, n, self.n_items)
 
     def save(self, path: Path) -> None:
         """Write ``config.json`` and ``scores.npy`` into the folder ``path``, atomically."""

@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from recsys.candidates.base import check_fitted, check_items, check_n, ranked, top_k
+from recsys.candidates.base import check_fitted, check_items, check_n, neighbours, ranked
 from recsys.config import from_dict, to_dict
 from recsys.data.dataset import Histories, Interactions
 from recsys.data.io import atomic_path
@@ -412,14 +412,9 @@ class SequentialRecommender:
 
     def similar_items(self, items: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``n`` items whose vectors have the highest cosine with each item's (never itself)."""
-        check_n(n)
-        items = np.asarray(items, dtype=np.int64).ravel()
-        check_items(items, self.n_items, "items")
         vectors = self.item_vectors()
-        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-        scores = vectors[items] @ vectors.T  # (len(items), n_items)
-        scores[np.arange(len(items)), items] = -np.inf
-        return top_k(scores, n)
+        unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        return neighbours(lambda query: unit[query] @ unit.T, items, n, self.n_items)
 
     # --- persistence -----------------------------------------------------------------------------
     def save(self, path: Path) -> None:

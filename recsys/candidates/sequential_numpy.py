@@ -16,7 +16,7 @@ from typing import Any, Self
 import numpy as np
 from scipy.special import erf
 
-from recsys.candidates.base import check_fitted, check_items, check_n, ranked, top_k
+from recsys.candidates.base import check_fitted, check_items, check_n, neighbours, ranked
 from recsys.data.dataset import Histories, Interactions
 
 FORMAT = "recsys.sequential/1"
@@ -128,15 +128,11 @@ class SequentialScorer:
         return ranked(self._score_block, histories, n, self.n_items)
 
     def similar_items(self, items: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-        check_n(n)
-        items = np.asarray(items, dtype=np.int64).ravel()
-        check_items(items, self.n_items, "items")
+        """The ``n`` items whose vectors have the highest cosine with each item's (never itself)."""
         assert self.vectors_ is not None
         vectors = self.vectors_[: self.n_items]
-        vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-        scores = vectors[items] @ vectors.T
-        scores[np.arange(len(items)), items] = -np.inf
-        return top_k(scores, n)
+        unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        return neighbours(lambda query: unit[query] @ unit.T, items, n, self.n_items)
 
     def save(self, path: Path) -> None:
         raise TypeError("SequentialScorer is read-only: save the SequentialRecommender it was loaded from")

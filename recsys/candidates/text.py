@@ -27,7 +27,7 @@ from typing import Self
 import numpy as np
 
 from recsys.candidates.artifact import read_folder, write_folder
-from recsys.candidates.base import BLOCK_ROWS, check_fitted, check_items, check_n, ranked, top_k
+from recsys.candidates.base import check_fitted, check_items, check_n, neighbours, ranked
 from recsys.config import from_dict, to_dict
 from recsys.data.dataset import Histories, Interactions
 
@@ -127,18 +127,10 @@ class TextRetriever:
 
     def similar_items(self, items: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``n`` nearest items of each item by embedding cosine, never the item itself."""
-        check_n(n)
-        items = np.asarray(items, dtype=np.int64).ravel()
-        check_items(items, self.n_items, "items")
+        check_fitted(self, "item_embeddings_")
         assert self.item_embeddings_ is not None
-        ids = np.full((len(items), n), -1, np.int32)
-        scores = np.full((len(items), n), -np.inf, np.float32)
-        for start in range(0, len(items), BLOCK_ROWS):
-            query = items[start : start + BLOCK_ROWS]
-            dense = self.item_embeddings_[query] @ self.item_embeddings_.T  # (block, n_items)
-            dense[np.arange(len(query)), query] = -np.inf
-            ids[start : start + len(query)], scores[start : start + len(query)] = top_k(dense, n)
-        return ids, scores
+        emb = self.item_embeddings_
+        return neighbours(lambda query: emb[query] @ emb.T, items, n, self.n_items)
 
     def save(self, path: Path) -> None:
         """A folder with ``config.json`` and ``item_embeddings.npy`` (no pickle)."""
