@@ -68,7 +68,8 @@ class CandidatesConfig:
     total: int = 200
     als: ALSConfig = field(default_factory=lambda: ALSConfig(factors=128, regularization=0.01, alpha=40.0))
     itemknn: ItemKNNConfig = field(default_factory=ItemKNNConfig)
-    cooccurrence: CoOccurrenceConfig = field(default_factory=CoOccurrenceConfig)
+    # window 10: the best of the co-occurrence grid on amazon-scientific validation (RESULTS.md)
+    cooccurrence: CoOccurrenceConfig = field(default_factory=lambda: CoOccurrenceConfig(window=10))
     text: TextRetrieverConfig = field(default_factory=TextRetrieverConfig)
     sequential: SequentialSourceConfig = field(default_factory=SequentialSourceConfig)
     popularity: PopularityConfig = field(default_factory=PopularityConfig)
@@ -95,6 +96,9 @@ class TwoStageConfig:
     text_features: bool = True  # the text-embedding user×item feature (ablation: False)
     train_negatives: int = 50  # negatives sampled per training group (all positives are kept)
     diversity: float = 0.0  # MMR lambda on item embeddings; 0 = off
+    # on clock time, the popularity source is *recent* popularity (events decay with this half-life);
+    # an order index has no global time, so there it counts every event
+    popularity_half_life_days: float | None = 7.0
 
 
 def generator_class(name: str) -> type[CandidateGenerator]:
@@ -182,6 +186,7 @@ class TwoStage:
         self.snapshot_: F.ItemSnapshot | None = None
         self.feature_names_: list[str] | None = None
         self.report_: dict[str, Any] | None = None
+        self._time_unit: str = config.time_unit  # resolved from the data by fit()
 
     # --- fitting -----------------------------------------------------------------------------------
     def _new_generator(self, name: str) -> CandidateGenerator:
@@ -195,6 +200,9 @@ class TwoStage:
             s = c.sequential
             config = _sequential_config(s)
             return cls(config, item_embeddings=self.item_embeddings)  # type: ignore[call-arg]
+        if name == "popularity" and self._time_unit == "seconds" and c.popularity.half_life is None:
+            days = self.config.popularity_half_life_days
+            return cls(replace(c.popularity, half_life=None if days is None else days * 86_400.0))  # type: ignore[call-arg]
         return cls(getattr(c, name))  # type: ignore[call-arg]
 
     def _fit_generators(self, data: Interactions, timings: dict[str, float]) -> dict[str, CandidateGenerator]:
@@ -228,7 +236,8 @@ class TwoStage:
             raise ValueError(
                 f"interactions have {data.n_items} items but the items table {self.items.height}"
             )
-        features = replace(config.features, time_unit=_time_unit(config, data))
+        self._time_unit = _time_unit(config, data)
+        features = replace(config.features, time_unit=self._time_unit)
         timings: dict[str, float] = {}
         inner: EvalTask = make_split(
             data,
