@@ -5,7 +5,10 @@ against the test targets: the ranked metrics; candidate recall@N per source and 
 of test targets the first stage finds); and the MMR diversity re-rank's effect on intra-list
 diversity vs NDCG for a few lambdas. Writes flat JSON to ``benchmarks/results/pipeline_quality.json``.
 
-    .venv/bin/python benchmarks/pipeline_quality.py [--data ../shared/data/amazon-scientific]
+    .venv/bin/python -P benchmarks/pipeline_quality.py [--data ../shared/data/amazon-scientific]
+
+(``-P``: this folder must not lead ``sys.path``, or ``benchmarks/feature_store.py`` would shadow the
+``feature_store`` package.)
 """
 
 from __future__ import annotations
