@@ -130,6 +130,23 @@ def generator_class(name: str) -> type[CandidateGenerator]:
     raise ValueError(f"unknown candidate source {name!r} (known: {', '.join(SOURCES)})")
 
 
+def new_source(
+    name: str, config: TwoStageConfig, *, item_embeddings: np.ndarray | None, time_unit: str
+) -> CandidateGenerator:
+    """An unfitted candidate source, configured as the pipeline configures it."""
+    c = config.candidates
+    cls: Any = generator_class(name)
+    if name in ("text", "sequential"):
+        if item_embeddings is None:
+            raise ValueError(f"candidate source {name!r} needs item embeddings")
+        source_config = c.text if name == "text" else _sequential_config(c.sequential)
+        return cls(source_config, item_embeddings=item_embeddings)  # type: ignore[no-any-return]
+    if name == "popularity" and time_unit == "seconds" and c.popularity.half_life is None:
+        days = config.popularity_half_life_days
+        return cls(replace(c.popularity, half_life=None if days is None else days * 86_400.0))  # type: ignore[no-any-return]
+    return cls(getattr(c, name))  # type: ignore[no-any-return]
+
+
 def _loader(name: str) -> Any:
     """The class that loads a saved source: the sequential model answers through its NumPy
     inference, so a loaded model (and the service) never imports torch."""
@@ -190,20 +207,7 @@ class TwoStage:
 
     # --- fitting -----------------------------------------------------------------------------------
     def _new_generator(self, name: str) -> CandidateGenerator:
-        c = self.config.candidates
-        cls = generator_class(name)
-        if name in ("text", "sequential"):
-            if self.item_embeddings is None:
-                raise ValueError(f"candidate source {name!r} needs item embeddings")
-            if name == "text":
-                return cls(c.text, item_embeddings=self.item_embeddings)  # type: ignore[call-arg]
-            s = c.sequential
-            config = _sequential_config(s)
-            return cls(config, item_embeddings=self.item_embeddings)  # type: ignore[call-arg]
-        if name == "popularity" and self._time_unit == "seconds" and c.popularity.half_life is None:
-            days = self.config.popularity_half_life_days
-            return cls(replace(c.popularity, half_life=None if days is None else days * 86_400.0))  # type: ignore[call-arg]
-        return cls(getattr(c, name))  # type: ignore[call-arg]
+        return new_source(name, self.config, item_embeddings=self.item_embeddings, time_unit=self._time_unit)
 
     def _fit_generators(self, data: Interactions, timings: dict[str, float]) -> dict[str, CandidateGenerator]:
         fitted = {}
