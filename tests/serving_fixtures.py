@@ -193,14 +193,23 @@ class Home:
         return dict(zip(self.items[S.ITEM_ID].to_list(), self.items[S.PRICE].to_list(), strict=True))
 
     def top_items(self, k: int) -> set[str]:
-        """The ``k`` most interacted-with items overall, plus the ``k`` most in the last quarter of time."""
+        """The ``k`` most interacted-with items overall, the ``k`` most in the last quarter of time, and
+        the ``k`` most popular with events decaying by a 7-day half-life (the pipeline's popularity)."""
         events = self.interactions
         recent = events.filter(pl.col(S.TIMESTAMP) >= events[S.TIMESTAMP].quantile(0.75))
         top: set[str] = set()
         for frame in (events, recent):
             counts = frame.group_by(S.ITEM_ID).len().sort(["len", S.ITEM_ID], descending=[True, False])
             top |= set(counts.head(k)[S.ITEM_ID].to_list())
-        return top
+        decayed = (
+            events.with_columns(
+                (2.0 ** (-(pl.col(S.TIMESTAMP).max() - pl.col(S.TIMESTAMP)) / (7 * 86_400))).alias("w")
+            )
+            .group_by(S.ITEM_ID)
+            .agg(pl.col("w").sum())
+            .sort(["w", S.ITEM_ID], descending=[True, False])
+        )
+        return top | set(decayed.head(k)[S.ITEM_ID].to_list())
 
 
 def tiny_home(path: Path, *, store_url: str | None = None) -> Home:

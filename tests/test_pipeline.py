@@ -112,7 +112,15 @@ def test_recommender_fallbacks_and_filters(bundle: Path, tables: tuple[pl.DataFr
     recommender = Recommender.load(bundle)
     cold = recommender.recommend([], n=5)
     assert [r.sources for r in cold] == [("popularity",)] * 5
-    popular = interactions.group_by(S.ITEM_ID).len().sort("len", descending=True).get_column(S.ITEM_ID)
+    # recent popularity: every event decays with a 7-day half-life from the last event of the data
+    age = pl.col(S.TIMESTAMP).max() - pl.col(S.TIMESTAMP)
+    popular = (
+        interactions.with_columns((2.0 ** (-age / (7 * 86_400))).alias("w"))
+        .group_by(S.ITEM_ID)
+        .agg(pl.col("w").sum())
+        .sort("w", descending=True)
+        .get_column(S.ITEM_ID)
+    )
     assert cold[0].item_id == popular[0]
     context = popular[3]
     session = recommender.recommend([], n=5, context_item_ids=[context])
