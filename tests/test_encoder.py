@@ -17,6 +17,8 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 torch.set_num_threads(1)  # tiny models: more threads only add contention on a shared 2-core machine
 
+from pipeline_helpers import save_tiny_bert  # noqa: E402
+
 from recsys.data import schema as S  # noqa: E402
 from recsys.data.dataset import Interactions  # noqa: E402
 from recsys.encoder.config import EncoderConfig, FinetuneConfig, item_texts  # noqa: E402
@@ -31,21 +33,9 @@ WORDS = [f"w{i}" for i in range(N_GROUPS * GROUP_SIZE)] + [f"g{g}" for g in rang
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer, 32-wide random BERT and a word-level vocabulary, saved like a hub checkpoint."""
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ":", *WORDS]
-    tokenizer = transformers.BertTokenizerFast(vocab={t: i for i, t in enumerate(tokens)}, do_lower_case=True)
-    assert tokenizer("w1 g0")["input_ids"] == [2, tokens.index("w1"), tokens.index("g0"), 3]
-    tokenizer.save_pretrained(folder)
-    torch.manual_seed(0)
-    config = transformers.BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    transformers.BertModel(config).save_pretrained(folder)
+    folder = save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), WORDS)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    assert tokenizer("w1 g0")["input_ids"] == [2, 7 + WORDS.index("w1"), 7 + WORDS.index("g0"), 3]
     return folder
 
 
