@@ -31,7 +31,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from recsys.candidates.artifact import read_folder, write_folder
-from recsys.candidates.base import check_fitted, check_items, check_n, neighbours, ranked
+from recsys.candidates.base import check_fitted, check_items, neighbours, ranked
 from recsys.config import from_dict, to_dict
 from recsys.data.dataset import Histories, Interactions
 
@@ -217,8 +217,6 @@ class ALS:
 
     def recommend(self, histories: Histories, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Top ``n`` items per folded-in history, excluding its items: ``(ids, scores)``, (batch, n)."""
-        check_n(n)
-        check_items(histories.items, self.n_items, "histories.items")
         return ranked(self._score_block, histories, n, self.n_items)
 
     def similar_items(self, items: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -91,7 +91,12 @@ def mask_history(scores: np.ndarray, history: sp.csr_matrix) -> np.ndarray:
 
 
 def ranked(score_block: ScoreFn, histories: Histories, n: int, n_items: int) -> tuple[np.ndarray, np.ndarray]:
-    """Score histories block by block, mask their own items, and keep the top ``n`` of each row."""
+    """Score histories block by block, mask their own items, and keep the top ``n`` of each row.
+
+    Every generator's ``recommend`` goes through here, so its arguments are checked here once.
+    """
+    check_n(n)
+    check_items(histories.items, n_items, "histories.items")
     ids = np.full((len(histories), n), -1, dtype=np.int32)
     scores = np.full((len(histories), n), -np.inf, dtype=np.float32)
     for start in range(0, len(histories), BLOCK_ROWS):

@@ -31,7 +31,7 @@ from typing import Any, Self
 import numpy as np
 import scipy.sparse as sp
 
-from recsys.candidates.base import check_fitted, check_items, check_n, neighbours, ranked, sparse_rows
+from recsys.candidates.base import check_fitted, check_items, neighbours, ranked, sparse_rows
 from recsys.config import from_dict, to_dict
 from recsys.data.dataset import Histories, Interactions
 from recsys.data.io import atomic_path
@@ -180,7 +180,6 @@ class CoOccurrence:
 
     def recommend(self, histories: Histories, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Top ``n`` items per history, excluding its items: ``(ids, scores)`` of shape (batch, n)."""
-        check_n(n)
         return ranked(self._score_block, histories, n, self.n_items)
 
     def similar_items(self, items: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

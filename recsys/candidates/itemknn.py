@@ -28,7 +28,7 @@ import scipy.sparse as sp
 
 from recsys.candidates.als import count_matrix
 from recsys.candidates.artifact import read_folder, write_folder
-from recsys.candidates.base import check_fitted, check_items, check_n, neighbours, ranked, sparse_rows
+from recsys.candidates.base import check_fitted, neighbours, ranked, sparse_rows
 from recsys.config import from_dict, to_dict
 from recsys.data.dataset import Histories, Interactions
 
@@ -127,8 +127,6 @@ class ItemKNN:
 
     def recommend(self, histories: Histories, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Top ``n`` neighbours of each history, excluding its items: ``(ids, scores)``, (batch, n)."""
-        check_n(n)
-        check_items(histories.items, self.n_items, "histories.items")
         return ranked(self._score_block, histories, n, self.n_items)
 
     def similar_items(self, items: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -22,7 +22,7 @@ from typing import Self
 import numpy as np
 
 from recsys.candidates.artifact import read_folder, write_folder
-from recsys.candidates.base import check_fitted, check_items, check_n, neighbours, ranked
+from recsys.candidates.base import check_fitted, neighbours, ranked
 from recsys.config import from_dict, to_dict
 from recsys.data.dataset import Histories, Interactions
 
@@ -80,8 +80,7 @@ class Popularity:
 
     def recommend(self, histories: Histories, n: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``n`` most popular items not in each history: ``(ids, scores)`` of shape (batch, n)."""
-        check_n(n)
-        check_items(histories.items, self.n_items, "histories.items")
+        check_fitted(self, "scores_")
         assert self.scores_ is not None
         scores = self.scores_
         return ranked(lambda block: np.tile(scores, (len(block), 1)), histories, n, self.n_items)

@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from recsys.candidates.base import check_fitted, check_items, check_n, neighbours, ranked
+from recsys.candidates.base import check_fitted, neighbours, ranked
 from recsys.config import from_dict, to_dict
 from recsys.data.dataset import Histories, Interactions
 from recsys.data.io import atomic_path
@@ -393,15 +393,15 @@ class SequentialRecommender:
 
     def recommend(self, histories: Histories, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Top ``n`` next items per history, excluding its items: ``(ids, scores)`` (batch, n)."""
-        check_n(n)
-        check_items(histories.items, self.n_items, "histories.items")
+        check_fitted(self, "model_")
         assert self.model_ is not None
         was_training = self.model_.training
         self.model_.eval()
-        with _threads(self.config.threads):
-            out = ranked(self._score_block, histories, n, self.n_items)
-        self.model_.train(was_training)
-        return out
+        try:
+            with _threads(self.config.threads):
+                return ranked(self._score_block, histories, n, self.n_items)
+        finally:
+            self.model_.train(was_training)
 
     @torch.no_grad()
     def item_vectors(self) -> np.ndarray:

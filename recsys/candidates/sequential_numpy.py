@@ -16,7 +16,7 @@ from typing import Any, Self
 import numpy as np
 from scipy.special import erf
 
-from recsys.candidates.base import check_fitted, check_items, check_n, neighbours, ranked
+from recsys.candidates.base import check_fitted, neighbours, ranked
 from recsys.data.dataset import Histories, Interactions
 
 FORMAT = "recsys.sequential/1"
@@ -123,8 +123,6 @@ class SequentialScorer:
         return np.asarray(scores, dtype=np.float32)
 
     def recommend(self, histories: Histories, n: int) -> tuple[np.ndarray, np.ndarray]:
-        check_n(n)
-        check_items(histories.items, self.n_items, "histories.items")
         return ranked(self._score_block, histories, n, self.n_items)
 
     def similar_items(self, items: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -27,7 +27,7 @@ from typing import Self
 import numpy as np
 
 from recsys.candidates.artifact import read_folder, write_folder
-from recsys.candidates.base import check_fitted, check_items, check_n, neighbours, ranked
+from recsys.candidates.base import check_fitted, neighbours, ranked
 from recsys.config import from_dict, to_dict
 from recsys.data.dataset import Histories, Interactions
 
@@ -121,8 +121,6 @@ class TextRetriever:
 
     def recommend(self, histories: Histories, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Top ``n`` items by cosine to each history's profile, excluding its items: (batch, n)."""
-        check_n(n)
-        check_items(histories.items, self.n_items, "histories.items")
         return ranked(self._score_block, histories, n, self.n_items)
 
     def similar_items(self, items: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
