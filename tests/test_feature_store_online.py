@@ -27,7 +27,7 @@ from feature_store import (
 )
 from feature_store.compute import user_states
 from feature_store.offline import Snapshot
-from feature_store.online import OnlineStore
+from feature_store.online import OnlineStore, apply_to_record, empty_record
 from feature_store.redis_store import RedisStore
 from feature_store.sqlite_store import SQLiteStore
 from recsys.data import schema as S
@@ -313,3 +313,45 @@ def test_the_numpy_serving_path_equals_the_definitions(store: OnlineStore, tmp_p
             )  # type: ignore[arg-type]
     with pytest.raises(KeyError, match="'user_favourite_colour' has no serving fast path"):
         ServingFeatures(items_mem, config=CONFIG, features=["user_favourite_colour"])
+
+
+def test_awkward_ids_and_values_survive_the_store_exactly(store: OnlineStore, tmp_path: Path) -> None:
+    """Numeric-looking and non-ASCII ids, JSON-special characters, long float sums, events without a
+    type and last-N trimming: the store's record equals the in-Python reference update."""
+    items = pl.DataFrame(
+        {
+            S.ITEM_ID: ["1", "2.0", "é/☃", 'q"\\', "x"],
+            S.TITLE: ["a", "b", "c", "d", "e"],
+            S.CATEGORY: ["10", None, "ü", "10", "[]"],
+            S.BRAND: [None] * 5,
+            S.PRICE: [0.1, 0.2, None, 1e-7, 123456.789012345],
+        }
+    )
+    first = pl.DataFrame({S.USER_ID: ["7"], S.ITEM_ID: ["x"], S.TIMESTAMP: [5], S.EVENT: ["view"]})
+    store.load(snapshot(tmp_path, 6, first, items))
+    reference = empty_record()
+    meta = {r[S.ITEM_ID]: r for r in items.iter_rows(named=True)}
+
+    def apply(item: str, event: str | None, ts: int) -> None:
+        row = meta[item]
+        apply_to_record(
+            reference,
+            item_id=item,
+            event=event,
+            timestamp=ts,
+            category=row[S.CATEGORY],
+            price=row[S.PRICE],
+            last_n=CONFIG.last_n,
+        )
+
+    apply("x", "view", 5)  # what the snapshot holds
+    events = [("1", "view", 7), ("2.0", None, 9), ("é/☃", "cart", 8), ('q"\\', "view", 10)]
+    events += [(item, "cart", 11 + k) for k, item in enumerate(["1", "x", "2.0"] * 5)]
+    for item, event, ts in events:
+        store.apply_event("7", item, event, ts)
+        apply(item, event, ts)
+    (got,) = store.get_records(["7"])
+    assert {k: v for k, v in got.items() if k != "price_sum"} == {
+        k: v for k, v in reference.items() if k != "price_sum"
+    }
+    assert got["price_sum"] == pytest.approx(reference["price_sum"], rel=1e-15)
