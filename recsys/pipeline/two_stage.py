@@ -3,12 +3,16 @@
 ``fit(data)`` is a pure function of the training interactions:
 
 1. An inner split of ``data`` holds out labels: each user's last event (leave-last-out) or the events
-   after a time cutoff (temporal). Generators are fitted on what remains, so candidates and
-   features never see the labels.
+   after a time cutoff (temporal). With ``label_windows`` > 1 (temporal only) there are several
+   consecutive label windows before the end of the data ("rolling" labels), and one ranker group
+   per (user, window). Generators are fitted once on what precedes the earliest label window, so
+   candidates and features never see any label; the cheap ``window_refit`` sources (recent
+   popularity) are refitted at each later window's start.
 2. Each labelled user's candidates are blended from all sources, featurised (retriever evidence plus
-   the feature store's user, item and user×item features as of the end of the inner data) and
-   labelled 1 where the candidate is a held-out item. Users whose label is not among their
-   candidates are dropped (and counted): they carry no ranking signal.
+   the feature store's user, item and user×item features, all as of the window's start: histories
+   and item snapshot hold only earlier events) and labelled 1 where the candidate is a held-out
+   item. Users whose label is not among their candidates are dropped (and counted): they carry no
+   ranking signal.
 3. The ranker is fitted on those groups; then every generator is refitted on all of ``data``, and
    item features are recomputed as of its end, for answering.
 
@@ -39,7 +43,7 @@ from recsys.config import from_dict, to_dict
 from recsys.data import schema as S
 from recsys.data.dataset import Histories, Interactions
 from recsys.data.io import atomic_path
-from recsys.data.splits import EvalTask, make_split
+from recsys.data.splits import EvalTask, _cut, make_split
 from recsys.ranking import features as F
 from recsys.ranking.diversity import mmr
 from recsys.ranking.ranker import LambdaRanker, RankerConfig
@@ -92,13 +96,93 @@ class TwoStageConfig:
     # "auto": Unix seconds when timestamps look like them, else an order index ("steps")
     time_unit: Literal["auto", "seconds", "steps"] = "auto"
     label_protocol: Literal["leave-last-out", "temporal"] = "leave-last-out"
-    label_fraction: float = 0.1  # temporal labels: the last share of events
+    label_fraction: float = 0.1  # temporal labels: each label window holds this share of the events
+    # temporal labels: this many consecutive windows before the end of the data, each a set of
+    # (user, window) ranker groups; the generators are fitted once before the earliest window
+    label_windows: int = 1
+    # sources refitted at each later window's start (cheap ones whose answer depends on "now")
+    window_refit: tuple[str, ...] = ("popularity",)
     text_features: bool = True  # the text-embedding user×item feature (ablation: False)
     train_negatives: int = 50  # negatives sampled per training group (all positives are kept)
     diversity: float = 0.0  # MMR lambda on item embeddings; 0 = off
     # on clock time, the popularity source is *recent* popularity (events decay with this half-life);
     # an order index has no global time, so there it counts every event
     popularity_half_life_days: float | None = 7.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.label_fraction < 1:
+            raise ValueError(f"TwoStageConfig.label_fraction must be in (0, 1), got {self.label_fraction!r}")
+        if isinstance(self.label_windows, bool) or not isinstance(self.label_windows, int):
+            raise ValueError(f"TwoStageConfig.label_windows must be an integer, got {self.label_windows!r}")
+        if self.label_windows < 1:
+            raise ValueError(f"TwoStageConfig.label_windows must be >= 1, got {self.label_windows}")
+        if self.label_windows > 1 and self.label_protocol != "temporal":
+            raise ValueError(
+                f"TwoStageConfig.label_windows={self.label_windows} needs label_protocol 'temporal' "
+                f"(leave-last-out holds out one event per user), got {self.label_protocol!r}"
+            )
+        if self.label_windows * self.label_fraction >= 1:
+            raise ValueError(
+                f"TwoStageConfig: label_windows x label_fraction must be < 1 (some events must precede "
+                f"the earliest label window), got {self.label_windows} x {self.label_fraction}"
+            )
+        unknown = sorted(set(self.window_refit) - set(SOURCES))
+        if unknown:
+            raise ValueError(
+                f"TwoStageConfig.window_refit: unknown candidate source {unknown[0]!r} "
+                f"(known: {', '.join(SOURCES)})"
+            )
+
+
+def label_tasks(
+    data: Interactions,
+    protocol: Literal["leave-last-out", "temporal"],
+    *,
+    fraction: float = 0.1,
+    windows: int = 1,
+) -> list[EvalTask]:
+    """The ranker's label tasks inside ``data``, earliest first.
+
+    Leave-last-out: one task, each user's last event. Temporal: ``windows`` consecutive windows,
+    each holding about ``fraction`` of the events; window ``k`` (from the end, 1-based) starts at the
+    time where the last ``k * fraction`` of events begins and ends where window ``k - 1`` starts.
+    Task ``k`` trains on every event before its start, and its targets follow the evaluation's
+    temporal rule (new items of users known before the start). One window is exactly the inner
+    split ``make_split(data, "temporal", test_fraction=fraction).test``. Windows with no known user
+    are left out.
+
+    >>> data = Interactions.from_arrays(
+    ...     [0, 0, 0, 0, 1, 1, 1, 1], [0, 1, 2, 3, 1, 2, 3, 0],
+    ...     n_users=2, n_items=4, timestamps=[1, 2, 3, 4, 1, 2, 3, 4],
+    ... )
+    >>> tasks = label_tasks(data, "temporal", fraction=0.25, windows=2)
+    >>> [(len(t.train), t.users.tolist(), t.targets.nnz) for t in tasks]
+    [(4, [0, 1], 2), (6, [0, 1], 2)]
+    """
+    if protocol == "leave-last-out" or windows == 1:
+        options = {"test_fraction": fraction} if protocol == "temporal" else {}
+        return [make_split(data, protocol, **options).test]
+    ts = data.timestamps
+    if not len(ts):
+        raise ValueError("temporal labels: no interactions")
+    starts = [int(np.quantile(ts, 1 - k * fraction, method="higher")) for k in range(windows, 0, -1)]
+    if not (ts < starts[0]).any():
+        raise ValueError(
+            f"temporal labels: the earliest of {windows} label windows starts at {starts[0]}, which leaves "
+            "no events to fit the candidate generators on (use fewer label_windows or a smaller "
+            "label_fraction)"
+        )
+    stops = [*starts[1:], int(ts.max()) + 1]
+    tasks = []
+    for start, stop in zip(starts, stops, strict=True):
+        before, window = ts < start, (ts >= start) & (ts < stop)
+        if window.any():
+            task = _cut(data, before, window, name=f"labels@{start}", cold_start_users=False)
+            if len(task.users):
+                tasks.append(task)
+    if not tasks:
+        raise ValueError("temporal labels: no label window has a user who was seen before it")
+    return tasks
 
 
 def generator_class(name: str) -> type[CandidateGenerator]:
@@ -209,9 +293,11 @@ class TwoStage:
     def _new_generator(self, name: str) -> CandidateGenerator:
         return new_source(name, self.config, item_embeddings=self.item_embeddings, time_unit=self._time_unit)
 
-    def _fit_generators(self, data: Interactions, timings: dict[str, float]) -> dict[str, CandidateGenerator]:
+    def _fit_generators(
+        self, data: Interactions, timings: dict[str, float], *, names: tuple[str, ...] | None = None
+    ) -> dict[str, CandidateGenerator]:
         fitted = {}
-        for name in self.config.candidates.sources:
+        for name in self.config.candidates.sources if names is None else names:
             start = time.perf_counter()
             fitted[name] = self._new_generator(name).fit(data)
             timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
@@ -243,44 +329,92 @@ class TwoStage:
         self._time_unit = _time_unit(config, data)
         features = replace(config.features, time_unit=self._time_unit)
         timings: dict[str, float] = {}
-        inner: EvalTask = make_split(
-            data,
-            config.label_protocol,
-            **({"test_fraction": config.label_fraction} if config.label_protocol == "temporal" else {}),
-        ).test
-        generators = self._fit_generators(inner.train, timings)
-        snapshot = self._snapshot(inner.train, features)
-        histories = inner.train.histories(inner.users)
-        proposals = self._propose(generators, histories)
-        candidates = blend(proposals, total=config.candidates.total, n_items=self.items.height)
-        X, rows, cols = self._features(generators, candidates, histories, snapshot)
-        labels = np.asarray(inner.targets[rows, candidates.ids[rows, cols]]).ravel().astype(np.float32)
-        has_label = np.zeros(len(histories), dtype=bool)
+        tasks = label_tasks(
+            data, config.label_protocol, fraction=config.label_fraction, windows=config.label_windows
+        )
+        # fitted once, on what precedes the earliest label window: no label of any window reaches them
+        generators = self._fit_generators(tasks[0].train, timings)
+        parts = [
+            self._label_groups(generators, task, features, refit=i > 0, timings=timings)
+            for i, task in enumerate(tasks)
+        ]
+        X = np.concatenate([part.X for part in parts])
+        labels = np.concatenate([part.labels for part in parts])
+        offsets = np.cumsum([0] + [part.n_groups for part in parts])
+        rows = np.concatenate([part.rows + offset for part, offset in zip(parts, offsets, strict=False)])
+        n_groups = int(offsets[-1])
+        has_label = np.zeros(n_groups, dtype=bool)
         has_label[rows[labels > 0]] = True
         keep = has_label[rows] & _sample_negatives(
             rows, labels, config.train_negatives, seed=config.ranker.seed
         )
-        groups = np.bincount(rows[keep], minlength=len(histories))
+        groups = np.bincount(rows[keep], minlength=n_groups)
         groups = groups[groups > 0]
-        names = F.feature_names(candidates.sources, snapshot)
+        names = parts[0].names
         start = time.perf_counter()
         self.ranker_ = LambdaRanker(config.ranker).fit(X[keep], labels[keep], groups, feature_names=names)
         timings["ranker"] = time.perf_counter() - start
         self.feature_names_ = names
-        recall = {name: _recall(ids, inner.targets) for name, (ids, _) in proposals.items()} | {
-            "blended": _recall(candidates.ids, inner.targets)
+        recall = {
+            name: sum(part.hits[name] for part in parts) / max(sum(part.n_targets for part in parts), 1)
+            for name in parts[0].hits
         }
         self.generators_ = self._fit_generators(data, timings)
         self.snapshot_ = self._snapshot(data, features)
         self.report_ = {
-            "label_users": len(histories),
+            "label_users": n_groups,  # (user, window) groups
             "label_users_dropped": int((~has_label).sum()),
+            "label_groups": len(groups),
+            "label_windows": [
+                {"users": part.n_groups, "targets": part.n_targets, "train_events": part.train_events}
+                for part in parts
+            ],
             "training_rows": int(keep.sum()),
             "inner_candidate_recall": recall,
             "fit_seconds": timings,
             "time_unit": features.time_unit,
         }
         return self
+
+    def _label_groups(
+        self,
+        generators: dict[str, CandidateGenerator],
+        task: EvalTask,
+        features: FeatureConfig,
+        *,
+        refit: bool,
+        timings: dict[str, float],
+    ) -> _LabelGroups:
+        """Featurised, labelled candidates of one label task, one group per user.
+
+        Histories, the item snapshot and (with ``refit``) the ``window_refit`` sources are as of the
+        task's start: ``task.train`` holds only events before it.
+        """
+        if refit:
+            generators = generators | self._fit_generators(
+                task.train,
+                timings,
+                names=tuple(s for s in self.config.window_refit if s in generators),
+            )
+        snapshot = self._snapshot(task.train, features)
+        histories = task.train.histories(task.users)
+        proposals = self._propose(generators, histories)
+        candidates = blend(proposals, total=self.config.candidates.total, n_items=self.items.height)
+        X, rows, cols = self._features(generators, candidates, histories, snapshot)
+        labels = np.asarray(task.targets[rows, candidates.ids[rows, cols]]).ravel().astype(np.float32)
+        hits = {name: _hits(ids, task.targets) for name, (ids, _) in proposals.items()} | {
+            "blended": _hits(candidates.ids, task.targets)
+        }
+        return _LabelGroups(
+            X=X,
+            labels=labels,
+            rows=rows,
+            n_groups=len(histories),
+            names=F.feature_names(candidates.sources, snapshot),
+            hits=hits,
+            n_targets=int(task.targets.nnz),
+            train_events=len(task.train),
+        )
 
     # --- answering ---------------------------------------------------------------------------------
     def _propose(
@@ -437,10 +571,23 @@ def _rank(
     return top_ids, top_scores
 
 
-def _recall(ids: np.ndarray, targets: Any) -> float:
-    """Share of target items found in each row's list."""
+def _hits(ids: np.ndarray, targets: Any) -> int:
+    """How many target items are found in each row's list, summed over rows."""
     rows = np.repeat(np.arange(ids.shape[0]), ids.shape[1])
     cols = ids.ravel()
     ok = cols >= 0
-    hits = np.asarray(targets[rows[ok], cols[ok]]).ravel().sum()
-    return float(hits / max(targets.nnz, 1))
+    return int(np.asarray(targets[rows[ok], cols[ok]]).ravel().sum())
+
+
+@dataclass(frozen=True, eq=False)
+class _LabelGroups:
+    """One label task's ranker rows: ``X[j]`` is a candidate of group ``rows[j]`` with ``labels[j]``."""
+
+    X: np.ndarray  # (n_rows, n_features) float32
+    labels: np.ndarray  # (n_rows,) float32, 1 = a held-out item of the group's user
+    rows: np.ndarray  # (n_rows,) group (user) of each row, 0..n_groups-1, non-decreasing
+    n_groups: int
+    names: list[str]
+    hits: dict[str, int]  # per source and "blended": targets among the candidates
+    n_targets: int
+    train_events: int

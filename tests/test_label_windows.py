@@ -1,0 +1,193 @@
+"""Rolling temporal labels of the two-stage ranker: windows, config checks, and no leakage.
+
+The leakage test plants events (changes their items, keeping every timestamp, so the window
+boundaries stay put) at and after each label window's start, and checks that the generators' first
+fit and the features of that window and every earlier one do not change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pytest
+
+from recsys.candidates.als import ALSConfig
+from recsys.data import schema as S
+from recsys.data.dataset import Dataset, Interactions
+from recsys.data.loading import bundled_paths, load_dataset
+from recsys.data.splits import leave_last_out, make_split
+from recsys.pipeline import two_stage as T
+from recsys.ranking.ranker import LambdaRanker, RankerConfig
+
+WINDOWS = 3
+FRACTION = 0.08
+
+
+@pytest.fixture(scope="module")
+def dataset() -> Dataset:
+    """The first 60 users of the bundled MovieLens sample (clock-time timestamps) and their items."""
+    full = load_dataset(*bundled_paths())
+    interactions = full.interactions.drop(S.USER_IDX, S.ITEM_IDX)
+    users = interactions.get_column(S.USER_ID).unique(maintain_order=True).head(60)
+    interactions = interactions.filter(pl.col(S.USER_ID).is_in(users.implode()))
+    items = full.items.filter(pl.col(S.ITEM_ID).is_in(interactions.get_column(S.ITEM_ID).implode()))
+    return Dataset.from_tables(items, interactions)
+
+
+def _config(windows: int = WINDOWS, **changes: Any) -> T.TwoStageConfig:
+    base = T.TwoStageConfig(label_protocol="temporal", label_fraction=FRACTION, label_windows=windows)
+    candidates = replace(
+        base.candidates,
+        # every source but the (slow, torch) sequential one; ALS on one thread is deterministic
+        sources=("als", "itemknn", "cooccurrence", "text", "popularity"),
+        per_source=30,
+        total=60,
+        als=ALSConfig(factors=8, iterations=3, num_threads=1),
+    )
+    ranker = RankerConfig(search=((7, 0.1),), max_rounds=20, min_data_in_leaf=2)
+    return replace(base, candidates=candidates, ranker=ranker, **changes)
+
+
+def _embeddings(n_items: int) -> np.ndarray:
+    e = np.random.default_rng(0).normal(size=(n_items, 8)).astype(np.float32)
+    e /= np.linalg.norm(e, axis=1, keepdims=True)
+    return e
+
+
+def _with_items(data: Interactions, items: np.ndarray) -> Interactions:
+    return Interactions(data.n_users, data.n_items, data.users, items, data.timestamps, data.weights)
+
+
+def test_one_window_is_the_inner_temporal_split_and_leave_last_out_is_unchanged(dataset: Dataset) -> None:
+    data = dataset.to_interactions()
+    (task,) = T.label_tasks(data, "temporal", fraction=0.1, windows=1)
+    expected = make_split(data, "temporal", test_fraction=0.1).test
+    np.testing.assert_array_equal(task.users, expected.users)
+    assert (task.targets != expected.targets).nnz == 0
+    np.testing.assert_array_equal(task.train.timestamps, expected.train.timestamps)
+    (llo,) = T.label_tasks(data, "leave-last-out", fraction=0.3)  # fraction has no say there
+    expected = leave_last_out(data).test
+    np.testing.assert_array_equal(llo.users, expected.users)
+    assert (llo.targets != expected.targets).nnz == 0
+    assert len(llo.train) == len(expected.train)
+
+
+def test_windows_are_consecutive_and_hold_their_targets(dataset: Dataset) -> None:
+    data = dataset.to_interactions()
+    tasks = T.label_tasks(data, "temporal", fraction=FRACTION, windows=WINDOWS)
+    assert len(tasks) == WINDOWS
+    starts = [int(t.train.timestamps.max()) for t in tasks]
+    assert starts == sorted(starts) and len(set(starts)) == WINDOWS
+    ts = data.timestamps
+    bounds = [int(np.quantile(ts, 1 - k * FRACTION, method="higher")) for k in range(WINDOWS, 0, -1)]
+    for task, start, stop in zip(tasks, bounds, [*bounds[1:], int(ts.max()) + 1], strict=True):
+        assert len(task.train) == int((ts < start).sum())  # every event before the start, no other
+        # each target is an event of the window, of an item the user had not seen before it
+        window = (ts >= start) & (ts < stop)
+        for row, user in enumerate(task.users):
+            targets = set(task.targets[row].indices.tolist())
+            in_window = set(data.items[window & (data.users == user)].tolist())
+            seen = set(task.train.items[task.train.users == user].tolist())
+            assert targets and targets == in_window - seen
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"label_windows": 0}, "label_windows must be >= 1"),
+        ({"label_windows": True}, "label_windows must be an integer"),
+        ({"label_windows": 2, "label_protocol": "leave-last-out"}, "needs label_protocol 'temporal'"),
+        ({"label_windows": 5, "label_fraction": 0.2}, "label_windows x label_fraction must be < 1"),
+        ({"label_fraction": 0.0}, "label_fraction must be in"),
+        ({"window_refit": ("populrity",)}, "window_refit: unknown candidate source 'populrity'"),
+    ],
+)
+def test_bad_label_window_settings_name_the_parameter(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        T.TwoStageConfig(**{"label_protocol": "temporal", **changes})
+
+
+def test_too_many_windows_for_the_timestamps_is_a_clear_error() -> None:
+    data = Interactions.from_arrays(
+        np.array([0, 0, 1, 1]), np.array([0, 1, 1, 0]), n_users=2, n_items=2, timestamps=np.full(4, 5)
+    )
+    with pytest.raises(ValueError, match="no events to fit the candidate generators on"):
+        T.label_tasks(data, "temporal", fraction=0.2, windows=3)
+
+
+class _Recorder:
+    """Records what ``TwoStage.fit`` hands to the generators and what each window's groups hold."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.fits: list[tuple[tuple[str, ...] | None, int, int]] = []  # (names, events, last timestamp)
+        self.groups: list[Any] = []
+        self.ranker_rows: list[int] = []
+        fit_generators, label_groups = T.TwoStage._fit_generators, T.TwoStage._label_groups
+        recorder = self
+
+        def record_fit(self: T.TwoStage, data: Interactions, timings: Any, *, names: Any = None) -> Any:
+            recorder.fits.append((names, len(data), int(data.timestamps.max())))
+            return fit_generators(self, data, timings, names=names)
+
+        def record_groups(self: T.TwoStage, *args: Any, **kwargs: Any) -> Any:
+            out = label_groups(self, *args, **kwargs)
+            recorder.groups.append(out)
+            return out
+
+        def record_ranker(self: LambdaRanker, features: np.ndarray, *args: Any, **kwargs: Any) -> Any:
+            recorder.ranker_rows.append(len(features))
+            return self  # what reaches the ranker is checked; its fit is tested elsewhere
+
+        monkeypatch.setattr(T.TwoStage, "_fit_generators", record_fit)
+        monkeypatch.setattr(T.TwoStage, "_label_groups", record_groups)
+        monkeypatch.setattr(LambdaRanker, "fit", record_ranker)
+
+
+def _fit(dataset: Dataset, data: Interactions, monkeypatch: pytest.MonkeyPatch) -> _Recorder:
+    with monkeypatch.context() as patch:
+        recorder = _Recorder(patch)
+        T.TwoStage(_config(), items=dataset.items, item_embeddings=_embeddings(dataset.n_items)).fit(data)
+    return recorder
+
+
+def test_no_label_window_event_reaches_the_generators_or_that_windows_features(
+    dataset: Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = dataset.to_interactions()
+    tasks = T.label_tasks(data, "temporal", fraction=FRACTION, windows=WINDOWS)
+    starts = [int(np.quantile(data.timestamps, 1 - k * FRACTION, method="higher")) for k in (3, 2, 1)]
+    clean = _fit(dataset, data, monkeypatch)
+
+    # generators: fitted once before the earliest window, then popularity refitted at each later start,
+    # then every source on all the data (the served model)
+    assert clean.fits[0] == (None, len(tasks[0].train), int(tasks[0].train.timestamps.max()))
+    assert clean.fits[0][2] < starts[0]
+    assert [f[0] for f in clean.fits[1:-1]] == [("popularity",)] * (WINDOWS - 1)
+    for (_, _, last), start in zip(clean.fits[1:-1], starts[1:], strict=True):
+        assert last < start
+    assert clean.fits[-1] == (None, len(data), int(data.timestamps.max()))
+    groups = [g.n_groups for g in clean.groups]
+    assert len(groups) == WINDOWS and sum(groups) > max(groups)  # more groups than any one window
+    assert clean.ranker_rows and clean.ranker_rows[0] <= sum(len(g.X) for g in clean.groups)
+
+    rng = np.random.default_rng(1)
+    for k, start in enumerate(starts):
+        # plant: every event at or after window k's start gets another (random) item
+        planted_items = data.items.copy()
+        late = data.timestamps >= start
+        planted_items[late] = rng.integers(0, data.n_items, size=int(late.sum()))
+        assert (planted_items != data.items).any()
+        planted = _fit(dataset, _with_items(data, planted_items), monkeypatch)
+        assert planted.fits[0] == clean.fits[0]
+        for j in range(k + 1):  # window k and every earlier one: the same features, nothing leaks
+            a, b = clean.groups[j], planted.groups[j]
+            assert a.n_groups == b.n_groups
+            np.testing.assert_array_equal(a.rows, b.rows)
+            np.testing.assert_array_equal(a.X, b.X)
+            if j < k:  # earlier windows end before the planted events start: their labels are the same
+                np.testing.assert_array_equal(a.labels, b.labels)
+        # the planted events are window k's labels: the labels (not the features) see them
+        assert not np.array_equal(clean.groups[k].labels, planted.groups[k].labels)
