@@ -67,15 +67,23 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """
     rows, n_items = scores.shape
     k_eff = min(k, n_items)
-    part = (
-        np.argpartition(-scores, k_eff - 1, axis=1)[:, :k_eff]
-        if k_eff < n_items
-        else (np.broadcast_to(np.arange(n_items), (rows, n_items)).copy())
-    )
-    part_scores = np.take_along_axis(scores, part, axis=1)
-    order = np.argsort(-part_scores, axis=1, kind="stable")
-    ids = np.take_along_axis(part, order, axis=1).astype(np.int32)
-    top = np.take_along_axis(part_scores, order, axis=1).astype(np.float32)
+    if rows == 1 and k_eff < n_items:
+        # one request (the service): the same selection and order as below, without the 2-D gathers
+        row = scores[0]
+        part1 = np.argpartition(-row, k_eff - 1)[:k_eff]
+        row_scores = row[part1]
+        order1 = np.argsort(-row_scores, kind="stable")
+        ids, top = part1[order1].astype(np.int32)[None], row_scores[order1].astype(np.float32)[None]
+    else:
+        part = (
+            np.argpartition(-scores, k_eff - 1, axis=1)[:, :k_eff]
+            if k_eff < n_items
+            else (np.broadcast_to(np.arange(n_items), (rows, n_items)).copy())
+        )
+        part_scores = np.take_along_axis(scores, part, axis=1)
+        order = np.argsort(-part_scores, axis=1, kind="stable")
+        ids = np.take_along_axis(part, order, axis=1).astype(np.int32)
+        top = np.take_along_axis(part_scores, order, axis=1).astype(np.float32)
     ids[~np.isfinite(top) & (top < 0)] = -1
     if k_eff < k:
         ids = np.pad(ids, ((0, 0), (0, k - k_eff)), constant_values=-1)
@@ -83,10 +91,14 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return ids, top
 
 
-def mask_history(scores: np.ndarray, history: sp.csr_matrix) -> np.ndarray:
-    """Set the scores of each row's history items to -inf, in place, and return ``scores``."""
-    rows, cols = history.nonzero()
-    scores[rows, cols] = -np.inf
+def mask_history(scores: np.ndarray, histories: Histories) -> np.ndarray:
+    """Set the scores of each row's history items to -inf, in place, and return ``scores``.
+
+    Indexes with the CSR arrays of ``histories`` directly: building a sparse matrix cost more than
+    the masking itself on the request path.
+    """
+    rows = np.repeat(np.arange(len(histories)), histories.lengths())
+    scores[rows, histories.items[histories.indptr[0] : histories.indptr[-1]]] = -np.inf
     return scores
 
 
@@ -101,17 +113,22 @@ def ranked(score_block: ScoreFn, histories: Histories, n: int, n_items: int) -> 
     scores = np.full((len(histories), n), -np.inf, dtype=np.float32)
     for start in range(0, len(histories), BLOCK_ROWS):
         stop = min(start + BLOCK_ROWS, len(histories))
-        block = Histories(
-            indptr=histories.indptr[start : stop + 1] - histories.indptr[start],
-            items=histories.items[histories.indptr[start] : histories.indptr[stop]],
-            timestamps=None
-            if histories.timestamps is None
-            else histories.timestamps[histories.indptr[start] : histories.indptr[stop]],
-        )
+        whole = stop - start == len(histories) and histories.indptr[0] == 0
+        block = histories if whole else _rows(histories, start, stop)
         dense = np.asarray(score_block(block), dtype=np.float32)  # (block, n_items)
-        mask_history(dense, block.to_csr(n_items))
+        mask_history(dense, block)
         ids[start:stop], scores[start:stop] = top_k(dense, n)
     return ids, scores
+
+
+def _rows(histories: Histories, start: int, stop: int) -> Histories:
+    """Rows ``start:stop`` of ``histories`` as their own batch."""
+    lo, hi = histories.indptr[start], histories.indptr[stop]
+    return Histories(
+        indptr=histories.indptr[start : stop + 1] - lo,
+        items=histories.items[lo:hi],
+        timestamps=None if histories.timestamps is None else histories.timestamps[lo:hi],
+    )
 
 
 class ScoreFn(Protocol):

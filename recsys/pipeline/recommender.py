@@ -31,6 +31,21 @@ from recsys.pipeline.two_stage import TwoStage
 from recsys.ranking import features as F
 
 
+def stable_top(scores: np.ndarray, n: int) -> np.ndarray:
+    """``np.argsort(-scores, kind="stable")[:n]`` without sorting the whole catalogue: the first ``n``
+    indices by descending score, ties in index order.
+
+    >>> stable_top(np.array([1.0, 3.0, 3.0, 2.0, 3.0]), 2).tolist()
+    [1, 2]
+    """
+    neg = -scores
+    kth = np.partition(neg, n - 1)[n - 1] if n < len(scores) else np.nan  # the n-th best score
+    if np.isnan(kth):  # a short catalogue, or NaN among the best (argsort puts NaN last): sort all
+        return np.argsort(neg, kind="stable")[:n]
+    tied_or_better = np.flatnonzero(neg <= kth)  # ascending indices, so a stable sort keeps ties in order
+    return tied_or_better[np.argsort(neg[tied_or_better], kind="stable")][:n]
+
+
 @dataclass(frozen=True)
 class Filters:
     categories: tuple[str, ...] | None = None
@@ -172,7 +187,7 @@ class Recommender:
         else:
             counts = popularity.scores_  # type: ignore[attr-defined]
         scores = np.where(allowed, counts, -np.inf)
-        top = np.argsort(-scores, kind="stable")[:n]
+        top = stable_top(scores, n)
         return [
             Recommendation(str(self._ids[i]), float(scores[i]), self._titles[i], ("popularity",))
             for i in top
@@ -203,7 +218,8 @@ class Recommender:
         ids = candidates.ids[0]
         ok = (ids >= 0) & np.isfinite(scores)
         ok[ok] &= allowed[ids[ok]]
-        order = [j for j in np.argsort(-scores, kind="stable") if ok[j]][:n]
+        by_score = np.argsort(-scores, kind="stable")
+        order = by_score[ok[by_score]][:n]
         out = [
             Recommendation(
                 str(self._ids[ids[j]]),

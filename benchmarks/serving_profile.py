@@ -1,0 +1,135 @@
+"""Where ``Recommender.recommend`` spends its time: per-stage CPU per request, in process.
+
+Run from the project root::
+
+    OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 .venv/bin/python -P benchmarks/serving_profile.py --home H
+
+It loads the current bundle of the BentoML home ``H`` (as the service does), reads user records from
+the online store ``recsys train`` loaded, and answers the same request mix as ``benchmarks/serving.py``
+(real demo user ids, 10% unknown, n=10), one request at a time. Every stage is timed by wrapping the
+function that does it (thread CPU time, so other processes on the machine do not count), and the total
+is the whole ``recommend`` call; ``store`` is the online-store read the service does first. Prints the
+median and mean milliseconds per request of each stage and writes them as JSON (``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib.util
+import json
+import os
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+class Stages:
+    """Thread-CPU milliseconds per stage of the current request; nested stages count in both."""
+
+    def __init__(self) -> None:
+        self.current: dict[str, float] = defaultdict(float)
+        self.requests: list[dict[str, float]] = []
+
+    def wrap(self, owner: Any, attribute: str, label: str) -> None:
+        original: Callable[..., Any] | None = getattr(owner, attribute, None)
+        if original is None:  # a stage this version of the code does not have
+            return
+
+        @functools.wraps(original)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.thread_time()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.current[label] += 1000 * (time.thread_time() - t0)
+
+        setattr(owner, attribute, timed)
+
+    def done(self) -> None:
+        self.requests.append(dict(self.current))
+        self.current.clear()
+
+
+def instrument(recommender: Any, stages: Stages) -> None:
+    from feature_store import serving as fs_serving
+    from recsys.pipeline import recommender as rec_module
+    from recsys.pipeline import two_stage
+    from recsys.ranking import features as F
+
+    model = recommender.model
+    for name, generator in model.generators_.items():
+        stages.wrap(generator, "recommend", f"source {name}")
+    stages.wrap(model.ranker_, "predict", "ranker predict")
+    stages.wrap(two_stage, "blend", "blend")
+    stages.wrap(rec_module, "blend", "blend")
+    stages.wrap(F, "retriever_features", "features: retriever")
+    stages.wrap(model, "last_item_features", "features: last item")
+    stages.wrap(fs_serving.ServingFeatures, "__call__", "features: store")
+    for attribute in ("_record", "_allowed", "_popular", "_history_rows"):
+        stages.wrap(recommender, attribute, f"recommender {attribute}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--home", type=Path, required=True, help="BENTOML_HOME with a published bundle.")
+    parser.add_argument("--requests", type=int, default=400)
+    parser.add_argument("--out", type=Path, default=None, help="JSON file for the per-stage figures.")
+    args = parser.parse_args()
+    os.environ["BENTOML_HOME"] = str(args.home.resolve())
+
+    from feature_store.online import open_store
+    from recsys.data.loading import bundled_paths
+    from recsys.pipeline import registry
+    from recsys.pipeline.recommender import Recommender
+    from serving.service import _history as history_of
+
+    # benchmarks/serving.py by path: on sys.path its name would shadow the ``serving`` package
+    spec = importlib.util.spec_from_file_location("serving_benchmark", ROOT / "benchmarks" / "serving.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    request_bodies = bench.request_bodies
+
+    version = registry.current()
+    recommender = Recommender.load(version.path)
+    store = open_store(registry.default_online_store_url())
+    bodies = request_bodies(bundled_paths()[1], unknown_share=0.1, count=args.requests, seed=0)
+    users = [json.loads(b)["user_id"] for b in bodies]
+    for user in users[:20]:  # warm-up
+        record = store.get_records([user])[0]
+        recommender.recommend(history_of(record), n=10, user_features=record)
+
+    stages = Stages()
+    instrument(recommender, stages)
+    for user in users:
+        t0 = time.thread_time()
+        record = store.get_records([user])[0]
+        stages.current["store"] += 1000 * (time.thread_time() - t0)
+        t0 = time.thread_time()
+        recommender.recommend(history_of(record), n=10, user_features=record)
+        stages.current["recommend (total)"] += 1000 * (time.thread_time() - t0)
+        stages.done()
+
+    names = sorted({k for r in stages.requests for k in r}, key=lambda k: (k != "recommend (total)", k))
+    summary: dict[str, Any] = {"model": version.tag, "requests": len(users), "stages": {}}
+    print(f"model {version.tag}; {len(users)} requests; thread CPU ms per request")
+    print(f"{'stage':28s} {'median':>8s} {'mean':>8s}")
+    for name in names:
+        values = np.array([r.get(name, 0.0) for r in stages.requests])
+        summary["stages"][name] = {"median_ms": float(np.median(values)), "mean_ms": float(values.mean())}
+        print(f"{name:28s} {np.median(values):8.3f} {values.mean():8.3f}")
+    if args.out is not None:
+        args.out.write_text(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
