@@ -240,16 +240,21 @@ def test_finetune_refuses_mismatched_catalogue(tiny_bert: Path, tmp_path: Path) 
 # --- batch embedding and cache ------------------------------------------------------------------
 
 
-def test_cache_reembeds_only_new_or_changed_items(tiny_bert: Path, tmp_path: Path) -> None:
+def test_cache_reembeds_only_new_or_changed_items(
+    tiny_bert: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from recsys.encoder.model import ItemEncoder
+
     encoder = load_encoder(tiny_bert)
     seen: list[str] = []
-    original = encoder.encode
+    original = ItemEncoder.encode
 
-    def counting(texts: list[str], **kwargs: object) -> np.ndarray:
+    def counting(self: ItemEncoder, texts: list[str], **kwargs: object) -> np.ndarray:
         seen.extend(texts)
-        return original(texts, **kwargs)  # type: ignore[arg-type]
+        return original(self, texts, **kwargs)  # type: ignore[arg-type]
 
-    encoder.encode = counting  # type: ignore[method-assign]
+    # on the class: embed_items encodes with an ONNX Runtime copy of the encoder when it can
+    monkeypatch.setattr(ItemEncoder, "encode", counting)
     items = toy_items()
     first = embed_items(items, encoder=encoder, cache_dir=tmp_path / "cache")
     assert len(seen) == items.height
@@ -268,6 +273,94 @@ def test_cache_reembeds_only_new_or_changed_items(tiny_bert: Path, tmp_path: Pat
     # another model never reads this model's cache
     other = load_encoder(tiny_bert, config=EncoderConfig(max_tokens=9))
     assert other.fingerprint != encoder.fingerprint
+
+
+def test_onnx_runtime_gives_the_torch_vectors_and_caches_its_graph(
+    tiny_bert: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from recsys.encoder import ort
+
+    for pooling in ("mean", "cls"):
+        encoder = load_encoder(tiny_bert, config=EncoderConfig(pooling=pooling))
+        fast = ort.onnx_encoder(encoder, tmp_path / "onnx")
+        assert fast.runtime == "onnx" and encoder.runtime == "torch"
+        assert fast.fingerprint == encoder.fingerprint  # same vectors: the embedding cache is shared
+        texts = [*item_texts(toy_items(), encoder.config).to_list(), "w1 " * 40]  # long: truncated
+        np.testing.assert_allclose(fast.encode(texts, batch_size=7), encoder.encode(texts), atol=1e-5)
+    assert len(list((tmp_path / "onnx").glob("*-fp32.onnx"))) == 2  # one graph per fingerprint
+    # the second call loads the cached graph: exporting again would fail here
+    monkeypatch.setattr(ort, "export", lambda *a, **k: pytest.fail("exported twice"))
+    assert ort.onnx_encoder(encoder, tmp_path / "onnx").runtime == "onnx"
+    # a corrupt cached graph is rebuilt, not fatal
+    monkeypatch.undo()
+    for graph in (tmp_path / "onnx").glob("*.onnx"):
+        graph.write_bytes(b"not a graph")
+    again = ort.onnx_encoder(encoder, tmp_path / "onnx")
+    np.testing.assert_allclose(again.encode(texts), encoder.encode(texts), atol=1e-5)
+
+
+def test_onnx_int8_has_its_own_fingerprint(tiny_bert: Path, tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from recsys.encoder.ort import onnx_encoder
+
+    encoder = load_encoder(tiny_bert)
+    int8 = onnx_encoder(encoder, tmp_path, precision="int8")
+    assert int8.fingerprint == f"{encoder.fingerprint}:ort-int8"
+    texts = item_texts(toy_items(), encoder.config).to_list()
+    exact, approx = encoder.encode(texts), int8.encode(texts)
+    assert np.min(np.sum(exact * approx, axis=1)) > 0.95 and not np.array_equal(exact, approx)
+    np.testing.assert_allclose(np.linalg.norm(approx, axis=1), 1.0, atol=1e-5)
+
+
+def test_embedding_falls_back_to_torch_without_onnx(
+    tiny_bert: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from recsys.encoder import ort
+
+    items = toy_items()
+    reference = load_encoder(tiny_bert, config=EncoderConfig(runtime="torch"))
+    expected = reference.encode(item_texts(items, reference.config).to_list())
+    np.testing.assert_array_equal(embed_items(items, encoder=reference), expected)  # torch: no export
+
+    def missing() -> None:
+        raise ort.OnnxUnavailable("onnxruntime is not installed")
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("unsupported operator")
+
+    def wrong(*args: object, **kwargs: object) -> float:
+        return 0.5  # the graph's vectors disagree with torch's
+
+    breakages = [(ort, "_import_ort", missing, "not installed")]
+    if _has_onnx():
+        breakages += [(torch.onnx, "export", broken, "unsupported operator")]
+        breakages += [(ort, "_min_cosine", wrong, "differs from torch")]
+    for target, name, replacement, message in breakages:
+        with monkeypatch.context() as patch:
+            patch.setattr(target, name, replacement)
+            caplog.clear()
+            with caplog.at_level("WARNING", logger="recsys.encoder.embed"):
+                vectors = embed_items(items, encoder=load_encoder(tiny_bert), onnx_dir=tmp_path / name)
+            np.testing.assert_allclose(vectors, expected, atol=1e-6)
+            assert "embedding with torch" in caplog.text and message in caplog.text
+            strict = load_encoder(tiny_bert, config=EncoderConfig(runtime="onnx"))
+            with pytest.raises(ort.OnnxUnavailable, match=message):
+                embed_items(items, encoder=strict, onnx_dir=tmp_path / name)
+        assert not list(tmp_path.glob(f"{name}/*.onnx"))  # nothing half-written is left behind
+    with pytest.raises(ValueError, match="runtime must be"):
+        EncoderConfig(runtime="tensorrt")  # type: ignore[arg-type]
+
+
+def _has_onnx() -> bool:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def test_embeddings_parquet_round_trip(tmp_path: Path) -> None:
@@ -315,6 +408,15 @@ def test_embed_cli(tiny_bert: Path, tmp_path: Path) -> None:
     assert bad.exit_code == 2 and "title" in bad.output
     missing = runner.invoke(app, [*args[:5], "--model", str(tmp_path / "no-model")])
     assert missing.exit_code == 2 and "not found" in missing.output
+    int8 = runner.invoke(app, [*args, "--int8", "--runtime", "torch"])
+    assert int8.exit_code == 0 and "torch int8" in int8.output, int8.output
+    assert read_embeddings(tmp_path / "emb.parquet")[2] == f"{fingerprint}:int8"
+    if _has_onnx():
+        int8 = runner.invoke(app, [*args, "--int8"])
+        assert int8.exit_code == 0 and "onnx int8" in int8.output, int8.output
+        assert read_embeddings(tmp_path / "emb.parquet")[2] == f"{fingerprint}:ort-int8"
+    bad_runtime = runner.invoke(app, [*args, "--runtime", "tvm"])
+    assert bad_runtime.exit_code == 2 and "runtime must be" in bad_runtime.output
 
 
 # --- the real packaged checkpoint ---------------------------------------------------------------
@@ -327,6 +429,21 @@ def test_packaged_minilm_gives_normalised_384_dim_embeddings() -> None:
     assert emb.shape == (3, 384) and emb.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
     assert emb[0] @ emb[1] > emb[0] @ emb[2] + 0.2  # a real sentence encoder, not random weights
+
+
+@pytest.mark.slow
+def test_packaged_minilm_on_onnx_runtime_equals_torch(tmp_path: Path) -> None:
+    """The default path of `recsys embed`: the fused ONNX graph of the real checkpoint."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from recsys.encoder.ort import onnx_encoder
+
+    encoder = load_encoder()
+    fast = onnx_encoder(encoder, tmp_path)
+    texts = ["cordless power drill 18V", "borosilicate glass lab beaker, 250 ml " * 30, "x"]
+    exact, onnx = encoder.encode(texts), fast.encode(texts)
+    assert onnx.shape == (3, 384) and fast.runtime == "onnx"
+    np.testing.assert_allclose(onnx, exact, atol=1e-5)
 
 
 def test_top_layers_on_cached_states_match_the_full_forward(tiny_bert: Path) -> None:

@@ -55,17 +55,36 @@ def embed(
         Path, typer.Option("--cache-dir", help="Embedding cache: re-runs embed only new or changed items.")
     ] = DEFAULT_CACHE,
     no_cache: Annotated[
-        bool, typer.Option("--no-cache", help="Embed everything, read and write no cache.")
+        bool,
+        typer.Option(
+            "--no-cache",
+            help="Embed everything, read and write no embedding cache (the ONNX graph in "
+            "CACHE_DIR/onnx is still reused).",
+        ),
     ] = False,
+    runtime: Annotated[
+        str,
+        typer.Option(
+            "--runtime",
+            help="auto: ONNX Runtime when installed and the model exports (same vectors, faster), "
+            "else torch; onnx: fail instead of falling back; torch: never export.",
+        ),
+    ] = "auto",
     int8: Annotated[
         bool,
-        typer.Option("--int8", help="Dynamic int8 quantization (CPU; see docs/RESULTS.md for its cost)."),
+        typer.Option(
+            "--int8",
+            help="Dynamic int8 quantization (CPU): ONNX Runtime per-channel int8, or torch's when "
+            "falling back; see docs/RESULTS.md for its speed and quality.",
+        ),
     ] = False,
     max_tokens: Annotated[
         int | None, typer.Option("--max-tokens", help="Token limit per item (default: the encoder's, 128).")
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Texts per forward pass.", min=1)] = 64,
-    threads: Annotated[int, typer.Option("--threads", help="Torch threads (0: torch's default).", min=0)] = 0,
+    threads: Annotated[
+        int, typer.Option("--threads", help="Intra-op threads (0: the runtime's default).", min=0)
+    ] = 0,
 ) -> None:
     """Embed every item's text (title, brand, category, description) and write them atomically."""
     import dataclasses
@@ -74,8 +93,9 @@ def embed(
     from rich.console import Console
 
     from recsys.data import schema as S
-    from recsys.encoder.embed import embed_items, write_embeddings
+    from recsys.encoder.embed import embed_items, with_runtime, write_embeddings
     from recsys.encoder.model import EncoderLoadError, load_encoder
+    from recsys.encoder.ort import OnnxUnavailable
 
     console = Console(stderr=True)
     with data_errors():
@@ -86,7 +106,7 @@ def embed(
     except EncoderLoadError as exc:
         console.print(f"[bold red]Cannot load the encoder:[/] {exc}", highlight=False)
         raise typer.Exit(2) from None
-    overrides: dict[str, object] = {"batch_size": batch_size, "threads": threads}
+    overrides: dict[str, object] = {"batch_size": batch_size, "threads": threads, "runtime": runtime}
     if max_tokens is not None:
         overrides["max_tokens"] = max_tokens
     try:
@@ -99,6 +119,11 @@ def embed(
         encoder.config = config
     if int8:
         encoder = encoder.quantized()
+    try:  # the runtime decides the fingerprint of int8 vectors, so choose it before embedding
+        encoder = with_runtime(encoder, onnx_dir=cache_dir / "onnx")
+    except OnnxUnavailable as exc:  # only with --runtime onnx; auto falls back to torch
+        console.print(f"[bold red]Cannot use ONNX Runtime:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
     vectors = embed_items(
         frame,  # type: ignore[arg-type]
         encoder=encoder,
@@ -107,8 +132,9 @@ def embed(
     )
     write_embeddings(frame[S.ITEM_ID], vectors, out, fingerprint=encoder.fingerprint)  # type: ignore[index]
     seconds = time.perf_counter() - started
+    precision = " int8" if encoder.config.quantize else ""
     console.print(
         f"[green]Wrote[/] {out}: {vectors.shape[0]:,} items x {vectors.shape[1]} dims in {seconds:.1f}s "
-        f"(encoder {encoder.fingerprint[:12]}).",
+        f"(encoder {encoder.fingerprint[:12]}, {encoder.runtime}{precision}).",
         highlight=False,
     )

@@ -44,7 +44,10 @@ class EncoderConfig:
     # while length-sorted batches stay narrow, so little padding is computed
     sort_by_length: bool = True
     quantize: bool = False  # dynamic int8 Linear layers (CPU only); see benchmarks/encode.py
-    threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    threads: int = 0  # torch / ONNX Runtime intra-op threads; 0 keeps the runtime's default
+    # "auto": ONNX Runtime when installed and the checkpoint exports (same vectors, faster on CPU),
+    # else torch; "onnx" fails instead of falling back; "torch" never exports
+    runtime: Literal["auto", "onnx", "torch"] = "auto"
 
     def __post_init__(self) -> None:
         if not self.template:
@@ -59,6 +62,8 @@ class EncoderConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0, got {self.threads}")
+        if self.runtime not in ("auto", "onnx", "torch"):
+            raise ValueError(f"runtime must be 'auto', 'onnx' or 'torch', got {self.runtime!r}")
 
 
 @dataclass(frozen=True)

@@ -4,12 +4,18 @@ Re-running on a catalogue where a few items changed embeds only those items: eve
 comes from the cache. Embeddings are written as Parquet (``item_id`` plus a fixed-size float32
 list column) and read back without torch, which is what the serving path does.
 
+Encoding runs on ONNX Runtime when it is installed and the checkpoint exports to a graph that
+gives the torch vectors (``EncoderConfig.runtime``, see :mod:`recsys.encoder.ort`), else on torch.
+
 This module imports torch only inside :func:`embed_items`, when an encoder has to be loaded.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +30,8 @@ from recsys.encoder.config import EncoderConfig, item_texts
 
 if TYPE_CHECKING:
     from recsys.encoder.model import ItemEncoder
+
+log = logging.getLogger(__name__)
 
 EMBEDDING = "embedding"
 TEXT_HASH = "text_hash"
@@ -97,6 +105,7 @@ def embed_items(
     *,
     encoder: ItemEncoder | EncoderConfig | str | Path,
     cache_dir: str | Path | None = None,
+    onnx_dir: str | Path | None = None,
     progress: bool = False,
 ) -> np.ndarray:
     """(n_items, dim) float32 L2-normalised embeddings, in the row order of ``items``.
@@ -104,6 +113,8 @@ def embed_items(
     ``encoder`` is a loaded :class:`~recsys.encoder.model.ItemEncoder`, an ``EncoderConfig``, or a
     checkpoint (path or cached hub name; '' is the packaged default). Identical texts are embedded
     once; with ``cache_dir`` only texts not embedded before by the same model are encoded.
+    The exported ONNX graph is kept in ``onnx_dir`` (default ``cache_dir/onnx``; without either it
+    is exported to a temporary folder for this call).
     """
     from recsys.encoder.model import ItemEncoder, load_encoder
 
@@ -113,6 +124,10 @@ def embed_items(
         encoder = load_encoder(config=encoder)
     elif not isinstance(encoder, ItemEncoder):
         encoder = load_encoder(encoder)
+    if onnx_dir is None and cache_dir is not None:
+        onnx_dir = Path(cache_dir) / "onnx"
+    if encoder.config.quantize:  # int8 vectors (and fingerprint) depend on the runtime: choose it now
+        encoder = with_runtime(encoder, onnx_dir=onnx_dir)
     texts = item_texts(items, encoder.config).to_list()
     hashes = text_hashes(texts)
     # unique texts only: identical items (variants, duplicates) cost one forward pass
@@ -127,10 +142,33 @@ def embed_items(
         vectors = np.zeros((len(unique_list), encoder.dim), dtype=np.float32)
     missing = np.flatnonzero(~found)
     if len(missing):
-        vectors[missing] = encoder.encode([texts[i] for i in first[missing]], progress=progress)
+        runner = with_runtime(encoder, onnx_dir=onnx_dir)
+        vectors[missing] = runner.encode([texts[i] for i in first[missing]], progress=progress)
         if cache is not None:
             cache.put(encoder.fingerprint, [unique_list[i] for i in missing], vectors[missing])
     return np.ascontiguousarray(vectors[inverse.ravel()])
+
+
+def with_runtime(encoder: ItemEncoder, *, onnx_dir: str | Path | None) -> ItemEncoder:
+    """``encoder`` on the runtime its config asks for: ONNX Runtime if it can, torch otherwise.
+
+    ``runtime="auto"`` falls back to torch (with a logged warning) when onnxruntime is missing or the
+    model does not export to a graph equal to torch; ``"onnx"`` raises instead. A quantized encoder
+    gets ONNX Runtime's int8 graph (fingerprint ``...:ort-int8``), or keeps torch's int8 layers.
+    """
+    from recsys.encoder.ort import OnnxUnavailable, onnx_encoder
+
+    if encoder.session is not None or encoder.config.runtime == "torch":
+        return encoder
+    with contextlib.ExitStack() as stack:
+        directory = onnx_dir if onnx_dir is not None else stack.enter_context(tempfile.TemporaryDirectory())
+        try:
+            return onnx_encoder(encoder, directory)  # the session holds the graph in memory
+        except OnnxUnavailable as exc:
+            if encoder.config.runtime == "onnx":
+                raise
+            log.warning("ONNX Runtime not used (%s); embedding with torch", exc)
+            return encoder
 
 
 def write_embeddings(

@@ -14,9 +14,9 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -24,6 +24,9 @@ from torch import nn
 
 from recsys.config import from_dict
 from recsys.encoder.config import EncoderConfig
+
+if TYPE_CHECKING:
+    from recsys.encoder.ort import OnnxSession
 
 META_FILE = "recsys_encoder.json"  # written next to the weights by finetune; marks our own artifacts
 FORMAT_VERSION = 1
@@ -70,7 +73,8 @@ class ItemEncoder:
 
     Build one with :func:`load_encoder`. ``encode`` is the fast inference path (length-sorted
     batches, dynamic padding, ``inference_mode``); ``embed_batch`` is the differentiable path used
-    by fine-tuning.
+    by fine-tuning. With an ONNX Runtime ``session`` (see :func:`recsys.encoder.ort.onnx_encoder`)
+    ``encode`` runs the exported graph instead of the torch model; the torch path stays the reference.
     """
 
     def __init__(self, config: EncoderConfig, *, tokenizer: Any, model: nn.Module, fingerprint: str) -> None:
@@ -78,6 +82,17 @@ class ItemEncoder:
         self.tokenizer = tokenizer
         self.model: Any = model  # a transformers PreTrainedModel (torch typing cannot say so)
         self.fingerprint = fingerprint  # identifies weights + tokenizer + max_tokens + pooling + int8
+        self.session: OnnxSession | None = None  # set by recsys.encoder.ort.onnx_encoder
+        self.float_model: Any = model  # the fp32 weights, kept by `quantized` for ONNX int8 export
+
+    @property
+    def runtime(self) -> str:
+        """'onnx' when ``encode`` runs on ONNX Runtime, else 'torch'."""
+        return "torch" if self.session is None else "onnx"
+
+    @property
+    def pool(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        return mean_pool if self.config.pooling == "mean" else cls_pool
 
     @property
     def dim(self) -> int:
@@ -100,14 +115,18 @@ class ItemEncoder:
         )
         return list(out["input_ids"])
 
-    def _pad(self, ids: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pad to the longest sequence of this batch only. -> (batch, seq) ids and mask."""
+    def pad(self, ids: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """Pad to the longest sequence of this batch only. -> (batch, seq) int64 ids and mask."""
         length = max(len(s) for s in ids)
         input_ids = np.full((len(ids), length), self.tokenizer.pad_token_id or 0, dtype=np.int64)
         mask = np.zeros((len(ids), length), dtype=np.int64)
         for row, seq in enumerate(ids):  # per batch of tokens, not per catalogue item scoring
             input_ids[row, : len(seq)] = seq
             mask[row, : len(seq)] = 1
+        return input_ids, mask
+
+    def _pad(self, ids: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        input_ids, mask = self.pad(ids)
         return torch.from_numpy(input_ids), torch.from_numpy(mask)
 
     def embed_batch(self, ids: Sequence[Sequence[int]]) -> torch.Tensor:
@@ -115,8 +134,7 @@ class ItemEncoder:
         input_ids, mask = self._pad(ids)
         input_ids, mask = input_ids.to(self.device), mask.to(self.device)
         hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state  # (batch, seq, dim)
-        pool = mean_pool if self.config.pooling == "mean" else cls_pool
-        return pool(hidden, mask)
+        return self.pool(hidden, mask)
 
     def encode(
         self, texts: Sequence[str], *, batch_size: int | None = None, progress: bool = False
@@ -141,15 +159,23 @@ class ItemEncoder:
             with threads, torch.inference_mode(), _progress(progress, n) as advance:
                 for start in range(0, n, batch_size):
                     rows = order[start : start + batch_size]
-                    emb = self.embed_batch([ids[r] for r in rows])  # (batch, dim)
-                    out[rows] = emb.float().cpu().numpy()
+                    batch = [ids[r] for r in rows]
+                    if self.session is not None:
+                        out[rows] = self.session(*self.pad(batch))  # (batch, dim)
+                    else:
+                        out[rows] = self.embed_batch(batch).float().cpu().numpy()
                     advance(len(rows))
         finally:
             self.model.train(was_training)
         return out
 
     def quantized(self) -> ItemEncoder:
-        """A copy with dynamic int8 Linear layers (CPU inference only)."""
+        """A copy with torch dynamic int8 Linear layers (CPU inference only).
+
+        Where ONNX Runtime is used (:func:`recsys.encoder.embed.with_runtime`) its own int8 graph,
+        quantized per channel from ``float_model``, replaces these layers: it is faster and loses
+        less retrieval quality (``benchmarks/encode.py``).
+        """
         import copy
         import warnings
 
@@ -160,7 +186,9 @@ class ItemEncoder:
             )
         config = dataclasses.replace(self.config, quantize=True)
         base = self.fingerprint.split(":")[0]
-        return ItemEncoder(config, tokenizer=self.tokenizer, model=model, fingerprint=f"{base}:int8")
+        int8 = ItemEncoder(config, tokenizer=self.tokenizer, model=model, fingerprint=f"{base}:int8")
+        int8.float_model = self.float_model
+        return int8
 
 
 class _threads:
