@@ -161,11 +161,11 @@ def test_no_label_window_event_reaches_the_generators_or_that_windows_features(
     starts = [int(np.quantile(data.timestamps, 1 - k * FRACTION, method="higher")) for k in (3, 2, 1)]
     clean = _fit(dataset, data, monkeypatch)
 
-    # generators: fitted once before the earliest window, then popularity refitted at each later start,
-    # then every source on all the data (the served model)
+    # generators: fitted once before the earliest window, then the window_refit sources at each later
+    # start, then every source on all the data (the served model)
     assert clean.fits[0] == (None, len(tasks[0].train), int(tasks[0].train.timestamps.max()))
     assert clean.fits[0][2] < starts[0]
-    assert [f[0] for f in clean.fits[1:-1]] == [("popularity",)] * (WINDOWS - 1)
+    assert [f[0] for f in clean.fits[1:-1]] == [_config().window_refit] * (WINDOWS - 1)
     for (_, _, last), start in zip(clean.fits[1:-1], starts[1:], strict=True):
         assert last < start
     assert clean.fits[-1] == (None, len(data), int(data.timestamps.max()))
