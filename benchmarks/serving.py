@@ -18,7 +18,9 @@ trains and publishes the demo bundle; ``recsys train`` any other). The online st
 Prints a table and writes ``benchmarks/results/serving.json`` (flat keys ``<server>_c<N>_<measure>``;
 latencies in ms, throughput in requests/s, RSS in MB: the server process and all its workers,
 sampled every 0.5 s, peak; server CPU ms per request, which shared-machine load distorts less than
-latency) plus ``recsys_c<N>_p99_vs_echo`` and ``..._rps_vs_echo`` ratios.
+latency; the client's own CPU ms per request, since it runs on the same cores) plus
+``recsys_c<N>_p99_vs_echo`` and ``..._rps_vs_echo`` ratios. ``benchmarks/serving_profile.py`` splits
+the recommender's part of the server CPU into its stages.
 """
 
 from __future__ import annotations
