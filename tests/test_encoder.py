@@ -474,3 +474,55 @@ def test_finetuning_top_layers_leaves_the_rest_untouched(tiny_bert: Path, tmp_pa
     base, tuned = load_encoder(tiny_bert).model.state_dict(), load_encoder(result.path).model.state_dict()
     changed = {k for k in base if not torch.equal(base[k], tuned[k])}
     assert changed and all(k.startswith("encoder.layer.1.") for k in changed), changed
+
+
+def test_lower_states_are_cached_on_disk_and_shared(tiny_bert: Path, tmp_path: Path) -> None:
+    from recsys.encoder.finetune import TopLayers
+
+    encoder = load_encoder(tiny_bert)
+    ids = encoder.tokenize(item_texts(toy_items(), encoder.config).to_list())
+    first = TopLayers(encoder, 1)
+    first.cache_lower(ids, batch_size=5, cache_dir=tmp_path / "states")
+    files = sorted(p.name for p in (tmp_path / "states").iterdir())
+    assert len(files) == 2 and all(f.startswith("lower-") and f.endswith(".npy") for f in files), files
+    again = TopLayers(encoder, 1)
+    again.cache_lower(ids, cache_dir=tmp_path / "states")  # read back, not recomputed
+    assert len(again.states) == len(ids)
+    assert all(torch.equal(a, b) for a, b in zip(first.states, again.states, strict=True))
+    other = TopLayers(encoder, 1)
+    other.cache_lower(ids[:-1], cache_dir=tmp_path / "states")  # other texts: other files
+    assert len(list((tmp_path / "states").iterdir())) == 4
+    # every item through the top layer only equals the full forward pass
+    np.testing.assert_allclose(
+        again.embed_all(batch_size=4),
+        encoder.encode(item_texts(toy_items(), encoder.config).to_list()),
+        atol=2e-5,
+    )
+    # a model whose lower layer differs cannot borrow the cache
+    changed = load_encoder(tiny_bert)
+    with torch.no_grad():
+        changed.model.encoder.layer[0].output.dense.bias.add_(0.1)
+    borrower = TopLayers(changed, 1)
+    with pytest.raises(ValueError, match="lower layers differ"):
+        borrower.share_lower(first)
+    same = TopLayers(load_encoder(tiny_bert), 1)
+    same.share_lower(first)
+    assert same.states is first.states
+
+
+def test_finetune_records_where_its_time_goes(tiny_bert: Path, tmp_path: Path) -> None:
+    result = finetune(
+        toy_items(),
+        toy_interactions(),
+        tiny_finetune_config(train_layers=1, epochs=2),
+        out=tmp_path / "timed",
+        encoder=EncoderConfig(checkpoint=str(tiny_bert), max_tokens=16),
+        state_cache=tmp_path / "states",
+    )
+    meta = json.loads((result.path / "recsys_encoder.json").read_text())
+    timings = meta["timings"]
+    assert set(timings) == {"pairs", "load", "tokenize", "lower_cache", "steps", "evaluate"}, timings
+    assert all(v >= 0 for v in timings.values())
+    assert sum(timings.values()) <= meta["wall_seconds"] + 1e-6
+    assert meta["seconds_per_step"] == pytest.approx(timings["steps"] / result.steps)
+    assert len(list((tmp_path / "states").iterdir())) == 2

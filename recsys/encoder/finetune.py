@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import itertools
 import json
 import sys
 import time
@@ -184,8 +185,24 @@ class TopLayers:
 
         return create_bidirectional_mask(config=self.model.config, inputs_embeds=hidden, attention_mask=mask)
 
-    def cache_lower(self, token_ids: list[list[int]], *, batch_size: int = 128) -> None:
-        """Outputs of the frozen lower part for every item, unpadded: a list of (len_i, dim) tensors."""
+    def cache_lower(
+        self, token_ids: list[list[int]], *, batch_size: int = 128, cache_dir: str | Path | None = None
+    ) -> None:
+        """Outputs of the frozen lower part for every item, unpadded: a list of (len_i, dim) tensors.
+
+        With ``cache_dir`` they are read from, or else written to, two ``.npy`` files there (all
+        states in one float32 array and the row offsets), named by a hash of the frozen weights (the
+        model fingerprint and the number of lower layers) and of the token ids, so a re-run or a
+        sweep over the top layers' settings computes them once. On a 2-core CPU the lower five
+        layers of MiniLM over a 4,344-item catalogue at 128 tokens take about ten minutes.
+        """
+        files = self._cache_files(token_ids, cache_dir) if cache_dir is not None else None
+        if files is not None and files[0].is_file() and files[1].is_file():
+            flat, offsets = np.load(files[0]), np.load(files[1])
+            if len(offsets) == len(token_ids) + 1 and offsets[-1] == len(flat):
+                whole = torch.from_numpy(flat)
+                self.states = [whole[a:b] for a, b in itertools.pairwise(offsets.tolist())]
+                return
         device = self.encoder.device
         order = np.argsort([-len(t) for t in token_ids], kind="stable")
         states: list[torch.Tensor | None] = [None] * len(token_ids)
@@ -205,6 +222,46 @@ class TopLayers:
                     states[r] = h[:n].clone()
         self.model.train(was_training)
         self.states = [s for s in states if s is not None]
+        if files is not None:
+            offsets = np.concatenate([[0], np.cumsum([len(s) for s in self.states])]).astype(np.int64)
+            for path, array in zip(
+                files, (torch.cat(self.states).float().cpu().numpy(), offsets), strict=True
+            ):
+                with atomic_path(path) as tmp, open(tmp, "wb") as handle:  # np.save(path) adds .npy
+                    np.save(handle, array)
+
+    def _cache_files(self, token_ids: list[list[int]], cache_dir: str | Path) -> tuple[Path, Path]:
+        h = hashlib.sha256(f"{self.encoder.fingerprint}|lower={len(self.lower)}".encode())
+        for ids in token_ids:
+            h.update(np.asarray(ids, dtype=np.int32).tobytes())
+            h.update(b"|")
+        key = h.hexdigest()[:32]
+        directory = Path(cache_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        return directory / f"lower-{key}.states.npy", directory / f"lower-{key}.offsets.npy"
+
+    def share_lower(self, other: TopLayers) -> None:
+        """Reuse ``other``'s cached lower-layer states; its lower part must have the same weights."""
+        if len(other.lower) != len(self.lower):
+            raise ValueError("share_lower needs the same number of frozen lower layers")
+        mine = [p for m in [self.model.embeddings, *self.lower] for p in m.state_dict().values()]
+        theirs = [p for m in [other.model.embeddings, *other.lower] for p in m.state_dict().values()]
+        if len(mine) != len(theirs) or not all(torch.equal(a, b) for a, b in zip(mine, theirs, strict=True)):
+            raise ValueError("share_lower: the two models' embeddings or lower layers differ")
+        self.states = other.states
+
+    def embed_all(self, *, batch_size: int = 64) -> np.ndarray:
+        """(n_items, dim) float32 unit vectors of every cached item: only the top layers run."""
+        order = np.argsort([-len(s) for s in self.states], kind="stable")
+        out = np.zeros((len(self.states), self.encoder.dim), dtype=np.float32)
+        was_training = self.model.training
+        self.model.eval()
+        with torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                rows = order[start : start + batch_size]
+                out[rows] = self.embed(rows.tolist()).float().cpu().numpy()
+        self.model.train(was_training)
+        return out
 
     def embed(self, items: list[int]) -> torch.Tensor:
         """Pooled unit vectors of ``items`` through the top layers only. -> (len(items), dim)."""
@@ -291,12 +348,15 @@ def finetune(
     *,
     out: str | Path,
     encoder: EncoderConfig | None = None,
+    state_cache: str | Path | None = None,
 ) -> FinetuneResult:
     """Fine-tune the encoder on co-occurrence pairs of ``train`` and save it into ``out``.
 
     ``items`` row ``i`` is item index ``i`` of ``train`` (``Dataset.items``). ``encoder`` names the
     starting checkpoint and the text template; the saved encoder keeps them (with the inference
-    ``max_tokens`` of ``encoder``, not the shorter training one).
+    ``max_tokens`` of ``encoder``, not the shorter training one). With ``train_layers``,
+    ``state_cache`` is a folder where the frozen lower layers' outputs are kept between runs
+    (see ``TopLayers.cache_lower``).
     """
     config = config or FinetuneConfig()
     encoder_config = encoder or EncoderConfig()
@@ -317,6 +377,16 @@ def finetune(
     if config.max_pairs and len(pairs) > config.max_pairs:
         pairs = pairs[: config.max_pairs]
 
+    timings: dict[str, float] = {}  # seconds per phase, as recorded in the saved metadata
+    clock = time.perf_counter()
+
+    def lap(phase: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[phase] = timings.get(phase, 0.0) + now - clock
+        clock = now
+
+    lap("pairs")
     base = load_encoder(encoder_config.checkpoint, config=dataclasses.replace(encoder_config, quantize=False))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model: Any = base.model
@@ -342,11 +412,14 @@ def finetune(
         model = get_peft_model(model, lora)
     model.to(device).train()
     work = ItemEncoder(base.config, tokenizer=base.tokenizer, model=model, fingerprint=base.fingerprint)
+    lap("load")
     token_ids = work.tokenize(texts, max_tokens=config.max_tokens)
+    lap("tokenize")
     embed: EmbedFn
     if top is not None:
-        top.cache_lower(token_ids)
+        top.cache_lower(token_ids, cache_dir=state_cache)
         embed = top.embed
+        lap("lower_cache")
     else:
         embed = lambda items: work.embed_batch([token_ids[i] for i in items])  # noqa: E731
 
@@ -370,6 +443,7 @@ def finetune(
     scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
 
     baseline = pair_recall(embed, model, held_out)
+    lap("evaluate")
     history: list[dict[str, float]] = [{"step": 0, "recall@10": baseline}]
     best_recall, best_step, best_state = baseline, 0, _trainable(model)
     bad_evals, step, stop = 0, 0, False
@@ -421,7 +495,9 @@ def finetune(
                     writer.add_scalar("train/loss", loss_value, step)
                     writer.add_scalar("train/lr", lr, step)
                 if step % config.eval_every == 0 or step == total:
+                    lap("steps")
                     recall = pair_recall(embed, model, held_out)
+                    lap("evaluate")
                     history.append({"step": step, "recall@10": recall})
                     if writer is not None:
                         writer.add_scalar("validation/pair_recall@10", recall, step)
@@ -445,6 +521,7 @@ def finetune(
             if stop or step >= total:
                 break
 
+    lap("steps")
     with torch.no_grad():  # keep the best weights seen, which may be the starting ones
         named = dict(model.named_parameters())
         for name, value in best_state.items():
@@ -466,7 +543,8 @@ def finetune(
         "steps": step,
         "wall_seconds": wall,
         "prepare_seconds": prepare_seconds,
-        "seconds_per_step": (wall - prepare_seconds) / max(1, step),
+        "seconds_per_step": timings.get("steps", 0.0) / max(1, step),
+        "timings": timings,
         "device": device.type,
         "history": history,
     }
