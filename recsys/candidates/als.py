@@ -115,18 +115,17 @@ def fold_in(
     >>> fold_in(y, c, gram=gram, alpha=1.0).round(3).tolist()
     [[0.762, -0.363], [0.0, 0.0]]
     """
-    batch, factors = confidence.shape[0], item_factors.shape[1]
-    a = np.broadcast_to(gram, (batch, factors, factors)).copy()  # (batch, factors, factors)
-    b = np.zeros((batch, factors))
-    for u in range(batch):  # one small system per history; batches are blocks of BLOCK_ROWS at most
+    x = np.zeros((confidence.shape[0], item_factors.shape[1]))  # (batch, factors)
+    # one small system per history, solved in turn: a stacked (batch, factors, factors) system would
+    # cost batch * factors^2 * 8 bytes at once (134 MB for 1024 histories of 128 factors)
+    for u in range(confidence.shape[0]):
         lo, hi = confidence.indptr[u], confidence.indptr[u + 1]
         if lo == hi:
             continue
         c = alpha * confidence.data[lo:hi].astype(np.float64)  # (nnz,)
         y = item_factors[confidence.indices[lo:hi]].astype(np.float64)  # (nnz, factors)
-        a[u] += (y * (np.abs(c) - 1.0)[:, None]).T @ y
-        b[u] = np.maximum(c, 0.0) @ y
-    x: np.ndarray = np.linalg.solve(a, b[:, :, None])[:, :, 0]
+        a = gram + (y * (np.abs(c) - 1.0)[:, None]).T @ y
+        x[u] = np.linalg.solve(a, np.maximum(c, 0.0) @ y)
     return x
 
 
