@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -156,15 +157,19 @@ class ItemEncoder:
         self.model.eval()
         threads = _threads(self.config.threads)
         try:
+            batches = [order[start : start + batch_size] for start in range(0, n, batch_size)]
             with threads, torch.inference_mode(), _progress(progress, n) as advance:
-                for start in range(0, n, batch_size):
-                    rows = order[start : start + batch_size]
-                    batch = [ids[r] for r in rows]
-                    if self.session is not None:
-                        out[rows] = self.session(*self.pad(batch))  # (batch, dim)
-                    else:
-                        out[rows] = self.embed_batch(batch).float().cpu().numpy()
-                    advance(len(rows))
+                if self.session is not None:
+                    session = self.session
+                    with ThreadPoolExecutor(session.workers) as pool:  # batches run side by side
+                        results = pool.map(lambda rows: session(*self.pad([ids[r] for r in rows])), batches)
+                        for rows, emb in zip(batches, results, strict=True):
+                            out[rows] = emb  # (batch, dim)
+                            advance(len(rows))
+                else:
+                    for rows in batches:
+                        out[rows] = self.embed_batch([ids[r] for r in rows]).float().cpu().numpy()
+                        advance(len(rows))
         finally:
             self.model.train(was_training)
         return out

@@ -22,6 +22,7 @@ This module imports torch (for the export); onnxruntime and onnx are imported on
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,18 +53,22 @@ class OnnxUnavailable(RuntimeError):
 
 
 class OnnxSession:
-    """An ONNX Runtime CPU session of an exported encoder: (ids, mask) -> (batch, dim) unit vectors."""
+    """An ONNX Runtime CPU session of an exported encoder: (ids, mask) -> (batch, dim) unit vectors.
+
+    ``threads`` batches run at once, each on one thread (``workers``; 0: one per available core),
+    rather than one batch at a time split over the threads: no thread waits for another between
+    kernels, which on a 2-core machine shared with other jobs doubled the items per second at the
+    same CPU time (docs/RESULTS.md). ``run`` releases the GIL, so Python threads suffice.
+    """
 
     def __init__(self, path: Path, *, threads: int = 0) -> None:
         ort = _import_ort()
+        self.workers = threads or len(os.sched_getaffinity(0))
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads  # 0: one per physical core
+        options.intra_op_num_threads = 1  # parallel over batches instead (see the class docstring)
         options.inter_op_num_threads = 1  # the graph is a chain: no independent branches to overlap
         options.log_severity_level = 3  # errors only
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # no busy-waiting between kernels: on a machine shared with other jobs spinning threads
-        # burn the cores those jobs need and measured no faster here
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.path = path
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
