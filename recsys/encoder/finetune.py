@@ -378,7 +378,7 @@ def finetune(
         pairs = pairs[: config.max_pairs]
 
     timings: dict[str, float] = {}  # seconds per phase, as recorded in the saved metadata
-    clock = time.perf_counter()
+    clock = started  # texts and pairs above count as "pairs"
 
     def lap(phase: str) -> None:
         nonlocal clock
