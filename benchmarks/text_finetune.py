@@ -9,8 +9,13 @@ The encoder is fine-tuned on co-occurrence pairs of the *validation task's train
 targets are ever a training pair; the same fine-tuned encoder is then evaluated on both tasks. Text
 retrieval ranks all items (full ranking, history excluded) by cosine to the user profile: the last
 item (as the peer baseline), and the recency-weighted profile of ``recsys.candidates.text``.
-Catalogue embeddings go through the embedding cache, so a re-run only re-evaluates. Prints a table
-and writes ``benchmarks/results/text_finetune.json``.
+Catalogue embeddings go through the embedding cache, so a re-run only re-evaluates. For a
+``train_layers`` run only the trained top layers are re-run at evaluation, on the frozen lower layers'
+outputs at ``--eval-tokens`` (kept in ``--state-cache``; at the training length they are the training
+cache); with ``--eval-tokens`` below 128 the frozen encoder is also evaluated at that length, the
+like-for-like reference. Per-user paired differences (fine-tuned minus each frozen row, mean and
+standard error) are under ``diff_vs_*``. ``--train-only`` fine-tunes and stops; ``--reuse`` evaluates
+an existing ``--out-model``. Prints a table and writes ``benchmarks/results/text_finetune.json``.
 """
 
 from __future__ import annotations
