@@ -114,21 +114,11 @@ def ranked(score_block: ScoreFn, histories: Histories, n: int, n_items: int) -> 
     for start in range(0, len(histories), BLOCK_ROWS):
         stop = min(start + BLOCK_ROWS, len(histories))
         whole = stop - start == len(histories) and histories.indptr[0] == 0
-        block = histories if whole else _rows(histories, start, stop)
+        block = histories if whole else histories.rows(start, stop)
         dense = np.asarray(score_block(block), dtype=np.float32)  # (block, n_items)
         mask_history(dense, block)
         ids[start:stop], scores[start:stop] = top_k(dense, n)
     return ids, scores
-
-
-def _rows(histories: Histories, start: int, stop: int) -> Histories:
-    """Rows ``start:stop`` of ``histories`` as their own batch."""
-    lo, hi = histories.indptr[start], histories.indptr[stop]
-    return Histories(
-        indptr=histories.indptr[start : stop + 1] - lo,
-        items=histories.items[lo:hi],
-        timestamps=None if histories.timestamps is None else histories.timestamps[lo:hi],
-    )
 
 
 class ScoreFn(Protocol):

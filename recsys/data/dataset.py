@@ -54,6 +54,19 @@ class Histories:
     def sequence(self, row: int) -> np.ndarray:
         return self.items[self.indptr[row] : self.indptr[row + 1]]
 
+    def rows(self, start: int, stop: int) -> Histories:
+        """Histories ``start:stop`` as their own batch (views, no copy of the items).
+
+        >>> Histories.from_lists([[3, 1], [], [2]]).rows(1, 3).items.tolist()
+        [2]
+        """
+        lo, hi = self.indptr[start], self.indptr[stop]
+        return Histories(
+            indptr=self.indptr[start : stop + 1] - lo,
+            items=self.items[lo:hi],
+            timestamps=None if self.timestamps is None else self.timestamps[lo:hi],
+        )
+
     def to_csr(self, n_items: int) -> sp.csr_matrix:
         """Binary (batch, n_items) matrix of the items in each history."""
         data = np.ones(len(self.items), dtype=np.float32)

@@ -469,7 +469,7 @@ class TwoStage:
         block = 2048  # bounds the feature matrix: block x total x features floats
         for start in range(0, len(histories), block):
             stop = min(start + block, len(histories))
-            part = _slice(histories, start, stop)
+            part = histories.rows(start, stop)
             cands = self.candidates(part)
             X, rows, cols = self._features(self.generators_, cands, part, self.snapshot_)
             dense = np.full(cands.ids.shape, -np.inf, dtype=np.float32)
@@ -546,15 +546,6 @@ def _sample_negatives(rows: np.ndarray, labels: np.ndarray, per_group: int, *, s
     p = np.minimum(1.0, per_group / np.maximum(negatives, 1))
     draw = np.random.default_rng(seed).random(len(rows))
     return np.asarray((labels > 0) | (draw < p[rows]))
-
-
-def _slice(histories: Histories, start: int, stop: int) -> Histories:
-    lo, hi = histories.indptr[start], histories.indptr[stop]
-    return Histories(
-        indptr=histories.indptr[start : stop + 1] - lo,
-        items=histories.items[lo:hi],
-        timestamps=None if histories.timestamps is None else histories.timestamps[lo:hi],
-    )
 
 
 def _rank(
