@@ -31,7 +31,7 @@ from typing import Any, Self
 import numpy as np
 import scipy.sparse as sp
 
-from recsys.candidates.artifact import read_folder, write_folder
+from recsys.candidates.artifact import read_arrays, read_meta, write_folder
 from recsys.candidates.base import check_fitted, check_items, neighbours, ranked
 from recsys.config import from_dict, to_dict
 from recsys.data.dataset import Histories, Interactions
@@ -298,10 +298,9 @@ class ALS:
     @classmethod
     def load(cls, path: Path) -> ALS:
         """Read a folder written by :meth:`save`."""
-        meta, _ = read_folder(path, FORMAT, ())
+        meta = read_meta(path, FORMAT)
         config = from_dict(ALSConfig, meta["config"], where=f"{Path(path) / 'config.json'}:config")
-        names = ("item_factors", "length_norm") if config.bm25 else ("item_factors",)
-        _, arrays = read_folder(path, FORMAT, names)
+        arrays = read_arrays(path, ("item_factors", "length_norm") if config.bm25 else ("item_factors",))
         model = cls(config)
         n = int(meta["n_items"])
         if arrays["item_factors"].shape != (n, config.factors):

@@ -32,24 +32,33 @@ def write_folder(path: str | Path, meta: dict[str, Any], arrays: dict[str, np.nd
             np.save(tmp / f"{name}.npy", np.ascontiguousarray(array), allow_pickle=False)
 
 
-def read_folder(
-    path: str | Path, fmt: str, names: Sequence[str]
-) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Read a folder written by :func:`write_folder`, checking its format tag and arrays."""
-    path = Path(path)
-    meta_path = path / "config.json"
+def read_meta(path: str | Path, fmt: str, *, name: str = "config.json") -> dict[str, Any]:
+    """The JSON metadata ``name`` of the saved folder ``path``, after checking its format tag."""
+    meta_path = Path(path) / name
     try:
         meta: dict[str, Any] = json.loads(meta_path.read_text())
     except FileNotFoundError as exc:
-        raise FileNotFoundError(f"{meta_path}: not a saved model folder (config.json missing)") from exc
+        raise FileNotFoundError(f"{meta_path}: not a saved model folder ({name} missing)") from exc
     except json.JSONDecodeError as exc:
         raise ValueError(f"{meta_path}: invalid JSON: {exc}") from exc
     if meta.get("format") != fmt:
         raise ValueError(f"{meta_path}: format {meta.get('format')!r} is not {fmt!r}")
+    return meta
+
+
+def read_arrays(path: str | Path, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """The arrays ``NAME.npy`` of the folder ``path`` (no pickle); a missing one is named."""
     arrays = {}
     for name in names:
-        file = path / f"{name}.npy"
+        file = Path(path) / f"{name}.npy"
         if not file.is_file():
             raise FileNotFoundError(f"{file}: array missing from the saved model")
         arrays[name] = np.load(file, allow_pickle=False)
-    return meta, arrays
+    return arrays
+
+
+def read_folder(
+    path: str | Path, fmt: str, names: Sequence[str]
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Read a folder written by :func:`write_folder`, checking its format tag and arrays."""
+    return read_meta(path, fmt), read_arrays(path, names)

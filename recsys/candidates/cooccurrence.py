@@ -23,18 +23,17 @@ one sparse (batch, n_items) @ (n_items, n_items) product per block, no loop over
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import Self
 
 import numpy as np
 import scipy.sparse as sp
 
+from recsys.candidates.artifact import read_folder, write_folder
 from recsys.candidates.base import check_fitted, check_items, neighbours, ranked, sparse_rows
 from recsys.config import from_dict, to_dict
 from recsys.data.dataset import Histories, Interactions
-from recsys.data.io import atomic_path
 
 FORMAT = "recsys.cooccurrence/1"
 
@@ -194,28 +193,22 @@ class CoOccurrence:
         """Write ``config.json`` and the CSR parts as ``.npy`` into the folder ``path``, atomically."""
         check_fitted(self, "similarity_")
         assert self.similarity_ is not None and self.item_counts_ is not None
-        with atomic_path(path) as tmp:
-            tmp.mkdir()
-            meta = {"format": FORMAT, "n_items": self.n_items, "config": to_dict(self.config)}
-            (tmp / "config.json").write_text(json.dumps(meta, indent=2))
-            np.save(tmp / "indptr.npy", self.similarity_.indptr.astype(np.int64))
-            np.save(tmp / "indices.npy", self.similarity_.indices.astype(np.int32))
-            np.save(tmp / "data.npy", self.similarity_.data.astype(np.float32))
-            np.save(tmp / "item_counts.npy", self.item_counts_)
+        meta = {"format": FORMAT, "n_items": self.n_items, "config": to_dict(self.config)}
+        arrays = {
+            "indptr": self.similarity_.indptr.astype(np.int64),
+            "indices": self.similarity_.indices.astype(np.int32),
+            "data": self.similarity_.data.astype(np.float32),
+            "item_counts": self.item_counts_,
+        }
+        write_folder(path, meta, arrays)
 
     @classmethod
     def load(cls, path: Path) -> CoOccurrence:
         """Read a folder written by :meth:`save` (no pickle: arrays load with ``allow_pickle=False``)."""
-        path = Path(path)
-        meta: dict[str, Any] = json.loads((path / "config.json").read_text())
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{path / 'config.json'}: format {meta.get('format')!r} is not {FORMAT!r}")
-        model = cls(from_dict(CoOccurrenceConfig, meta["config"], where=f"{path / 'config.json'}:config"))
+        meta, arrays = read_folder(path, FORMAT, ("indptr", "indices", "data", "item_counts"))
+        where = f"{Path(path) / 'config.json'}:config"
+        model = cls(from_dict(CoOccurrenceConfig, meta["config"], where=where))
         n = int(meta["n_items"])
-        arrays = {
-            name: np.load(path / f"{name}.npy", allow_pickle=False)
-            for name in ("indptr", "indices", "data", "item_counts")
-        }
         if len(arrays["indptr"]) != n + 1 or len(arrays["item_counts"]) != n:
             raise ValueError(f"{path}: arrays do not match n_items={n}")
         model.similarity_ = sp.csr_matrix(

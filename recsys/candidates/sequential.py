@@ -36,7 +36,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import Self
 
 import numpy as np
 import scipy.sparse as sp
@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from recsys.candidates.artifact import read_meta
 from recsys.candidates.base import check_fitted, neighbours, ranked
 from recsys.config import from_dict, to_dict
 from recsys.data.dataset import Histories, Interactions
@@ -449,9 +450,7 @@ class SequentialRecommender:
         from safetensors.torch import load_file
 
         path = Path(path)
-        meta: dict[str, Any] = json.loads((path / "config.json").read_text())
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{path / 'config.json'}: format {meta.get('format')!r} is not {FORMAT!r}")
+        meta = read_meta(path, FORMAT)
         config = from_dict(SequentialConfig, meta["config"], where=f"{path / 'config.json'}:config")
         tensors = load_file(str(path / "model.safetensors"))
         n_items, text_dim = int(meta["n_items"]), meta["text_dim"]

@@ -8,7 +8,6 @@ torch model; a test holds the two equal.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Self
@@ -16,6 +15,7 @@ from typing import Any, Self
 import numpy as np
 from scipy.special import erf
 
+from recsys.candidates.artifact import read_meta
 from recsys.candidates.base import check_fitted, neighbours, ranked
 from recsys.data.dataset import Histories, Interactions
 
@@ -51,9 +51,7 @@ class SequentialScorer:
         from safetensors.numpy import load_file
 
         path = Path(path)
-        meta: dict[str, Any] = json.loads((path / "config.json").read_text())
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{path / 'config.json'}: format {meta.get('format')!r} is not {FORMAT!r}")
+        meta = read_meta(path, FORMAT)
         weights = {k: v.astype(np.float32) for k, v in load_file(str(path / "model.safetensors")).items()}
         out = cls()
         out.meta_ = meta

@@ -79,10 +79,11 @@ def leave_last_out(data: Interactions) -> Split:
     return Split("leave-last-out", validation, test)
 
 
-def _cut(
+def window_task(
     data: Interactions, before: np.ndarray, window: np.ndarray, *, name: str, cold_start_users: bool
 ) -> EvalTask:
-    """Train on ``before``; targets are ``window`` events on items the user had not seen before."""
+    """Train on ``before``; targets are ``window`` events on items the user had not seen before
+    (the temporal split's rule, also used for the pipeline's rolling label windows)."""
     train = data.select(before)
     known = np.diff(train.indptr) > 0
     w_users, w_items = data.users[window], data.items[window]
@@ -133,8 +134,8 @@ def temporal(
             f"temporal split: the validation cutoff {val_cutoff} leaves no training events before it "
             "(need more distinct timestamps before the test cutoff)"
         )
-    test = _cut(data, ts < cutoff, ts >= cutoff, name="test", cold_start_users=cold_start_users)
-    validation = _cut(
+    test = window_task(data, ts < cutoff, ts >= cutoff, name="test", cold_start_users=cold_start_users)
+    validation = window_task(
         data,
         ts < val_cutoff,
         (ts >= val_cutoff) & (ts < cutoff),

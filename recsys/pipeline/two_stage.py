@@ -33,6 +33,7 @@ import polars as pl
 
 from feature_store.definitions import FeatureConfig
 from recsys.candidates.als import ALSConfig
+from recsys.candidates.artifact import read_meta
 from recsys.candidates.base import CandidateGenerator, check_fitted, check_n
 from recsys.candidates.blend import Candidates, blend
 from recsys.candidates.cooccurrence import CoOccurrenceConfig
@@ -43,7 +44,7 @@ from recsys.config import from_dict, to_dict
 from recsys.data import schema as S
 from recsys.data.dataset import Histories, Interactions
 from recsys.data.io import atomic_path
-from recsys.data.splits import EvalTask, _cut, make_split
+from recsys.data.splits import EvalTask, make_split, window_task
 from recsys.ranking import features as F
 from recsys.ranking.diversity import mmr
 from recsys.ranking.ranker import LambdaRanker, RankerConfig
@@ -179,7 +180,7 @@ def label_tasks(
     for start, stop in zip(starts, stops, strict=True):
         before, window = ts < start, (ts >= start) & (ts < stop)
         if window.any():
-            task = _cut(data, before, window, name=f"labels@{start}", cold_start_users=False)
+            task = window_task(data, before, window, name=f"labels@{start}", cold_start_users=False)
             if len(task.users):
                 tasks.append(task)
     if not tasks:
@@ -517,9 +518,7 @@ class TwoStage:
     def load(cls, path: Path) -> TwoStage:
         """Read a folder written by :meth:`save`. Nothing is unpickled."""
         path = Path(path)
-        meta = json.loads((path / "two_stage.json").read_text())
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{path / 'two_stage.json'}: format {meta.get('format')!r} is not {FORMAT!r}")
+        meta = read_meta(path, FORMAT, name="two_stage.json")
         config = from_dict(TwoStageConfig, meta["config"], where=f"{path / 'two_stage.json'}:config")
         features = from_dict(FeatureConfig, meta["features"], where=f"{path / 'two_stage.json'}:features")
         emb_path = path / "item_embeddings.npy"
