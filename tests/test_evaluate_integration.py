@@ -80,10 +80,30 @@ def test_cli_writes_the_stable_json_shape(tmp_path: Path, protocol: str) -> None
             "evaluate", "--items", str(item_path), "--interactions", str(event_path),
             "--protocol", protocol, "--k", "5,10", "--models", "popularity,itemknn,als",
             "--json", str(out), "--threads", "1", "--item-embeddings", str(emb),
+            "--paired-against", "popularity", "--per-user", str(tmp_path / "out" / "users.parquet"),
         ],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
+
+    # per-user lists: one row per (model, test user), and their means are the reported metrics
+    users = pl.read_parquet(tmp_path / "out" / "users.parquet")
+    assert users.get_column("model").unique(maintain_order=True).to_list() == ["popularity", "itemknn", "als"]
+    assert users.height == 3 * report["split"]["test_users"]
+    for name in ("popularity", "itemknn", "als"):
+        mine = users.filter(pl.col("model") == name)
+        assert mine.get_column("user_id").n_unique() == mine.height
+        assert mine.get_column("ndcg@10").mean() == pytest.approx(report["models"][name]["ndcg@10"])
+    # paired differences against the reference: the mean difference is the difference of the means
+    assert report["paired"]["reference"] == "popularity"
+    assert set(report["paired"]["models"]) == {"itemknn", "als"}
+    for name, by_metric in report["paired"]["models"].items():
+        d = by_metric["ndcg@5"]
+        means = report["models"]
+        assert d["mean_diff"] == pytest.approx(means[name]["ndcg@5"] - means["popularity"]["ndcg@5"])
+        assert d["ci_low"] <= d["mean_diff"] <= d["ci_high"]
+        assert d["wins"] + d["losses"] + d["ties"] == d["users"] == report["split"]["test_users"]
+    assert "paired per-user differences against popularity" in result.output
     assert report["protocol"] == protocol
     assert report["dataset"] == {"users": 80, "items": 30, "interactions": report["dataset"]["interactions"]}
     assert list(report["models"]) == ["popularity", "itemknn", "als"]
@@ -115,6 +135,8 @@ def test_cli_errors_exit_2_and_write_nothing(tmp_path: Path) -> None:
     assert unknown.exit_code == 2 and "unknown model 'nope'" in unknown.output
     bad_k = runner.invoke(app, [*base, "--k", "10,x"])
     assert bad_k.exit_code == 2 and "--k" in bad_k.output
+    unpaired = runner.invoke(app, [*base, "--models", "popularity", "--paired-against", "als"])
+    assert unpaired.exit_code == 2 and "--paired-against 'als'" in unpaired.output
     bad_protocol = runner.invoke(app, [*base, "--protocol", "random"])
     assert bad_protocol.exit_code == 2 and "protocol" in bad_protocol.output
     missing = runner.invoke(

@@ -213,3 +213,42 @@ def ranking_metrics(
         if embeddings is not None:
             out[f"ild@{k}"] = intra_list_diversity(recommended, embeddings, k=k)
     return out
+
+
+def paired_difference(
+    a: np.ndarray, b: np.ndarray, *, resamples: int = 10_000, seed: int = 0
+) -> dict[str, float]:
+    """Per-user paired comparison of two models on the same users: ``a - b``.
+
+    ``a`` and ``b`` are per-user values (``accuracy_per_user``); users undefined in either (NaN) are
+    left out. Returns the mean difference, its standard error, a percentile bootstrap 95% interval
+    (``resamples`` resamples of the users, seeded), and the users where ``a`` is higher, lower or
+    equal. With few users the interval is wide: a difference is resolved only if it excludes 0.
+
+    >>> d = paired_difference(np.array([1.0, 0.5, 0.0, np.nan]), np.array([0.0, 0.5, 0.0, 1.0]))
+    >>> d["users"], d["mean_diff"], d["wins"], d["losses"], d["ties"]
+    (3, 0.3333333333333333, 1, 0, 2)
+    """
+    diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    diff = diff[np.isfinite(diff)]
+    n = len(diff)
+    if n == 0:
+        nan = float("nan")
+        return {"users": 0, "mean_diff": nan, "se": nan, "ci_low": nan, "ci_high": nan,
+                "wins": 0, "losses": 0, "ties": 0}  # fmt: skip
+    rng = np.random.default_rng(seed)
+    means = np.empty(resamples)
+    for start in range(0, resamples, 1000):  # bounded memory on large user sets
+        count = min(1000, resamples - start)
+        means[start : start + count] = diff[rng.integers(0, n, size=(count, n))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return {
+        "users": n,
+        "mean_diff": float(diff.mean()),
+        "se": float(diff.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan"),
+        "ci_low": float(low),
+        "ci_high": float(high),
+        "wins": int((diff > 0).sum()),
+        "losses": int((diff < 0).sum()),
+        "ties": int((diff == 0).sum()),
+    }
