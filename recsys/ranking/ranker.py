@@ -1,5 +1,14 @@
 """LightGBM LambdaRank over blended candidates, grouped by user.
 
+With few user groups (MovieLens under the temporal protocol gives the ranker ~50), boosting from
+zero has to rediscover from a handful of labels what one retriever's ranking already says. With
+``RankerConfig.try_prior`` the ranker may boost from a **prior**: the ranking of the single source
+whose order is best on the training groups (a ``<source>_rank`` feature), as LightGBM's initial
+score ``1 / log2(2 + rank)`` (0 where that source did not propose the item), so that the trees only
+correct it. Whether to use the prior is decided like the other settings of the search, on the
+held-out groups; ``predict`` adds the prior back (LightGBM does not store initial scores) and
+``explain`` counts it as part of its feature's contribution.
+
 Saved as a LightGBM text model plus JSON (feature names, importance, chosen parameters): loading
 never unpickles. ``explain`` returns each feature's contribution to a candidate's score
 (LightGBM's ``pred_contrib``), so the service can say why an item was recommended.
@@ -7,6 +16,7 @@ never unpickles. ``explain`` returns each feature's contribution to a candidate'
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -31,6 +41,9 @@ class RankerConfig:
     valid_fraction: float = 0.15  # share of user groups held out for early stopping
     # a small search over (num_leaves, learning_rate); the best by held-out NDCG@eval_at wins
     search: tuple[tuple[int, float], ...] = ((31, 0.1), (63, 0.05))
+    # also try each search entry boosted from the best single source's ranking (module docstring); off
+    # by default: no measured win yet (docs/RESULTS.md, two-stage pipeline, "Ranker prior")
+    try_prior: bool = False
     num_threads: int = 2
     seed: int = 0
 
@@ -41,6 +54,40 @@ class RankerConfig:
             raise ValueError("max_rounds and eval_at must be >= 1")
 
 
+PRIOR_SUFFIX = "_rank"
+
+
+def prior_scores(ranks: np.ndarray) -> np.ndarray:
+    """Initial scores from a source's ranks (0 = its best item, as in ``candidates.blend``; NaN = not
+    proposed): the DCG discount ``1 / log2(2 + rank)``, 0 where the source did not propose the item.
+
+    >>> prior_scores(np.array([0.0, 2.0, np.nan])).tolist()
+    [1.0, 0.5, 0.0]
+    """
+    ranks = np.asarray(ranks, dtype=np.float64)
+    proposed = ~np.isnan(ranks)
+    out = np.zeros(ranks.shape)
+    out[proposed] = 1.0 / np.log2(2.0 + ranks[proposed])
+    return out
+
+
+def ndcg_of_order(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray, *, k: int) -> float:
+    """Mean NDCG@k over groups (consecutive rows, sizes ``groups``) when each group is ordered by
+    ``scores`` (descending, ties by row); groups without a positive label count 0.
+
+    >>> ndcg_of_order(np.array([0.1, 0.9, 0.5, 0.2]), np.array([0, 1, 1, 0]), np.array([2, 2]), k=1)
+    1.0
+    """
+    total = 0.0
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    for lo, hi in itertools.pairwise(np.concatenate([[0], np.cumsum(groups)])):
+        gains = labels[lo:hi][np.argsort(-scores[lo:hi], kind="stable")][:k]
+        ideal = np.sort(labels[lo:hi])[::-1][:k]
+        best = float(ideal @ discounts[: len(ideal)])
+        total += float(gains @ discounts[: len(gains)]) / best if best > 0 else 0.0
+    return total / max(len(groups), 1)
+
+
 class LambdaRanker:
     """Learning-to-rank over candidate groups (one group per user, label 1 = the held-out item)."""
 
@@ -49,6 +96,7 @@ class LambdaRanker:
         self.booster_: Any = None
         self.feature_names_: list[str] | None = None
         self.report_: dict[str, Any] | None = None
+        self.prior_: str | None = None  # the rank feature boosted from, or None
 
     def _params(self, num_leaves: int, learning_rate: float) -> dict[str, Any]:
         c = self.config
@@ -73,8 +121,9 @@ class LambdaRanker:
     ) -> Self:
         """Fit on rows ordered by group; ``groups`` holds each group's size (users in row order).
 
-        A random ``valid_fraction`` of groups is held out; each configuration of the search stops early
-        on its NDCG@eval_at, and the best one is refitted on all groups for its best number of rounds.
+        A random ``valid_fraction`` of groups is held out; each configuration of the search (with and
+        without the prior, see the module docstring) stops early on its NDCG@eval_at, and the best one
+        is refitted on all groups for its best number of rounds.
         """
         import lightgbm as lgb
 
@@ -92,41 +141,58 @@ class LambdaRanker:
         valid_group = np.zeros(len(groups), dtype=bool)
         valid_group[rng.choice(len(groups), size=n_valid, replace=False)] = True
         row_valid = np.repeat(valid_group, groups)
-        train = lgb.Dataset(
-            features[~row_valid],
-            labels[~row_valid],
-            group=groups[~valid_group],
-            feature_name=feature_names,
-            free_raw_data=False,
+        # the prior is chosen on the training groups only, so the held-out ones judge it fairly
+        prior_ndcg = self._rank_feature_ndcg(
+            features[~row_valid], labels[~row_valid], groups[~valid_group], feature_names
         )
-        valid = lgb.Dataset(
-            features[row_valid], labels[row_valid], group=groups[valid_group], reference=train
-        )
+        priors: list[str | None] = [None]
+        if c.try_prior and prior_ndcg:
+            priors.append(max(prior_ndcg, key=lambda name: prior_ndcg[name]))
         trials: list[dict[str, Any]] = []
-        for num_leaves, learning_rate in c.search:
-            record: dict[str, Any] = {}
-            booster = lgb.train(
-                self._params(num_leaves, learning_rate),
-                train,
-                num_boost_round=c.max_rounds,
-                valid_sets=[valid],
-                valid_names=["valid"],
-                callbacks=[
-                    lgb.early_stopping(c.early_stopping_rounds, verbose=False),
-                    lgb.record_evaluation(record),
-                ],
+        for prior in priors:
+            init = self._init(features, feature_names, prior)
+            train = lgb.Dataset(
+                features[~row_valid],
+                labels[~row_valid],
+                group=groups[~valid_group],
+                feature_name=feature_names,
+                init_score=None if init is None else init[~row_valid],
+                free_raw_data=False,
             )
-            curve = record["valid"][f"ndcg@{c.eval_at}"]
-            trials.append(
-                {
-                    "num_leaves": num_leaves,
-                    "learning_rate": learning_rate,
-                    "best_iteration": int(booster.best_iteration),
-                    "valid_ndcg": float(max(curve)),
-                }
+            valid = lgb.Dataset(
+                features[row_valid],
+                labels[row_valid],
+                group=groups[valid_group],
+                init_score=None if init is None else init[row_valid],
+                reference=train,
             )
-        best = max(trials, key=lambda t: t["valid_ndcg"])
-        full = lgb.Dataset(features, labels, group=groups, feature_name=feature_names)
+            for num_leaves, learning_rate in c.search:
+                record: dict[str, Any] = {}
+                booster = lgb.train(
+                    self._params(num_leaves, learning_rate),
+                    train,
+                    num_boost_round=c.max_rounds,
+                    valid_sets=[valid],
+                    valid_names=["valid"],
+                    callbacks=[
+                        lgb.early_stopping(c.early_stopping_rounds, verbose=False),
+                        lgb.record_evaluation(record),
+                    ],
+                )
+                curve = record["valid"][f"ndcg@{c.eval_at}"]
+                trials.append(
+                    {
+                        "prior": prior,
+                        "num_leaves": num_leaves,
+                        "learning_rate": learning_rate,
+                        "best_iteration": int(booster.best_iteration),
+                        "valid_ndcg": float(max(curve)),
+                    }
+                )
+        best = max(trials, key=lambda t: t["valid_ndcg"])  # the first of equals: no prior before a prior
+        init = self._init(features, feature_names, best["prior"])
+        full = lgb.Dataset(features, labels, group=groups, feature_name=feature_names, init_score=init)
+        self.prior_ = best["prior"]
         self.booster_ = lgb.train(
             self._params(best["num_leaves"], best["learning_rate"]),
             full,
@@ -134,6 +200,7 @@ class LambdaRanker:
         )
         self.feature_names_ = list(feature_names)
         self.report_ = {
+            "prior_ndcg": prior_ndcg,
             "trials": trials,
             "best": best,
             "train_groups": int((~valid_group).sum()),
@@ -141,6 +208,20 @@ class LambdaRanker:
             "rows": len(features),
         }
         return self
+
+    def _rank_feature_ndcg(
+        self, features: np.ndarray, labels: np.ndarray, groups: np.ndarray, feature_names: list[str]
+    ) -> dict[str, float]:
+        """NDCG@eval_at of the order of each ``*_rank`` feature alone."""
+        return {
+            name: ndcg_of_order(prior_scores(features[:, j]), labels, groups, k=self.config.eval_at)
+            for j, name in enumerate(feature_names)
+            if name.endswith(PRIOR_SUFFIX)
+        }
+
+    @staticmethod
+    def _init(features: np.ndarray, feature_names: list[str], prior: str | None) -> np.ndarray | None:
+        return None if prior is None else prior_scores(features[:, feature_names.index(prior)])
 
     def predict(self, features: np.ndarray, *, num_threads: int | None = None) -> np.ndarray:
         """Scores of feature rows; ``num_threads`` overrides the config (a service answering one user
@@ -152,13 +233,19 @@ class LambdaRanker:
                 f"{features.shape[1]} feature columns, but the ranker knows {len(self.feature_names_)}"
             )
         threads = self.config.num_threads if num_threads is None else num_threads
-        return np.asarray(self.booster_.predict(features, num_threads=threads), dtype=np.float32)
+        scores = np.asarray(self.booster_.predict(features, num_threads=threads))
+        init = self._init(features, self.feature_names_, self.prior_)
+        return (scores if init is None else scores + init).astype(np.float32)
 
     def explain(self, features: np.ndarray, *, top: int = 5) -> list[list[tuple[str, float]]]:
         """Per row, the ``top`` features by absolute contribution to the score, largest first."""
         check_fitted(self, "booster_")
         assert self.feature_names_ is not None
         contrib = np.asarray(self.booster_.predict(features, pred_contrib=True))[:, :-1]  # last column: bias
+        init = self._init(features, self.feature_names_, self.prior_)
+        if init is not None:  # the prior is a function of its rank feature: count it there
+            assert self.prior_ is not None
+            contrib[:, self.feature_names_.index(self.prior_)] += init
         order = np.argsort(-np.abs(contrib), axis=1)[:, :top]
         return [[(self.feature_names_[j], float(contrib[i, j])) for j in row] for i, row in enumerate(order)]
 
@@ -177,6 +264,7 @@ class LambdaRanker:
         meta = {
             "config": to_dict(self.config),
             "feature_names": self.feature_names_,
+            "prior": self.prior_,
             "report": self.report_,
             "feature_importance_gain": self.feature_importance(),
         }
@@ -192,4 +280,9 @@ class LambdaRanker:
         ranker.booster_ = lgb.Booster(model_file=str(path / "model.txt"))
         ranker.feature_names_ = list(meta["feature_names"])
         ranker.report_ = meta["report"]
+        ranker.prior_ = meta.get("prior")  # bundles from before the prior have none
+        if ranker.prior_ is not None and ranker.prior_ not in ranker.feature_names_:
+            raise ValueError(
+                f"{path / 'ranker.json'}: prior {ranker.prior_!r} is not one of its feature_names"
+            )
         return ranker

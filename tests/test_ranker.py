@@ -1,0 +1,99 @@
+"""The LambdaRank ranker: boosting from a source's ranking (the prior), prediction, explanation, saving."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from recsys.ranking.ranker import LambdaRanker, RankerConfig, ndcg_of_order, prior_scores
+
+NAMES = ["good_score", "good_rank", "poor_score", "poor_rank", "noise"]
+CONFIG = RankerConfig(
+    min_data_in_leaf=5, max_rounds=30, early_stopping_rounds=5, num_threads=1, try_prior=True
+)
+
+
+def groups_where_one_source_is_right(n_groups: int, size: int = 40, seed: int = 0) -> tuple:
+    """Each group's label is the item ``good`` ranks first in 80% of groups (else its 5th); ``poor``
+    ranks at random and proposes only half of the items (NaN rank otherwise). Ranks are 0-based."""
+    rng = np.random.default_rng(seed)
+    rows, labels = [], []
+    for _ in range(n_groups):
+        good = rng.permutation(size).astype(np.float64)
+        poor = rng.permutation(size).astype(np.float64)
+        poor[rng.random(size) < 0.5] = np.nan
+        label = np.zeros(size)
+        label[np.flatnonzero(good == (0.0 if rng.random() < 0.8 else 4.0))] = 1
+        rows.append(np.column_stack([1.0 / (1 + good), good, 1.0 / (1 + poor), poor, rng.normal(size=size)]))
+        labels.append(label)
+    return np.concatenate(rows).astype(np.float32), np.concatenate(labels), np.full(n_groups, size)
+
+
+def test_prior_scores_and_ndcg_of_an_order() -> None:
+    assert prior_scores(np.array([0.0, 2.0, 6.0, np.nan])).tolist() == [1.0, 0.5, 1 / 3, 0.0]
+    labels = np.array([1, 0, 0, 0, 1, 0])
+    groups = np.array([3, 3])
+    # group 1: the label first (1.0); group 2: the label second of three (1 / log2(3))
+    ndcg = ndcg_of_order(np.array([3.0, 2.0, 1.0, 3.0, 2.0, 1.0]), labels, groups, k=3)
+    assert ndcg == pytest.approx((1.0 + 1 / np.log2(3)) / 2)
+
+
+def test_few_groups_boost_from_the_right_sources_ranking(tmp_path: Path) -> None:
+    X, y, groups = groups_where_one_source_is_right(30)
+    ranker = LambdaRanker(CONFIG).fit(X, y, groups, feature_names=NAMES)
+    report = ranker.report_
+    assert report is not None
+    assert report["prior_ndcg"]["good_rank"] > report["prior_ndcg"]["poor_rank"]
+    assert {t["prior"] for t in report["trials"]} == {None, "good_rank"}
+    assert ranker.prior_ == report["best"]["prior"]
+
+    # the ranker's order on fresh groups is at least as good as the right source's alone
+    X_new, y_new, groups_new = groups_where_one_source_is_right(40, seed=1)
+    scores = ranker.predict(X_new)
+    alone = ndcg_of_order(prior_scores(X_new[:, 1]), y_new, groups_new, k=10)
+    assert ndcg_of_order(scores, y_new, groups_new, k=10) >= alone - 0.05
+
+    # the prior is part of the score and of its feature's explanation: contributions sum to the score
+    raw = ranker.booster_.predict(X_new)
+    expected = raw + (prior_scores(X_new[:, 1]) if ranker.prior_ == "good_rank" else 0.0)
+    np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-5)
+    contributions = ranker.explain(X_new[:3], top=len(NAMES))
+    bias = np.asarray(ranker.booster_.predict(X_new[:3], pred_contrib=True))[:, -1]
+    for row, b, score in zip(contributions, bias, scores[:3], strict=True):
+        assert sum(value for _, value in row) + b == pytest.approx(score, abs=1e-4)
+
+    ranker.save(tmp_path / "ranker")
+    loaded = LambdaRanker.load(tmp_path / "ranker")
+    assert loaded.prior_ == ranker.prior_
+    np.testing.assert_array_equal(loaded.predict(X_new), scores)
+
+
+def test_the_prior_wins_when_boosting_cannot_learn(tmp_path: Path) -> None:
+    """With trees that cannot split (too few rows per leaf), only the prior can order the items."""
+    X, y, groups = groups_where_one_source_is_right(20)
+    stumps = replace(CONFIG, min_data_in_leaf=10_000)
+    ranker = LambdaRanker(stumps).fit(X, y, groups, feature_names=NAMES)
+    assert ranker.prior_ == "good_rank"
+    no_prior = LambdaRanker(replace(stumps, try_prior=False)).fit(X, y, groups, feature_names=NAMES)
+    assert RankerConfig().try_prior is False  # opt-in: no measured win on the shared datasets yet
+    assert no_prior.prior_ is None
+    assert no_prior.report_ is not None and {t["prior"] for t in no_prior.report_["trials"]} == {None}
+    X_new, y_new, groups_new = groups_where_one_source_is_right(40, seed=2)
+    with_prior = ndcg_of_order(ranker.predict(X_new), y_new, groups_new, k=10)
+    without = ndcg_of_order(no_prior.predict(X_new), y_new, groups_new, k=10)
+    assert with_prior > without + 0.3
+
+
+def test_a_saved_prior_must_be_one_of_the_features(tmp_path: Path) -> None:
+    X, y, groups = groups_where_one_source_is_right(20)
+    LambdaRanker(CONFIG).fit(X, y, groups, feature_names=NAMES).save(tmp_path / "ranker")
+    meta_path = tmp_path / "ranker" / "ranker.json"
+    meta = json.loads(meta_path.read_text())
+    meta["prior"] = "unknown_rank"
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="unknown_rank"):
+        LambdaRanker.load(tmp_path / "ranker")
