@@ -191,10 +191,14 @@ def evaluate(
                     result.recommended, ctx.item_embeddings, k=cut
                 )
 
-    per_user_metrics = {
-        name: accuracy_per_user(result.recommended, split.test.targets, ks=ks)
-        for name, result in results.items()
-    }
+    per_user_metrics = (
+        {
+            name: accuracy_per_user(result.recommended, split.test.targets, ks=ks)
+            for name, result in results.items()
+        }
+        if paired_against or per_user is not None
+        else {}
+    )
     report: dict[str, Any] = {
         "protocol": protocol,
         "dataset": dataset.summary(),

@@ -142,11 +142,15 @@ class LambdaRanker:
         valid_group[rng.choice(len(groups), size=n_valid, replace=False)] = True
         row_valid = np.repeat(valid_group, groups)
         # the prior is chosen on the training groups only, so the held-out ones judge it fairly
-        prior_ndcg = self._rank_feature_ndcg(
-            features[~row_valid], labels[~row_valid], groups[~valid_group], feature_names
+        prior_ndcg = (
+            self._rank_feature_ndcg(
+                features[~row_valid], labels[~row_valid], groups[~valid_group], feature_names
+            )
+            if c.try_prior
+            else {}
         )
         priors: list[str | None] = [None]
-        if c.try_prior and prior_ndcg:
+        if prior_ndcg:
             priors.append(max(prior_ndcg, key=lambda name: prior_ndcg[name]))
         trials: list[dict[str, Any]] = []
         for prior in priors:
@@ -212,7 +216,7 @@ class LambdaRanker:
     def _rank_feature_ndcg(
         self, features: np.ndarray, labels: np.ndarray, groups: np.ndarray, feature_names: list[str]
     ) -> dict[str, float]:
-        """NDCG@eval_at of the order of each ``*_rank`` feature alone."""
+        """NDCG@eval_at of the order of each ``*_rank`` feature alone (computed only with ``try_prior``)."""
         return {
             name: ndcg_of_order(prior_scores(features[:, j]), labels, groups, k=self.config.eval_at)
             for j, name in enumerate(feature_names)
