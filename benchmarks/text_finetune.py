@@ -15,13 +15,17 @@ outputs at ``--eval-tokens`` (kept in ``--state-cache``; at the training length 
 cache); with ``--eval-tokens`` below 128 the frozen encoder is also evaluated at that length, the
 like-for-like reference. Per-user paired differences (fine-tuned minus each frozen row, mean and
 standard error) are under ``diff_vs_*``. ``--train-only`` fine-tunes and stops; ``--reuse`` evaluates
-an existing ``--out-model``. Prints a table and writes ``benchmarks/results/text_finetune.json``.
+an existing ``--out-model``. ``--interpolate 0.5,1.5`` (``train_layers`` runs) also evaluates the top
+layers' weights moved that share of the way from the frozen to the fine-tuned ones (weight-space
+interpolation as in WiSE-FT, Wortsman et al. 2022; above 1 it extrapolates along the fine-tuning
+direction), as encoders ``interp<a>``. Prints a table and writes ``benchmarks/results/text_finetune.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import os
 import sys
@@ -76,6 +80,11 @@ def main() -> None:
         type=int,
         default=128,
         help="max_tokens of the fine-tuned encoder at evaluation (the frozen one is also run at 128)",
+    )
+    parser.add_argument(
+        "--interpolate",
+        default="",
+        help="comma-separated shares a: also evaluate top layers (1-a)*frozen + a*tuned (train_layers runs)",
     )
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "text_finetune.json"))
     args = parser.parse_args()
@@ -188,6 +197,15 @@ def main() -> None:
         t1 = time.perf_counter()
         embeddings["finetuned"] = upper.embed_all()
         results["finetuned_top_layers_s"] = time.perf_counter() - t1
+        # copies: a state_dict shares its tensors with the parameters that load_state_dict overwrites
+        tuned_state = [{k: v.clone() for k, v in layer.state_dict().items()} for layer in upper.upper]
+        frozen_state = [{k: v.clone() for k, v in layer.state_dict().items()} for layer in lower.upper]
+        for share in (float(a) for a in args.interpolate.split(",") if a):
+            for layer, f, t in zip(upper.upper, frozen_state, tuned_state, strict=True):
+                layer.load_state_dict({k: (1 - share) * f[k] + share * t[k] for k in f})
+            embeddings[f"interp{share:g}"] = upper.embed_all()
+        for layer, t in zip(upper.upper, tuned_state, strict=True):
+            layer.load_state_dict(t)
         sample = np.random.default_rng(0).choice(len(texts), size=32, replace=False)
         full = tuned.encode([texts[i] for i in sample])
         results["finetuned_cache_path_max_abs_diff_32_items"] = float(
@@ -199,6 +217,8 @@ def main() -> None:
             tuned.fingerprint, [hashes[i] for i in first], embeddings["finetuned"][first]
         )
     else:
+        if args.interpolate:
+            parser.error("--interpolate needs a train_layers run (only the top layers differ)")
         embeddings["finetuned"] = embed_items(dataset.items, encoder=tuned, cache_dir=args.cache_dir)
     results["finetuned_embed_s"] = time.perf_counter() - t0
     per_user: dict[tuple[str, str, str], np.ndarray] = {}
@@ -215,13 +235,16 @@ def main() -> None:
                     raise AssertionError(
                         f"user_hits disagrees with ranking_metrics: {hits.mean(0)}, {metrics}"
                     )
-    # fine-tuned minus each frozen reference, per user (same users, so paired): mean and standard error
-    for reference in (n for n in embeddings if n.startswith("frozen")):
+    # each fine-tuned (or interpolated) encoder minus each frozen reference, per user (same users, so
+    # paired): mean and standard error
+    tuned_names = [n for n in embeddings if not n.startswith("frozen")]
+    for name, reference in itertools.product(tuned_names, [n for n in embeddings if n.startswith("frozen")]):
+        prefix = "diff" if name == "finetuned" else f"diff_{name}"
         for profile in PROFILES:
             for part in ("validation", "test"):
-                diff = per_user["finetuned", profile, part] - per_user[reference, profile, part]
+                diff = per_user[name, profile, part] - per_user[reference, profile, part]
                 for j, key in enumerate(("recall@10", "ndcg@10")):
-                    results[f"diff_vs_{reference}_{profile}_{part}_{key}"] = {
+                    results[f"{prefix}_vs_{reference}_{profile}_{part}_{key}"] = {
                         "mean": float(diff[:, j].mean()),
                         "se": float(diff[:, j].std(ddof=1) / np.sqrt(len(diff))),
                     }
