@@ -20,7 +20,10 @@ latencies in ms, throughput in requests/s, RSS in MB: the server process and all
 sampled every 0.5 s, peak; server CPU ms per request, which shared-machine load distorts less than
 latency; the client's own CPU ms per request, since it runs on the same cores) plus
 ``recsys_c<N>_p99_vs_echo`` and ``..._rps_vs_echo`` ratios. ``benchmarks/serving_profile.py`` splits
-the recommender's part of the server CPU into its stages.
+the recommender's part of the server CPU into its stages. ``<server>_c<N>_busiest_process_cpu_share``
+is the busiest server process's share of the server CPU: with ``--workers 2``, near 0.5 when the
+client's connections were split evenly, near 1.0 when they all landed on one worker (BentoML's workers
+accept from one shared socket, so a burst of new connections can all go to one of them).
 """
 
 from __future__ import annotations
@@ -142,19 +145,19 @@ class PeakRss:
         self._thread.join()
 
 
-def cpu_seconds(server: Server) -> float:
-    """User + system CPU time of the server process and its workers so far."""
+def cpu_seconds(server: Server) -> dict[int, float]:
+    """User + system CPU time so far of the server process and each of its workers, by pid."""
     import psutil
 
     root = psutil.Process(server.process.pid)
-    total = 0.0
+    out: dict[int, float] = {}
     for proc in [root, *root.children(recursive=True)]:
         try:
             times = proc.cpu_times()
         except psutil.Error:
             continue
-        total += times.user + times.system
-    return total
+        out[proc.pid] = times.user + times.system
+    return out
 
 
 def measure(
@@ -167,9 +170,11 @@ def measure(
         for level in levels:
             cpu_before = cpu_seconds(server)
             result = asyncio.run(_drive(url, bodies, concurrency=level, duration=duration))
-            result["cpu_ms_per_request"] = (
-                1000 * (cpu_seconds(server) - cpu_before) / max(result["requests"], 1)
-            )
+            used = [t - cpu_before.get(pid, 0.0) for pid, t in cpu_seconds(server).items()]
+            result["cpu_ms_per_request"] = 1000 * sum(used) / max(result["requests"], 1)
+            # with several workers, the busiest process's share of the server CPU shows how evenly the
+            # shared listening socket split the client's keep-alive connections (1.0: one did all)
+            result["busiest_process_cpu_share"] = max(used) / max(sum(used), 1e-9)
             for key, value in result.items():
                 out[f"{name}_c{level}_{key}"] = value
             out[f"{name}_c{level}_rss_mb"] = rss.peak / 2**20
@@ -177,7 +182,8 @@ def measure(
                 f"  {name:6s} c={level:<3d} {result['rps']:8.1f} req/s  p50 {result['p50_ms']:6.2f}  "
                 f"p95 {result['p95_ms']:6.2f}  p99 {result['p99_ms']:6.2f} ms  errors {result['errors']}  "
                 f"RSS {rss.peak / 2**20:.0f} MB  server CPU {result['cpu_ms_per_request']:.2f} ms/request  "
-                f"client CPU {result['client_cpu_ms_per_request']:.2f} ms/request",
+                f"client CPU {result['client_cpu_ms_per_request']:.2f} ms/request  "
+                f"busiest process {result['busiest_process_cpu_share']:.0%} of server CPU",
                 flush=True,
             )
     return out
