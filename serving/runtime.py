@@ -61,7 +61,7 @@ class Settings:
     store_url: str | None = None
     admin_token: str | None = None
     poll_seconds: float = 1.0
-    threads: int = 2  # requests scored at once per worker (NumPy/LightGBM release the GIL)
+    threads: int = 2  # batch/explain/similar/events requests run at once per worker (thread pool)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:

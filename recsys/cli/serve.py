@@ -25,7 +25,10 @@ def serve(
     ] = None,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Worker processes.")] = 1,
     threads: Annotated[
-        int, typer.Option("--threads", min=1, help="Requests scored at once in each worker.")
+        int,
+        typer.Option(
+            "--threads", min=1, help="Batch, explain, similar and event requests handled at once per worker."
+        ),
     ] = 2,
     store: Annotated[
         str | None,
