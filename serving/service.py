@@ -227,8 +227,9 @@ class Recsys:
         )
 
     # --- endpoints ----------------------------------------------------------------------------------
-    # Validation runs on the event loop. A single user's /recommend is scored there too: it takes a
-    # few milliseconds, and handing it to a thread cost more than blocking the loop for that long
+    # Validation runs on the event loop. A single user's /recommend (its online-store read included:
+    # one key from a local SQLite file or Redis) is scored there too: it takes a few milliseconds,
+    # and handing it to a thread cost more than blocking the loop for that long
     # (server CPU per request at concurrency 16: 19.9-20.5 ms with the hand-off, 15.8-16.1 ms
     # without, as the loop and the scoring threads fought over the GIL; docs/RESULTS.md, Serving).
     # Batches, explanations, similar items and events run in a small thread pool, so /livez, /readyz
@@ -246,18 +247,16 @@ class Recsys:
         loaded = self.loaded()
         filters = self._filters(loaded, request.filters)
 
-        def run() -> list[Recommendation]:
-            record = self._records([request.user_id])[0]
-            return loaded.recommender.recommend(
-                _history(record),
-                n=request.n,
-                exclude_seen=request.exclude_seen,
-                filters=filters,
-                context_item_ids=request.context_item_ids,
-                user_features=record,
-            )
-
-        items = _items(run())
+        record = self._records([request.user_id])[0]
+        recommendations = loaded.recommender.recommend(
+            _history(record),
+            n=request.n,
+            exclude_seen=request.exclude_seen,
+            filters=filters,
+            context_item_ids=request.context_item_ids,
+            user_features=record,
+        )
+        items = _items(recommendations)
         return api.RecommendResponse.model_construct(
             user_id=request.user_id, model_version=loaded.version, items=items
         )
