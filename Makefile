@@ -32,10 +32,11 @@ typecheck: setup
 unit: setup
 	$(VENV)/bin/pytest
 
-# Serves the current bundle; trains the demo one first when nothing is published yet.
+# Serves the current bundle (2 workers: one per core of a 2-core machine, docs/RESULTS.md, Serving);
+# trains the demo one first when nothing is published yet.
 serve: setup
 	$(VENV)/bin/recsys models current >/dev/null 2>&1 || $(VENV)/bin/recsys demo
-	$(VENV)/bin/recsys serve --port 3000
+	$(VENV)/bin/recsys serve --port 3000 --workers 2
 
 # The Redis tests need a real redis-server binary; install it where we can (root with apt-get).
 redis:
