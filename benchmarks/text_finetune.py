@@ -197,15 +197,17 @@ def main() -> None:
         t1 = time.perf_counter()
         embeddings["finetuned"] = upper.embed_all()
         results["finetuned_top_layers_s"] = time.perf_counter() - t1
-        # copies: a state_dict shares its tensors with the parameters that load_state_dict overwrites
-        tuned_state = [{k: v.clone() for k, v in layer.state_dict().items()} for layer in upper.upper]
-        frozen_state = [{k: v.clone() for k, v in layer.state_dict().items()} for layer in lower.upper]
-        for share in (float(a) for a in args.interpolate.split(",") if a):
-            for layer, f, t in zip(upper.upper, frozen_state, tuned_state, strict=True):
-                layer.load_state_dict({k: (1 - share) * f[k] + share * t[k] for k in f})
-            embeddings[f"interp{share:g}"] = upper.embed_all()
-        for layer, t in zip(upper.upper, tuned_state, strict=True):
-            layer.load_state_dict(t)
+        shares = [float(a) for a in args.interpolate.split(",") if a]
+        if shares:
+            # copies: a state_dict shares its tensors with the parameters load_state_dict overwrites
+            tuned_state = [{k: v.clone() for k, v in layer.state_dict().items()} for layer in upper.upper]
+            frozen_state = [layer.state_dict() for layer in lower.upper]  # never overwritten
+            for share in shares:
+                for layer, f, t in zip(upper.upper, frozen_state, tuned_state, strict=True):
+                    layer.load_state_dict({k: (1 - share) * f[k] + share * t[k] for k in f})
+                embeddings[f"interp{share:g}"] = upper.embed_all()
+            for layer, t in zip(upper.upper, tuned_state, strict=True):
+                layer.load_state_dict(t)
         sample = np.random.default_rng(0).choice(len(texts), size=32, replace=False)
         full = tuned.encode([texts[i] for i in sample])
         results["finetuned_cache_path_max_abs_diff_32_items"] = float(

@@ -16,7 +16,6 @@ never unpickles. ``explain`` returns each feature's contribution to a candidate'
 
 from __future__ import annotations
 
-import itertools
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -73,19 +72,31 @@ def prior_scores(ranks: np.ndarray) -> np.ndarray:
 
 def ndcg_of_order(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray, *, k: int) -> float:
     """Mean NDCG@k over groups (consecutive rows, sizes ``groups``) when each group is ordered by
-    ``scores`` (descending, ties by row); groups without a positive label count 0.
+    ``scores`` (descending, ties by row), with the evaluation's binary-gain NDCG
+    (``evaluation.metrics``); a label > 0 is relevant, and groups without one count 0.
 
     >>> ndcg_of_order(np.array([0.1, 0.9, 0.5, 0.2]), np.array([0, 1, 1, 0]), np.array([2, 2]), k=1)
     1.0
     """
-    total = 0.0
-    discounts = 1.0 / np.log2(np.arange(2, k + 2))
-    for lo, hi in itertools.pairwise(np.concatenate([[0], np.cumsum(groups)])):
-        gains = labels[lo:hi][np.argsort(-scores[lo:hi], kind="stable")][:k]
-        ideal = np.sort(labels[lo:hi])[::-1][:k]
-        best = float(ideal @ discounts[: len(ideal)])
-        total += float(gains @ discounts[: len(gains)]) / best if best > 0 else 0.0
-    return total / max(len(groups), 1)
+    import scipy.sparse as sp
+
+    from recsys.evaluation.metrics import accuracy_per_user
+
+    groups = np.asarray(groups, dtype=np.int64)
+    group = np.repeat(np.arange(len(groups)), groups)
+    position = np.arange(len(group)) - np.concatenate([[0], np.cumsum(groups)[:-1]])[group]
+    order = np.lexsort((-np.asarray(scores, dtype=np.float64), group))  # stable: ties keep row order
+    width = int(groups.max())
+    ranked = np.full((len(groups), width), -1, dtype=np.int64)  # each group's positions, best first
+    ranked[group[order], position] = position[order]
+    positive = np.asarray(labels) > 0
+    relevant = sp.csr_matrix(
+        (np.ones(int(positive.sum()), dtype=np.float32), (group[positive], position[positive])),
+        shape=(len(groups), width),
+    )
+    cut = min(k, width)  # a group has no item beyond its width: NDCG@k = NDCG@width
+    ndcg = accuracy_per_user(ranked, relevant, ks=[cut])[f"ndcg@{cut}"]
+    return float(np.nan_to_num(ndcg).sum() / max(len(groups), 1))
 
 
 class LambdaRanker:
