@@ -4,7 +4,9 @@ Run from the project root::
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/text_finetune.py --threads 2
 
-The encoder is fine-tuned on co-occurrence pairs of the *validation task's training interactions*
+The encoder is fine-tuned (``FinetuneConfig``; the default method trains a projection head on the
+frozen vectors, ``--finetune '{"method": "layers", ...}'`` trains transformer layers, with this script's
+layer defaults below) on co-occurrence pairs of the *validation task's training interactions*
 (leave-last-out: every user's last two events are held out), so neither the validation nor the test
 targets are ever a training pair; the same fine-tuned encoder is then evaluated on both tasks. Text
 retrieval ranks all items (full ranking, history excluded) by cosine to the user profile: the last
@@ -122,6 +124,7 @@ def main() -> None:
             out=args.out_model,
             encoder=EncoderConfig(threads=args.threads),
             state_cache=args.state_cache,
+            embedding_cache=args.cache_dir,
         )
         print(
             f"fine-tuned: {run.steps} steps in {run.wall_seconds:.0f}s; pair R@10 "

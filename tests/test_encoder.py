@@ -6,6 +6,7 @@ real packaged checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -67,6 +68,7 @@ def toy_interactions(n_users: int = 120, seed: int = 0) -> Interactions:
 
 def tiny_finetune_config(**overrides: object) -> FinetuneConfig:
     options: dict[str, object] = dict(
+        method="layers",
         lr=3e-3,
         temperature=0.1,
         epochs=15,
@@ -229,6 +231,108 @@ def test_lora_trains_and_saves_only_adapters(tiny_bert: Path, tmp_path: Path) ->
     # only the LoRA target Linear weights move (merged adapters); embeddings, norms, biases do not
     assert changed and all(k.endswith(".weight") and "LayerNorm" not in k for k in changed)
     assert not any("embeddings" in k for k in changed)
+
+
+def tiny_head_config(**overrides: object) -> FinetuneConfig:
+    from recsys.encoder.config import HeadConfig
+
+    head = HeadConfig(hidden=32, lr=1e-2, batch_size=16, max_epochs=30)
+    options: dict[str, object] = dict(window=3, temperature=0.1, validation_pairs=30, patience=100)
+    options.update(overrides)
+    return FinetuneConfig(method="head", head=head, progress=False, **options)  # type: ignore[arg-type]
+
+
+def test_head_finetune_pulls_cobought_items_together_and_reloads(tiny_bert: Path, tmp_path: Path) -> None:
+    """The default method: a projection head on the frozen vectors, saved without BERT's weights."""
+    from safetensors.numpy import load_file
+
+    items, data = toy_items(), toy_interactions()
+    encoder_config = EncoderConfig(checkpoint=str(tiny_bert), max_tokens=16)
+    result = finetune(
+        items,
+        data,
+        tiny_head_config(),
+        out=tmp_path / "head",
+        encoder=encoder_config,
+        embedding_cache=tmp_path / "c",
+    )
+    folder = tmp_path / "head"
+    assert not (folder / "model.safetensors").exists()
+    assert set(load_file(str(folder / "head.safetensors"))) == {"up.weight", "down.weight"}
+    losses = [h["loss"] for h in result.history if "loss" in h]
+    assert len(losses) == 30 and np.mean(losses[-3:]) < 0.8 * losses[0], losses
+    assert result.improved and result.best_recall > result.baseline_recall
+
+    base, tuned = load_encoder(tiny_bert, config=encoder_config), load_encoder(folder)
+    assert tuned.fingerprint == result.fingerprint != base.fingerprint
+    assert tuned.trunk_fingerprint == base.fingerprint  # the trunk's cached vectors are reused
+    group = np.arange(N_GROUPS * GROUP_SIZE) // GROUP_SIZE
+    same = group[:, None] == group[None, :]
+    np.fill_diagonal(same, False)
+
+    def margin(emb: np.ndarray) -> float:
+        sim = emb @ emb.T
+        return float(sim[same].mean() - sim[~same & ~np.eye(len(sim), dtype=bool)].mean())
+
+    frozen = embed_items(items, encoder=base)
+    # the torch path, the default runtime of embed_items (ONNX Runtime where installed) and the head
+    # applied to the frozen vectors all agree
+    texts = item_texts(items, encoder_config).to_list()
+    via_torch = tuned.encode(texts)
+    np.testing.assert_allclose(embed_items(items, encoder=tuned), via_torch, atol=1e-5)
+    np.testing.assert_allclose(tuned.project(frozen), via_torch, atol=1e-5)
+    assert np.allclose(np.linalg.norm(via_torch, axis=1), 1.0, atol=1e-5)
+    assert margin(via_torch) > margin(frozen) + 0.05
+    # int8 keeps the head and gets its own fingerprint
+    int8 = load_encoder(folder, config=dataclasses.replace(tuned.config, quantize=True))
+    assert int8.head is not None and int8.fingerprint not in (tuned.fingerprint, base.fingerprint)
+
+
+def test_head_encoder_embeds_from_the_trunk_cache(tiny_bert: Path, tmp_path: Path) -> None:
+    """Retraining the head re-embeds nothing: the cache holds the trunk's vectors."""
+    from recsys.encoder.model import ItemEncoder
+
+    encoder_config = EncoderConfig(checkpoint=str(tiny_bert), max_tokens=16)
+    finetune(
+        toy_items(),
+        toy_interactions(),
+        tiny_head_config(),
+        out=tmp_path / "head",
+        encoder=encoder_config,
+        embedding_cache=tmp_path / "cache",
+    )
+    tuned = load_encoder(tmp_path / "head")
+    calls: list[int] = []
+    original = ItemEncoder.encode
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(
+            ItemEncoder,
+            "encode",
+            lambda self, texts, **kw: calls.append(len(texts)) or original(self, texts, **kw),
+        )
+        cached = embed_items(toy_items(), encoder=tuned, cache_dir=tmp_path / "cache")
+    assert calls == []  # finetune embedded the catalogue with the trunk; only the head ran now
+    np.testing.assert_allclose(cached, embed_items(toy_items(), encoder=tuned), atol=1e-5)
+
+
+def test_head_checkpoint_checks_its_base_and_its_file(tiny_bert: Path, tmp_path: Path) -> None:
+    encoder_config = EncoderConfig(checkpoint=str(tiny_bert), max_tokens=16)
+    finetune(
+        toy_items(),
+        toy_interactions(),
+        tiny_head_config(max_grad_norm=1.0),
+        out=tmp_path / "h",
+        encoder=encoder_config,
+    )
+    meta_path = tmp_path / "h" / "recsys_encoder.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "base_fingerprint": "0" * 64}))
+    with pytest.raises(EncoderLoadError, match="trained on a base model with fingerprint 000000000000"):
+        load_encoder(tmp_path / "h")
+    meta_path.write_text(json.dumps(meta))
+    (tmp_path / "h" / "head.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(ValueError, match=r"head\.safetensors: cannot load a projection head"):
+        load_encoder(tmp_path / "h")
 
 
 def test_finetune_refuses_mismatched_catalogue(tiny_bert: Path, tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from recsys.data import schema as S
 from recsys.data.dataset import Dataset
 from recsys.data.loading import bundled_paths, load_dataset
 from recsys.data.splits import make_split
+from recsys.encoder.config import FinetuneConfig, HeadConfig
 from recsys.pipeline.recommender import Filters, Recommender
 from recsys.pipeline.train import TrainConfig, train_bundle
 from recsys.pipeline.two_stage import TwoStage
@@ -42,7 +44,9 @@ def config(
     checkpoint = save_tiny_bert(tmp_path_factory.mktemp("bert"), vocabulary(tables[0]))
     config = fast_config(checkpoint)
     assert isinstance(config, TrainConfig)
-    return config
+    # fine-tuning as `recsys train` does by default (a projection head), on a small budget
+    head = FinetuneConfig(head=HeadConfig(max_epochs=3), validation_pairs=200, progress=False)
+    return replace(config, finetune=True, encoder_training=head)
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +61,7 @@ def test_bundle_is_self_describing_and_pickle_free(bundle: Path) -> None:
     assert meta["version"] == bundle.name
     for key in ("created_at", "data_fingerprint", "config", "metrics", "library_versions", "encoder"):
         assert key in meta
+    assert meta["encoder"]["finetuned"] is True and (bundle / "encoder" / "head.safetensors").is_file()
     assert 0.0 <= meta["metrics"]["test"]["ndcg@10"] <= 1.0
     assert (bundle / "model" / "ranker" / "model.txt").read_text().startswith("tree")
     files = [p for p in bundle.rglob("*") if p.is_file()]

@@ -112,7 +112,9 @@ def embed_items(
 
     ``encoder`` is a loaded :class:`~recsys.encoder.model.ItemEncoder`, an ``EncoderConfig``, or a
     checkpoint (path or cached hub name; '' is the packaged default). Identical texts are embedded
-    once; with ``cache_dir`` only texts not embedded before by the same model are encoded.
+    once; with ``cache_dir`` only texts not embedded before by the same model are encoded. The cache
+    holds the trunk's vectors (BERT and pooling), so an encoder with a projection head reuses them
+    and only the cheap head runs again when the head is retrained.
     The exported ONNX graph is kept in ``onnx_dir`` (default ``cache_dir/onnx``; without either it
     is exported to a temporary folder for this call).
     """
@@ -128,6 +130,7 @@ def embed_items(
         onnx_dir = Path(cache_dir) / "onnx"
     if encoder.config.quantize:  # int8 vectors (and fingerprint) depend on the runtime: choose it now
         encoder = with_runtime(encoder, onnx_dir=onnx_dir)
+    trunk = encoder.without_head()
     texts = item_texts(items, encoder.config).to_list()
     hashes = text_hashes(texts)
     # unique texts only: identical items (variants, duplicates) cost one forward pass
@@ -135,18 +138,18 @@ def embed_items(
     unique_list = unique_hashes.tolist()
     cache = EmbeddingCache(cache_dir) if cache_dir is not None else None
     if cache is not None:
-        found, vectors = cache.get(encoder.fingerprint, unique_list)
+        found, vectors = cache.get(trunk.fingerprint, unique_list)
     else:
         found, vectors = np.zeros(len(unique_list), dtype=bool), None
     if vectors is None:
         vectors = np.zeros((len(unique_list), encoder.dim), dtype=np.float32)
     missing = np.flatnonzero(~found)
     if len(missing):
-        runner = with_runtime(encoder, onnx_dir=onnx_dir)
+        runner = with_runtime(trunk, onnx_dir=onnx_dir)
         vectors[missing] = runner.encode([texts[i] for i in first[missing]], progress=progress)
         if cache is not None:
-            cache.put(encoder.fingerprint, [unique_list[i] for i in missing], vectors[missing])
-    return np.ascontiguousarray(vectors[inverse.ravel()])
+            cache.put(trunk.fingerprint, [unique_list[i] for i in missing], vectors[missing])
+    return np.ascontiguousarray(encoder.project(vectors)[inverse.ravel()])
 
 
 def with_runtime(encoder: ItemEncoder, *, onnx_dir: str | Path | None) -> ItemEncoder:

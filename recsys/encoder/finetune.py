@@ -41,7 +41,7 @@ from torch import nn
 from recsys.data.dataset import Interactions
 from recsys.data.io import atomic_path
 from recsys.encoder.config import EncoderConfig, FinetuneConfig, item_texts
-from recsys.encoder.model import ItemEncoder, cls_pool, load_encoder, mean_pool, save_encoder
+from recsys.encoder.model import ItemEncoder, cls_pool, load_encoder, mean_pool, save_encoder, write_meta
 
 EVAL_K = 10
 
@@ -134,18 +134,28 @@ EmbedFn = Callable[[list[int]], torch.Tensor]  # item indices -> (n, dim) unit v
 
 def pair_recall(embed: EmbedFn, model: nn.Module, pairs: np.ndarray, *, k: int = EVAL_K) -> float:
     """Recall@k of finding each held-out partner among all held-out items (both directions)."""
-    pool, inverse = np.unique(pairs, return_inverse=True)
-    inverse = inverse.reshape(pairs.shape)
+    pool = np.unique(pairs)
     was_training = model.training
     model.eval()
-    emb = np.zeros((len(pool), 0), np.float32)
     with torch.inference_mode():
         parts = [
             embed(pool[start : start + 128].tolist()).float().cpu().numpy()
             for start in range(0, len(pool), 128)
         ]
-        emb = np.concatenate(parts)
     model.train(was_training)
+    emb = np.zeros((int(pool.max()) + 1, parts[0].shape[1]), np.float32)
+    emb[pool] = np.concatenate(parts)
+    return held_out_recall(emb, pairs, k=k)
+
+
+def held_out_recall(embeddings: np.ndarray, pairs: np.ndarray, *, k: int = EVAL_K) -> float:
+    """Recall@k of finding each pair's partner among all items of ``pairs`` (both directions).
+
+    ``embeddings`` are (n_items, dim) unit vectors indexed by item; only the pairs' items are used.
+    """
+    pool, inverse = np.unique(pairs, return_inverse=True)
+    inverse = inverse.reshape(pairs.shape)
+    emb = embeddings[pool]
     queries = np.concatenate([inverse[:, 0], inverse[:, 1]])
     answers = np.concatenate([inverse[:, 1], inverse[:, 0]])
     scores = emb[queries] @ emb.T  # (2 * pairs, pool)
@@ -322,7 +332,7 @@ def _tensorboard(directory: str) -> Iterator[Any]:
 
 
 @contextlib.contextmanager
-def _progress_bar(enabled: bool, total: int) -> Iterator[Any]:
+def _progress_bar(enabled: bool, total: int, unit: str = "steps") -> Iterator[Any]:
     if not enabled:
         yield lambda **kw: None
         return
@@ -331,7 +341,7 @@ def _progress_bar(enabled: bool, total: int) -> Iterator[Any]:
     columns = (
         TextColumn("fine-tuning"),
         BarColumn(),
-        TextColumn("{task.completed}/{task.total} steps"),
+        TextColumn(f"{{task.completed}}/{{task.total}} {unit}"),
         TextColumn("loss {task.fields[loss]:.4f} lr {task.fields[lr]:.2e} R@10 {task.fields[recall]:.4f}"),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
@@ -349,12 +359,15 @@ def finetune(
     out: str | Path,
     encoder: EncoderConfig | None = None,
     state_cache: str | Path | None = None,
+    embedding_cache: str | Path | None = None,
 ) -> FinetuneResult:
     """Fine-tune the encoder on co-occurrence pairs of ``train`` and save it into ``out``.
 
     ``items`` row ``i`` is item index ``i`` of ``train`` (``Dataset.items``). ``encoder`` names the
     starting checkpoint and the text template; the saved encoder keeps them (with the inference
-    ``max_tokens`` of ``encoder``, not the shorter training one). With ``train_layers``,
+    ``max_tokens`` of ``encoder``, not the shorter training one). With ``method = "head"`` the head
+    trains on the catalogue's vectors at that inference length, embedded through
+    ``embedding_cache`` (``recsys.encoder.embed.embed_items``). With ``train_layers``,
     ``state_cache`` is a folder where the frozen lower layers' outputs are kept between runs
     (see ``TopLayers.cache_lower``).
     """
@@ -367,12 +380,17 @@ def finetune(
     rng = np.random.default_rng(config.seed)
     texts = item_texts(items, encoder_config).to_list()
     pairs, _ = cooccurrence_pairs(train, window=config.window)
-    if len(pairs) < config.validation_pairs + config.batch_size:
+    batch_size, batch_name = (
+        (config.head.batch_size, "head.batch_size")
+        if config.method == "head"
+        else (config.batch_size, "batch_size")
+    )
+    if len(pairs) < config.validation_pairs + batch_size:
         raise ValueError(
             f"only {len(pairs)} co-occurrence pairs in the training interactions; need at least "
-            f"validation_pairs + batch_size = {config.validation_pairs + config.batch_size}"
+            f"validation_pairs + {batch_name} = {config.validation_pairs + batch_size}"
         )
-    pairs = pairs[rng.permutation(len(pairs))]
+    pairs = pairs[rng.permutation(len(pairs))]  # the held-out pairs are the same for both methods
     held_out, pairs = pairs[: config.validation_pairs], pairs[config.validation_pairs :]
     if config.max_pairs and len(pairs) > config.max_pairs:
         pairs = pairs[: config.max_pairs]
@@ -388,6 +406,19 @@ def finetune(
 
     lap("pairs")
     base = load_encoder(encoder_config.checkpoint, config=dataclasses.replace(encoder_config, quantize=False))
+    if config.method == "head":
+        return _finetune_head(
+            base,
+            items,
+            texts,
+            train,
+            pairs,
+            held_out,
+            config,
+            out=Path(out),
+            cache=embedding_cache,
+            started=started,
+        )
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model: Any = base.model
     top = TopLayers(base, config.train_layers) if config.train_layers else None
@@ -554,8 +585,7 @@ def finetune(
         if config.lora:
             model.save_pretrained(tmp, safe_serialization=True)  # adapters only
             base.tokenizer.save_pretrained(tmp)
-            full = {"format_version": 1, "encoder": dataclasses.asdict(base.config), **meta}
-            (tmp / "recsys_encoder.json").write_text(json.dumps(full, indent=2, default=list) + "\n")
+            write_meta(tmp, base.config, meta)
         else:
             saved = ItemEncoder(base.config, tokenizer=base.tokenizer, model=model, fingerprint="")
             save_encoder(saved, tmp, meta=meta)
@@ -570,4 +600,83 @@ def finetune(
         steps=step,
         wall_seconds=wall,
         history=history,
+    )
+
+
+def _finetune_head(
+    base: ItemEncoder,
+    items: pl.DataFrame,
+    texts: list[str],
+    train: Interactions,
+    pairs: np.ndarray,
+    held_out: np.ndarray,
+    config: FinetuneConfig,
+    *,
+    out: Path,
+    cache: str | Path | None,
+    started: float,
+) -> FinetuneResult:
+    """``finetune`` with ``method = "head"``: embed the catalogue with ``base``, train a head, save it.
+
+    The folder holds the tokenizer, ``head.safetensors`` and the metadata naming the base checkpoint
+    and its fingerprint, like LoRA adapters; ``load_encoder`` puts the head on the base model.
+    """
+    from recsys.encoder.embed import embed_items
+    from recsys.encoder.head import train_head
+
+    timings = {"pairs_and_load": time.perf_counter() - started}
+    clock = time.perf_counter()
+    vectors = embed_items(items, encoder=base, cache_dir=cache, progress=config.progress)
+    timings["embed"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    with (
+        _tensorboard(config.tensorboard_dir) as writer,
+        _progress_bar(config.progress, config.head.max_epochs, unit="epochs") as show,
+    ):
+
+        def on_epoch(record: dict[str, float]) -> None:
+            show(advance=1, loss=record["loss"], lr=config.head.lr, recall=record["recall@10"])
+            if writer is not None:
+                writer.add_scalar("train/loss", record["loss"], int(record["epoch"]))
+                writer.add_scalar("validation/pair_recall@10", record["recall@10"], int(record["epoch"]))
+
+        run = train_head(vectors, pairs, held_out, config, recall=held_out_recall, on_epoch=on_epoch)
+    timings["train"] = time.perf_counter() - clock
+    steps_per_epoch = run.steps // max(1, len(run.history) - 1)
+    fingerprint_data = data_fingerprint(train, texts, config)
+    meta: dict[str, Any] = {
+        "finetune": dataclasses.asdict(config),
+        "base_checkpoint": base.config.checkpoint,
+        "base_fingerprint": base.fingerprint,
+        "data_fingerprint": fingerprint_data,
+        "lora": False,
+        "head": {"hidden": run.head.hidden},
+        "train_pairs": len(pairs),
+        "held_out_pairs": len(held_out),
+        "baseline_recall@10": run.baseline_recall,
+        "best_recall@10": run.best_recall,
+        "best_epoch": run.best_epoch,
+        "best_step": run.best_epoch * steps_per_epoch,
+        "steps": run.steps,
+        "wall_seconds": time.perf_counter() - started,
+        "prepare_seconds": timings["pairs_and_load"] + timings["embed"],
+        "timings": timings,
+        "device": "cpu",
+        "history": run.history,
+    }
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        base.tokenizer.save_pretrained(tmp)
+        run.head.save(tmp)
+        write_meta(tmp, base.config, meta)
+    return FinetuneResult(
+        path=out,
+        fingerprint=load_encoder(out).fingerprint,
+        data_fingerprint=fingerprint_data,
+        baseline_recall=run.baseline_recall,
+        best_recall=run.best_recall,
+        best_step=meta["best_step"],
+        steps=run.steps,
+        wall_seconds=meta["wall_seconds"],
+        history=run.history,
     )

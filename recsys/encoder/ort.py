@@ -94,7 +94,7 @@ def onnx_encoder(
 
     _import_ort()
     precision = precision or ("int8" if encoder.config.quantize else "fp32")
-    base = encoder.fingerprint.split(":")[0]
+    base = encoder.trunk_fingerprint.split(":")[0]  # the graph is the trunk; a head runs after it
     fp32 = ItemEncoder(
         dataclasses.replace(encoder.config, quantize=False),
         tokenizer=encoder.tokenizer,
@@ -118,6 +118,7 @@ def onnx_encoder(
         tokenizer=encoder.tokenizer,
         model=encoder.model,
         fingerprint=base if precision == "fp32" else f"{base}:ort-int8",
+        head=encoder.head,
     )
     fast.float_model, fast.session = encoder.float_model, session
     return fast

@@ -110,7 +110,12 @@ def embed_catalogue(
 
     if config.finetune:
         result = finetune(
-            dataset.items, train_for_encoder, config.encoder_training, out=encoder_dir, encoder=config.encoder
+            dataset.items,
+            train_for_encoder,
+            config.encoder_training,
+            out=encoder_dir,
+            encoder=config.encoder,
+            embedding_cache=cache_dir,
         )
         encoder = load_encoder(encoder_dir, config=config.encoder)
         record = {
