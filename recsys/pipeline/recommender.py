@@ -220,14 +220,16 @@ class Recommender:
         ok[ok] &= allowed[ids[ok]]
         by_score = np.argsort(-scores, kind="stable")
         order = by_score[ok[by_score]][:n]
+        # which sources proposed each answer (rank NaN: not proposed), as Python bools in one call
+        proposed = (~np.isnan(candidates.ranks[0, order])).tolist()
         out = [
             Recommendation(
                 str(self._ids[ids[j]]),
                 float(scores[j]),
                 self._titles[ids[j]],
-                tuple(s for s, r in zip(candidates.sources, candidates.ranks[0, j], strict=True) if r == r),
+                tuple(s for s, by in zip(candidates.sources, flags, strict=True) if by),
             )
-            for j in order
+            for j, flags in zip(order.tolist(), proposed, strict=True)
         ]
         if len(out) < n:  # filters left too few: fill with popular items that pass them
             allowed[[self._row_of[r.item_id] for r in out]] = False
