@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -480,6 +481,61 @@ def test_embeddings_parquet_round_trip(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="n_items=2"):
         write_embeddings(["a", "b"], vectors, tmp_path / "bad.parquet", fingerprint="abc")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e.parquet"]  # nothing half-written
+
+
+def test_finetune_cli_writes_an_encoder_that_evaluate_uses(
+    tiny_bert: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from recsys.cli import app
+
+    monkeypatch.chdir(tmp_path)  # `recsys evaluate` keeps its embedding cache under ./artifacts
+    data = toy_interactions()
+    toy_items().write_parquet("items.parquet")
+    pl.DataFrame(
+        {
+            S.USER_ID: [f"u{u}" for u in data.users.tolist()],
+            S.ITEM_ID: [f"i{i}" for i in data.items.tolist()],
+            S.TIMESTAMP: np.arange(len(data.users), dtype=np.int64),
+        }
+    ).write_parquet("events.parquet")
+    settings = (
+        f"[encoder]\ncheckpoint = {json.dumps(str(tiny_bert))}\nmax_tokens = 16\n"
+        "[encoder_training]\nwindow = 3\ntemperature = 0.1\nvalidation_pairs = {held_out}\nprogress = false\n"
+        "[encoder_training.head]\nhidden = 32\nlr = 0.01\nbatch_size = 16\nmax_epochs = 10\n"
+    )
+    data_args = ["--items", "items.parquet", "--interactions", "events.parquet"]
+
+    def finetune_cli(out: str, held_out: int) -> Any:
+        Path("config.toml").write_text(settings.replace("{held_out}", str(held_out)))
+        args = ["finetune", *data_args, "--out", out, "--config", "config.toml", "--cache-dir", "cache"]
+        return CliRunner().invoke(app, args)
+
+    result = finetune_cli("encoder", held_out=20)
+    assert result.exit_code == 0, result.output
+    assert Path("encoder/head.safetensors").is_file() and "held-out pair R@10" in result.output
+    meta = json.loads(Path("encoder/recsys_encoder.json").read_text())
+    assert meta["train_pairs"] + meta["held_out_pairs"] < 80  # the validation task's events only
+    again = finetune_cli("encoder", held_out=20)
+    assert again.exit_code == 2 and "already exists" in again.output  # never overwrites
+    evaluate = [
+        "evaluate",
+        *data_args,
+        "--models",
+        "text",
+        "--encoder",
+        "encoder",
+        "--k",
+        "5",
+        "--json",
+        "e.json",
+    ]
+    evaluated = CliRunner().invoke(app, evaluate)
+    assert evaluated.exit_code == 0, evaluated.output
+    assert json.loads(Path("e.json").read_text())["models"]["text"]["recall@5"] >= 0.0
+    short = finetune_cli("other", held_out=500)  # more held-out pairs than the data has
+    assert short.exit_code == 2 and "co-occurrence pairs" in short.output and not Path("other").exists()
 
 
 def test_embed_cli(tiny_bert: Path, tmp_path: Path) -> None:
