@@ -45,8 +45,8 @@ def config(
     config = fast_config(checkpoint)
     assert isinstance(config, TrainConfig)
     # fine-tuning as `recsys train` does by default (a projection head), on a small budget
-    head = FinetuneConfig(head=HeadConfig(max_epochs=3), validation_pairs=200, progress=False)
-    return replace(config, finetune=True, encoder_training=head)
+    training = FinetuneConfig(head=HeadConfig(max_epochs=3), validation_pairs=200, progress=False)
+    return replace(config, finetune=True, encoder_training=training)
 
 
 @pytest.fixture(scope="module")
