@@ -2,7 +2,8 @@
 
 * ``config``: ``EncoderConfig``, ``FinetuneConfig`` and the item text template (torch-free).
 * ``model``: load a checkpoint (packaged MiniLM BERT by default), tokenize, mean-pool, normalise.
-* ``finetune``: contrastive fine-tuning on co-occurring training items (InfoNCE, optional LoRA).
+* ``finetune``: contrastive fine-tuning on co-occurring training items (InfoNCE): a projection head
+  (``head``, the default) or the transformer's layers (optionally LoRA).
 * ``embed``: batch embedding of a catalogue with a (model, text) cache; Parquet in and out.
 
 Importing this package does not import torch: ``load_encoder``, ``ItemEncoder``, ``finetune`` and

@@ -8,15 +8,18 @@ the other pairs in the batch, at ``temperature``. In-batch "negatives" that are 
 item as the positive (or the anchor itself) are masked out, so popular items are not pushed away
 from themselves.
 
-Optimisation is AdamW with linear warm-up and decay, gradient clipping and a seeded order. A held-out
-set of pairs gives pair-retrieval Recall@10 (rank the partner among all held-out items), measured
-before training and every ``eval_every`` steps; training stops after ``patience`` measurements
-without improvement and the best weights are kept. With ``lora`` only low-rank adapters are trained
-and saved, next to a reference to the base checkpoint and its fingerprint.
+What is trained is ``FinetuneConfig.method``: by default a projection head on the frozen encoder's
+pooled vectors (``recsys.encoder.head``; seconds on a CPU), or, with ``"layers"``, the transformer.
+For the layers, optimisation is AdamW with linear warm-up and decay, gradient clipping and a seeded
+order. A held-out set of pairs gives pair-retrieval Recall@10 (rank the partner among all held-out
+items), measured before training and every ``eval_every`` steps (every epoch for the head); training
+stops after ``patience`` measurements without improvement and the best weights are kept. With
+``lora`` only low-rank adapters are trained and saved, next to a reference to the base checkpoint and
+its fingerprint; a head is saved the same way.
 
-The saved folder holds safetensors weights (or adapters), the Hugging Face config and tokenizer, and
-``recsys_encoder.json`` with both configs, the training data fingerprint and the validation history.
-``load_encoder(path)`` reads it back.
+The saved folder holds safetensors weights (or adapters, or the head), the Hugging Face config and
+tokenizer, and ``recsys_encoder.json`` with both configs, the training data fingerprint and the
+validation history. ``load_encoder(path)`` reads it back.
 """
 
 from __future__ import annotations
