@@ -118,7 +118,6 @@ def finetune(
     from rich.console import Console
 
     from recsys.data.loading import load_dataset
-    from recsys.data.splits import make_split
     from recsys.encoder.finetune import finetune as run_finetune
 
     settings = _load_config(config, finetune=True)
@@ -130,10 +129,9 @@ def finetune(
         raise typer.Exit(2)
     with data_errors():
         dataset = load_dataset(items, interactions)
-    options = {"test_fraction": settings.test_fraction} if settings.protocol == "temporal" else {}
     training = settings.encoder_training
     try:
-        split = make_split(dataset.to_interactions(), settings.protocol, **options)
+        split = settings.split(dataset.to_interactions())
         result = run_finetune(
             dataset.items,
             split.validation.train,
@@ -145,13 +143,14 @@ def finetune(
     except ValueError as exc:  # e.g. too few co-occurrence pairs for the held-out set and one batch
         console.print(f"[bold red]Cannot fine-tune:[/] {exc}", highlight=False)
         raise typer.Exit(2) from None
-    Console().print(
+    report = Console()
+    report.print(
         f"fine-tuned ({training.method}) on {len(split.validation.train):,} training events: held-out pair "
         f"R@10 {result.baseline_recall:.4f} -> {result.best_recall:.4f} (best step {result.best_step} of "
         f"{result.steps}) in {result.wall_seconds:.0f} s",
         highlight=False,
     )
-    Console().print(f"wrote {out} (fingerprint {result.fingerprint[:12]})", highlight=False)
+    report.print(f"wrote {out} (fingerprint {result.fingerprint[:12]})", highlight=False)
 
 
 @app.command()
@@ -165,7 +164,6 @@ def demo(
     from rich.console import Console
 
     from recsys.data.loading import bundled_paths, load_dataset
-    from recsys.data.splits import make_split
     from recsys.evaluation.protocol import evaluate_task
     from recsys.pipeline.recommender import Recommender
     from recsys.pipeline.two_stage import new_source
@@ -179,7 +177,7 @@ def demo(
 
     console.rule("each candidate source alone vs the pipeline, same split")
     dataset = load_dataset(items, interactions)
-    split = make_split(dataset.to_interactions(), config.protocol, test_fraction=config.test_fraction)
+    split = config.split(dataset.to_interactions())
     embeddings = np.load(bundle / "model" / "item_embeddings.npy", allow_pickle=False)
     rows: dict[str, dict[str, float]] = {}
     # the sequential source is left out here: it alone takes minutes to train on 2 cores

@@ -645,7 +645,6 @@ def _finetune_head(
 
         run = train_head(vectors, pairs, held_out, config, recall=held_out_recall, on_epoch=on_epoch)
     timings["train"] = time.perf_counter() - clock
-    steps_per_epoch = run.steps // max(1, len(run.history) - 1)
     fingerprint_data = data_fingerprint(train, texts, config)
     meta: dict[str, Any] = {
         "finetune": dataclasses.asdict(config),
@@ -659,7 +658,7 @@ def _finetune_head(
         "baseline_recall@10": run.baseline_recall,
         "best_recall@10": run.best_recall,
         "best_epoch": run.best_epoch,
-        "best_step": run.best_epoch * steps_per_epoch,
+        "best_step": run.best_step,
         "steps": run.steps,
         "wall_seconds": time.perf_counter() - started,
         "prepare_seconds": timings["pairs_and_load"] + timings["embed"],
@@ -672,13 +671,21 @@ def _finetune_head(
         base.tokenizer.save_pretrained(tmp)
         run.head.save(tmp)
         write_meta(tmp, base.config, meta)
+    # the saved head holds these exact weights, so the loaded encoder's fingerprint is this one
+    tuned = ItemEncoder(
+        base.config,
+        tokenizer=base.tokenizer,
+        model=base.model,
+        fingerprint=base.trunk_fingerprint,
+        head=run.head,
+    )
     return FinetuneResult(
         path=out,
-        fingerprint=load_encoder(out).fingerprint,
+        fingerprint=tuned.fingerprint,
         data_fingerprint=fingerprint_data,
         baseline_recall=run.baseline_recall,
         best_recall=run.best_recall,
-        best_step=meta["best_step"],
+        best_step=run.best_step,
         steps=run.steps,
         wall_seconds=meta["wall_seconds"],
         history=run.history,

@@ -82,6 +82,7 @@ class HeadRun:
     baseline_recall: float  # held-out pair Recall@10 of the frozen vectors
     best_recall: float
     best_epoch: int  # 0: no epoch beat the frozen vectors (the head is still the identity)
+    best_step: int  # optimiser steps taken when the best weights were seen
     steps: int
     history: list[dict[str, float]] = field(default_factory=list)
 
@@ -118,7 +119,7 @@ def train_head(
         return score
 
     baseline = evaluate()
-    best_recall, best_epoch = baseline, 0
+    best_recall, best_epoch, best_step = baseline, 0, 0
     best_state = {k: v.clone() for k, v in head.state_dict().items()}
     history: list[dict[str, float]] = [{"epoch": 0, "recall@10": baseline}]
     steps, bad_epochs = 0, 0
@@ -140,11 +141,11 @@ def train_head(
         history.append(record)
         on_epoch(record)
         if score > best_recall:
-            best_recall, best_epoch, bad_epochs = score, epoch, 0
+            best_recall, best_epoch, best_step, bad_epochs = score, epoch, steps, 0
             best_state = {k: v.clone() for k, v in head.state_dict().items()}
         else:
             bad_epochs += 1
             if bad_epochs >= config.patience:
                 break
     head.load_state_dict(best_state)
-    return HeadRun(head.eval(), baseline, best_recall, best_epoch, steps, history)
+    return HeadRun(head.eval(), baseline, best_recall, best_epoch, best_step, steps, history)

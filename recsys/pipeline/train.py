@@ -32,9 +32,9 @@ import polars as pl
 
 from recsys.config import to_dict
 from recsys.data import schema as S
-from recsys.data.dataset import Dataset
+from recsys.data.dataset import Dataset, Interactions
 from recsys.data.io import atomic_path
-from recsys.data.splits import make_split
+from recsys.data.splits import Split, make_split
 from recsys.encoder.config import EncoderConfig, FinetuneConfig
 from recsys.pipeline import registry
 from recsys.pipeline.two_stage import TwoStage, TwoStageConfig
@@ -66,6 +66,11 @@ class TrainConfig:
     )
     model: TwoStageConfig = field(default_factory=TwoStageConfig)
     evaluate_validation: bool = True
+
+    def split(self, data: Interactions) -> Split:
+        """The validation and test tasks of ``protocol``; the encoder trains on ``validation.train``."""
+        options = {"test_fraction": self.test_fraction} if self.protocol == "temporal" else {}
+        return make_split(data, self.protocol, **options)
 
 
 def data_fingerprint(items: pl.DataFrame, interactions: pl.DataFrame) -> str:
@@ -161,8 +166,7 @@ def train_bundle(
     started = time.perf_counter()
     dataset = Dataset.from_tables(items, interactions)
     data = dataset.to_interactions()
-    options = {"test_fraction": config.test_fraction} if config.protocol == "temporal" else {}
-    split = make_split(data, config.protocol, **options)
+    split = config.split(data)
     version = registry.new_version()
     target = Path(out_dir) / version
     timings: dict[str, float] = {}
