@@ -148,3 +148,16 @@ def test_cli_errors_exit_2_and_write_nothing(tmp_path: Path) -> None:
     invalid = runner.invoke(app, ["evaluate", "--items", str(item_path), "--interactions", str(bad_rows)])
     assert invalid.exit_code == 2 and "timestamp" in invalid.output
     assert not out.exists()
+
+
+@pytest.mark.parametrize("model", ["pipeline", "pipeline-notext"])
+def test_the_run_seed_reaches_every_seeded_part_of_the_pipeline(tmp_path: Path, model: str) -> None:
+    from recsys.evaluation.models import MODELS, EvalContext
+
+    dataset = load_dataset(*_write_small(tmp_path / "data"))
+    (config,) = MODELS[model].grid(EvalContext(dataset=dataset, seed=7))
+    c = config.candidates
+    assert (c.als.seed, c.sequential.seed, config.ranker.seed) == (7, 7, 7)
+    assert c.sequential.text_init == config.text_features == ("text" in c.sources) == (model == "pipeline")
+    (default,) = MODELS[model].grid(EvalContext(dataset=dataset))
+    assert (default.candidates.als.seed, default.candidates.sequential.seed, default.ranker.seed) == (0, 0, 0)

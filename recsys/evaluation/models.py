@@ -173,12 +173,14 @@ def _pipeline_grid(ctx: EvalContext, *, text: bool = True) -> list[Any]:
         if ctx.has_clock_time
         else TwoStageConfig(label_protocol="leave-last-out")
     )
-    if text:
-        return [base]
-    no_text = CandidatesConfig(
-        sources=tuple(s for s in SOURCES if s != "text"), sequential=SequentialSourceConfig(text_init=False)
+    # the run's seed reaches every seeded part: ALS, the sequential model, the ranker's sampling
+    candidates = CandidatesConfig(
+        sources=SOURCES if text else tuple(s for s in SOURCES if s != "text"),
+        als=replace(base.candidates.als, seed=ctx.seed),
+        sequential=SequentialSourceConfig(text_init=text, seed=ctx.seed),
     )
-    return [replace(base, candidates=no_text, text_features=False)]
+    seeded = replace(base, candidates=candidates, ranker=replace(base.ranker, seed=ctx.seed))
+    return [seeded if text else replace(seeded, text_features=False)]
 
 
 def _pipeline_build(ctx: EvalContext, config: Any) -> CandidateGenerator:

@@ -64,6 +64,7 @@ class SequentialSourceConfig:
     # ends it first (MovieLens: ~20 epochs, 6-7 min on 2 free cores), so results do not depend on load
     time_budget_s: float = 900.0
     text_init: bool = True
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -257,6 +258,7 @@ def _sequential_config(s: SequentialSourceConfig) -> Any:
         patience=s.patience,
         time_budget_s=s.time_budget_s,
         use_text=s.text_init,
+        seed=s.seed,
     )
 
 
