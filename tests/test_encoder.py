@@ -331,6 +331,8 @@ def test_head_checkpoint_checks_its_base_and_its_file(tiny_bert: Path, tmp_path:
     with pytest.raises(EncoderLoadError, match="trained on a base model with fingerprint 000000000000"):
         load_encoder(tmp_path / "h")
     meta_path.write_text(json.dumps(meta))
+    with pytest.raises(EncoderLoadError, match="trained with max_tokens=16, asked for max_tokens=32"):
+        load_encoder(tmp_path / "h", config=dataclasses.replace(encoder_config, max_tokens=32))
     (tmp_path / "h" / "head.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(ValueError, match=r"head\.safetensors: cannot load a projection head"):
         load_encoder(tmp_path / "h")

@@ -359,6 +359,13 @@ def _load(
 
 def _load_base(location: str, meta: dict[str, Any], config: EncoderConfig) -> ItemEncoder:
     """The base model that LoRA adapters or a head in ``location`` were trained on, checked by fingerprint."""
+    trained = meta.get("encoder", {})
+    for setting in ("max_tokens", "pooling"):  # both change the vectors the head or adapters learned from
+        if setting in trained and trained[setting] != getattr(config, setting):
+            raise EncoderLoadError(
+                f"{location}: trained with {setting}={trained[setting]!r}, asked for "
+                f"{setting}={getattr(config, setting)!r}; load it with {setting}={trained[setting]!r}"
+            )
     checkpoint = resolve_checkpoint(meta["base_checkpoint"])  # '' is the packaged default, not `location`
     base = load_encoder(checkpoint, config=dataclasses.replace(config, checkpoint=checkpoint, quantize=False))
     if base.fingerprint != meta["base_fingerprint"]:
