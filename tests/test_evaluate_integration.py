@@ -161,3 +161,45 @@ def test_the_run_seed_reaches_every_seeded_part_of_the_pipeline(tmp_path: Path, 
     assert c.sequential.text_init == config.text_features == ("text" in c.sources) == (model == "pipeline")
     (default,) = MODELS[model].grid(EvalContext(dataset=dataset))
     assert (default.candidates.als.seed, default.candidates.sequential.seed, default.ranker.seed) == (0, 0, 0)
+
+
+def test_cli_repeats_report_the_mean_over_seeds_and_each_seed(tmp_path: Path) -> None:
+    item_path, event_path = _write_small(tmp_path / "data")
+    base = [
+        "evaluate", "--items", str(item_path), "--interactions", str(event_path), "--k", "5,10",
+        "--models", "popularity,als", "--threads", "1",
+    ]  # fmt: skip
+    runner = CliRunner()
+    out, users_path = tmp_path / "eval.json", tmp_path / "users.parquet"
+    result = runner.invoke(
+        app,
+        [*base, "--seed", "3", "--repeats", "2", "--json", str(out), "--per-user", str(users_path),
+         "--paired-against", "popularity"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["repeats"]["seeds"] == [3, 4] and report["seed"] == 3
+    for name in ("popularity", "als"):
+        runs = report["repeats"]["models"][name]
+        assert len(runs) == 2 and all("fit_seconds" in run and "params" in run for run in runs)
+        for key in ("ndcg@10", "recall@5"):
+            assert report["models"][name][key] == pytest.approx(
+                np.mean([run["metrics"][key] for run in runs])
+            )
+    # each user's metrics are averaged over the seeds: their mean is the reported mean
+    users = pl.read_parquet(users_path)
+    assert users.height == 2 * report["split"]["test_users"]
+    als = users.filter(pl.col("model") == "als")
+    assert als.get_column("ndcg@10").mean() == pytest.approx(report["models"]["als"]["ndcg@10"])
+    diff = report["paired"]["models"]["als"]["ndcg@5"]["mean_diff"]
+    assert diff == pytest.approx(report["models"]["als"]["ndcg@5"] - report["models"]["popularity"]["ndcg@5"])
+    assert "seed 4" in result.output
+
+    # the second repeat is exactly the single run with that seed
+    single = tmp_path / "single.json"
+    assert runner.invoke(app, [*base, "--seed", "4", "--json", str(single)]).exit_code == 0
+    assert json.loads(single.read_text())["models"]["als"] == report["repeats"]["models"]["als"][1]["metrics"]
+    assert "repeats" not in json.loads(single.read_text())
+
+    bad = runner.invoke(app, [*base, "--repeats", "0"])
+    assert bad.exit_code == 2 and "--repeats must be >= 1" in bad.output

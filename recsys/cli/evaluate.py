@@ -19,7 +19,15 @@ The JSON written to ``--json`` (atomically) is a stable interface that scripts r
      "split": {...}, "k": [10, 50], "seed": 0,
      "paired": {"reference": "popularity",                          # only with --paired-against
                 "models": {"als": {"ndcg@10": {"mean_diff": .., "ci_low": .., "ci_high": ..,
-                                               "wins": .., "losses": .., "ties": .., ...}}}}}
+                                               "wins": .., "losses": .., "ties": .., ...}}}},
+     "repeats": {"seeds": [0, 1, 2],                                # only with --repeats > 1
+                 "models": {"als": [{"metrics": {..}, "params": {..}, ...}, ...]}}}
+
+With ``--repeats R`` every model is tuned and tested R times, with seeds ``--seed`` to ``--seed + R - 1``:
+``models`` holds the mean over the seeds, ``details`` the first seed's run, ``repeats`` each run, and
+the per-user metrics (``--per-user``, ``--paired-against``) are each user's mean over the seeds, so a
+model whose training is noisy (the sequential one) is compared as a model, not as one lucky or unlucky
+fit.
 
 With 27 test users (MovieLens, temporal) a whole-table difference of a few hundredths of NDCG is
 within noise; ``--paired-against`` says which differences the users resolve, and ``--per-user``
@@ -91,6 +99,14 @@ def evaluate(
         float, typer.Option("--validation-fraction", help="temporal: share held out for validation.")
     ] = 0.1,
     seed: Annotated[int, typer.Option("--seed", help="Seed of every model's initialisation.")] = 0,
+    repeats: Annotated[
+        int,
+        typer.Option(
+            "--repeats",
+            help="Fit every model this many times, seeds --seed, --seed + 1, ...; report means over the "
+            "seeds, each seed's run, and per-user metrics averaged over the seeds.",
+        ),
+    ] = 1,
     threads: Annotated[int, typer.Option("--threads", help="Solver threads per model (0: all cores).")] = 0,
     item_embeddings: Annotated[
         Path | None,
@@ -127,7 +143,7 @@ def evaluate(
 
     from recsys.data.loading import load_dataset
     from recsys.data.splits import make_split
-    from recsys.evaluation.metrics import accuracy_per_user, intra_list_diversity, paired_difference
+    from recsys.evaluation.metrics import intra_list_diversity, paired_difference
     from recsys.evaluation.models import MODELS, EvalContext, resolve
     from recsys.evaluation.protocol import tune_and_test
 
@@ -140,6 +156,8 @@ def evaluate(
         raise _fail(f"unknown --protocol {protocol!r} (use leave-last-out or temporal)")
     if paired_against and paired_against not in names:
         raise _fail(f"--paired-against {paired_against!r} is not one of --models ({', '.join(names)})")
+    if repeats < 1:
+        raise _fail(f"--repeats must be >= 1, got {repeats}")
 
     with data_errors():
         dataset = load_dataset(items, interactions)
@@ -166,44 +184,47 @@ def evaluate(
     ctx = EvalContext(
         dataset=dataset, seed=seed, num_threads=threads, item_embeddings=embeddings, encoder=encoder
     )
-    results: dict[str, ModelResult] = {}
+    seeds = list(range(seed, seed + repeats))
+    runs: dict[str, list[ModelResult]] = {name: [] for name in names}
     with Progress(console=console, transient=True) as progress:
-        overall = progress.add_task("models", total=len(names))
-        for name in names:
-            spec = MODELS[name]
-            grid = list(spec.grid(ctx))
-            results[name] = tune_and_test(
-                lambda config, spec=spec: spec.build(ctx, config),  # type: ignore[misc]
-                grid,
-                split,
-                ks=ks,
-                progress=progress,
-                label=name,
-            )
-            progress.advance(overall)
-            console.print(f"{name}: done ({len(grid)} configuration(s))", highlight=False)
+        overall = progress.add_task("models", total=len(names) * repeats)
+        for run_seed in seeds:
+            ctx.seed = run_seed  # one context: derived artifacts (text embeddings) are computed once
+            for name in names:
+                spec = MODELS[name]
+                grid = list(spec.grid(ctx))
+                runs[name].append(
+                    tune_and_test(
+                        lambda config, spec=spec: spec.build(ctx, config),  # type: ignore[misc]
+                        grid,
+                        split,
+                        ks=ks,
+                        progress=progress,
+                        label=name,
+                    )
+                )
+                progress.advance(overall)
+                seed_note = f", seed {run_seed}" if repeats > 1 else ""
+                console.print(f"{name}: done ({len(grid)} configuration(s){seed_note})", highlight=False)
 
     # Diversity last: a builder (e.g. a text model) may have provided embeddings meanwhile.
     if ctx.item_embeddings is not None:
-        for result in results.values():
+        for result in (r for model_runs in runs.values() for r in model_runs):
             for cut in ks:
                 result.metrics[f"ild@{cut}"] = intra_list_diversity(
                     result.recommended, ctx.item_embeddings, k=cut
                 )
 
     per_user_metrics = (
-        {
-            name: accuracy_per_user(result.recommended, split.test.targets, ks=ks)
-            for name, result in results.items()
-        }
+        {name: _mean_per_user(model_runs, split.test.targets, ks) for name, model_runs in runs.items()}
         if paired_against or per_user is not None
         else {}
     )
     report: dict[str, Any] = {
         "protocol": protocol,
         "dataset": dataset.summary(),
-        "models": {name: result.metrics for name, result in results.items()},
-        "details": {name: result.details() for name, result in results.items()},
+        "models": {name: _mean_metrics(model_runs) for name, model_runs in runs.items()},
+        "details": {name: model_runs[0].details() for name, model_runs in runs.items()},
         "split": {
             "validation_users": len(split.validation.users),
             "test_users": len(split.test.users),
@@ -214,6 +235,14 @@ def evaluate(
         "k": ks,
         "seed": seed,
     }
+    if repeats > 1:
+        report["repeats"] = {
+            "seeds": seeds,
+            "models": {
+                name: [{"metrics": r.metrics, **r.details()} for r in model_runs]
+                for name, model_runs in runs.items()
+            },
+        }
     if paired_against:
         reference = per_user_metrics[paired_against]
         report["paired"] = {
@@ -228,6 +257,8 @@ def evaluate(
             },
         }
     _print_table(report, ks)
+    if repeats > 1:
+        _print_seeds(report["repeats"], ks[0])
     if paired_against:
         _print_paired(report["paired"])
     if per_user is not None:
@@ -238,6 +269,21 @@ def evaluate(
         with atomic_path(json_out) as tmp:
             tmp.write_text(json.dumps(_finite(report), indent=2) + "\n")
         Console().print(f"wrote {json_out}", highlight=False)
+
+
+def _mean_metrics(model_runs: list[ModelResult]) -> dict[str, float]:
+    """Each metric's mean over the runs (one run: its metrics unchanged)."""
+    return {key: sum(r.metrics[key] for r in model_runs) / len(model_runs) for key in model_runs[0].metrics}
+
+
+def _mean_per_user(model_runs: list[ModelResult], targets: Any, ks: list[int]) -> dict[str, np.ndarray]:
+    """Each test user's accuracy metrics, averaged over the runs (seeds) of one model."""
+    import numpy as np
+
+    from recsys.evaluation.metrics import accuracy_per_user
+
+    per_run = [accuracy_per_user(r.recommended, targets, ks=ks) for r in model_runs]
+    return {key: np.mean([values[key] for values in per_run], axis=0) for key in per_run[0]}
 
 
 def _write_per_user(path: Path, metrics: dict[str, dict[str, np.ndarray]], user_ids: np.ndarray) -> None:
@@ -254,6 +300,22 @@ def _write_per_user(path: Path, metrics: dict[str, dict[str, np.ndarray]], user_
     with atomic_path(path) as tmp:
         pl.concat(frames).write_parquet(tmp)
     Console().print(f"wrote {path}", highlight=False)
+
+
+def _print_seeds(repeats: dict[str, Any], cut: int) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"test NDCG@{cut} and recall@{cut} of each seed", title_justify="left")
+    table.add_column("model")
+    for run_seed in repeats["seeds"]:
+        table.add_column(f"seed {run_seed}", justify="right")
+    for name, model_runs in repeats["models"].items():
+        table.add_row(
+            name,
+            *(f"{r['metrics'][f'ndcg@{cut}']:.4f} / {r['metrics'][f'recall@{cut}']:.4f}" for r in model_runs),
+        )
+    Console(width=max(100, Console().width)).print(table)
 
 
 def _print_paired(paired: dict[str, Any]) -> None:
