@@ -130,7 +130,7 @@ def embed_items(
         onnx_dir = Path(cache_dir) / "onnx"
     if encoder.config.quantize:  # int8 vectors (and fingerprint) depend on the runtime: choose it now
         encoder = with_runtime(encoder, onnx_dir=onnx_dir)
-    trunk = encoder.without_head()
+    trunk = encoder.with_head(None)
     texts = item_texts(items, encoder.config).to_list()
     hashes = text_hashes(texts)
     # unique texts only: identical items (variants, duplicates) cost one forward pass

@@ -671,17 +671,10 @@ def _finetune_head(
         base.tokenizer.save_pretrained(tmp)
         run.head.save(tmp)
         write_meta(tmp, base.config, meta)
-    # the saved head holds these exact weights, so the loaded encoder's fingerprint is this one
-    tuned = ItemEncoder(
-        base.config,
-        tokenizer=base.tokenizer,
-        model=base.model,
-        fingerprint=base.trunk_fingerprint,
-        head=run.head,
-    )
     return FinetuneResult(
         path=out,
-        fingerprint=tuned.fingerprint,
+        # the saved head holds these exact weights, so the loaded encoder's fingerprint is this one
+        fingerprint=base.with_head(run.head).fingerprint,
         data_fingerprint=fingerprint_data,
         baseline_recall=run.baseline_recall,
         best_recall=run.best_recall,

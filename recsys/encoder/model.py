@@ -107,11 +107,12 @@ class ItemEncoder:
             return self.trunk_fingerprint
         return hashlib.sha256(f"{self.trunk_fingerprint}|head|{self.head.digest()}".encode()).hexdigest()
 
-    def without_head(self) -> ItemEncoder:
-        """The trunk alone (same model, session and tokenizer): the vectors the head starts from."""
-        trunk = copy.copy(self)
-        trunk.head = None
-        return trunk
+    def with_head(self, head: ProjectionHead | None) -> ItemEncoder:
+        """This trunk with ``head`` (same model, session and tokenizer); ``None``: the trunk alone,
+        whose vectors are those a head starts from."""
+        encoder = copy.copy(self)
+        encoder.head = head
+        return encoder
 
     def project(self, vectors: np.ndarray) -> np.ndarray:
         """The head applied to (n, dim) trunk vectors (unchanged without a head)."""
@@ -315,13 +316,8 @@ def load_encoder(checkpoint: str | Path = "", *, config: EncoderConfig | None = 
 
         trunk = _load_base(location, meta, config)
         head = ProjectionHead.load(Path(location), dim=trunk.dim, hidden=int(meta["head"]["hidden"]))
-        encoder = ItemEncoder(
-            dataclasses.replace(config, quantize=False),
-            tokenizer=trunk.tokenizer,
-            model=trunk.model,
-            fingerprint=trunk.trunk_fingerprint,
-            head=head,
-        )
+        encoder = trunk.with_head(head)
+        encoder.config = dataclasses.replace(config, quantize=False)  # the folder is the checkpoint
         return encoder.quantized() if config.quantize else encoder
     with _quiet_transformers():
         model, tokenizer = _load(location, checkpoint, meta, config)
