@@ -7,7 +7,8 @@ instrument like the timers of ``serving_profile.py``). Then, for each setting, o
 refitted on those rows, with the default's own search and early stopping on its held-out user groups
 (the same groups for every setting), and the whole pipeline answers the test users with it. A
 setting is chosen by the ranker's held-out NDCG@10 (``inner``), never by the test figures printed
-beside it. Writes flat JSON to ``benchmarks/results/ranker_settings.json``.
+beside it. Every setting is one booster (``bags=1``), as the default was when this was measured;
+``ranker_bag.py`` measures the bag. Writes flat JSON to ``benchmarks/results/ranker_settings.json``.
 
     .venv/bin/python -P benchmarks/ranker_settings.py [--data ../shared/data/amazon-scientific]
 """
@@ -67,8 +68,8 @@ class _Recorded(LambdaRanker):
         _Recorded.rows.update(features=features, labels=labels, groups=groups, feature_names=feature_names)
         return super().fit(features, labels, groups, feature_names=feature_names)
 
-    def _params(self, num_leaves: int, learning_rate: float) -> dict[str, Any]:
-        return super()._params(num_leaves, learning_rate) | _Recorded.extra
+    def _params(self, num_leaves: int, learning_rate: float, seed: int) -> dict[str, Any]:
+        return super()._params(num_leaves, learning_rate, seed) | _Recorded.extra
 
 
 def main() -> None:
@@ -92,7 +93,7 @@ def main() -> None:
 
     print(f"fit {out['fit_seconds']:.0f} s; {out['training_groups']} groups, {out['training_rows']} rows")
     print(f"{'setting':36s} {'inner N@10':>10s} {'test R@10':>9s} {'test N@10':>9s} {'rounds':>6s}")
-    for name, (ranker_config, extra) in settings(config.ranker).items():
+    for name, (ranker_config, extra) in settings(replace(config.ranker, bags=1)).items():
         _Recorded.extra = extra
         ranker = _Recorded(ranker_config).fit(
             rows["features"], rows["labels"], rows["groups"], feature_names=rows["feature_names"]
@@ -101,7 +102,8 @@ def main() -> None:
         ids, _ = model.recommend(histories, 50)
         metrics = ranking_metrics(ids, task.targets, ks=[10, 50])
         assert ranker.report_ is not None
-        best = ranker.report_["best"]
+        (bag,) = ranker.report_["bags"]
+        best = bag["best"]
         values = {
             "inner_ndcg@10": best["valid_ndcg"],
             "best_iteration": best["best_iteration"],

@@ -89,14 +89,14 @@ def incompatible_copy(bundle: Path, out: Path, version: str) -> Path:
     import re
 
     copy_as_version(bundle, out, version)
-    path = out / "model" / "ranker" / "model.txt"
-    text = path.read_text()
-    n = int(re.search(r"^max_feature_idx=(\d+)$", text, flags=re.M).group(1))  # type: ignore[union-attr]
-    text = text.replace(f"max_feature_idx={n}", f"max_feature_idx={n - 2}", 1)
-    for key in ("feature_names", "feature_infos"):
-        line = re.search(rf"^{key}=(.*)$", text, flags=re.M).group(1)  # type: ignore[union-attr]
-        text = text.replace(f"{key}={line}", f"{key}=" + " ".join(line.split()[:-2]), 1)
-    path.write_text(text)
+    for path in (out / "model" / "ranker").glob("model_*.txt"):  # every booster of the bag
+        text = path.read_text()
+        n = int(re.search(r"^max_feature_idx=(\d+)$", text, flags=re.M).group(1))  # type: ignore[union-attr]
+        text = text.replace(f"max_feature_idx={n}", f"max_feature_idx={n - 2}", 1)
+        for key in ("feature_names", "feature_infos"):
+            line = re.search(rf"^{key}=(.*)$", text, flags=re.M).group(1)  # type: ignore[union-attr]
+            text = text.replace(f"{key}={line}", f"{key}=" + " ".join(line.split()[:-2]), 1)
+        path.write_text(text)
     return out
 
 

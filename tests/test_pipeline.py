@@ -63,7 +63,8 @@ def test_bundle_is_self_describing_and_pickle_free(bundle: Path) -> None:
         assert key in meta
     assert meta["encoder"]["finetuned"] is True and (bundle / "encoder" / "head.safetensors").is_file()
     assert 0.0 <= meta["metrics"]["test"]["ndcg@10"] <= 1.0
-    assert (bundle / "model" / "ranker" / "model.txt").read_text().startswith("tree")
+    ranker_files = sorted((bundle / "model" / "ranker").glob("model_*.txt"))
+    assert ranker_files and all(path.read_text().startswith("tree") for path in ranker_files)
     files = [p for p in bundle.rglob("*") if p.is_file()]
     assert {p.suffix for p in files} <= ARTIFACT_SUFFIXES, {p.suffix for p in files} - ARTIFACT_SUFFIXES
     for path in files:

@@ -44,12 +44,12 @@ def test_prior_scores_and_ndcg_of_an_order() -> None:
 
 def test_few_groups_boost_from_the_right_sources_ranking(tmp_path: Path) -> None:
     X, y, groups = groups_where_one_source_is_right(30)
-    ranker = LambdaRanker(CONFIG).fit(X, y, groups, feature_names=NAMES)
-    report = ranker.report_
-    assert report is not None
+    ranker = LambdaRanker(replace(CONFIG, bags=1)).fit(X, y, groups, feature_names=NAMES)
+    assert ranker.report_ is not None
+    (report,) = ranker.report_["bags"]
     assert report["prior_ndcg"]["good_rank"] > report["prior_ndcg"]["poor_rank"]
     assert {t["prior"] for t in report["trials"]} == {None, "good_rank"}
-    assert ranker.prior_ == report["best"]["prior"]
+    assert ranker.priors_ == [report["best"]["prior"]]
 
     # the ranker's order on fresh groups is at least as good as the right source's alone
     X_new, y_new, groups_new = groups_where_one_source_is_right(40, seed=1)
@@ -58,18 +58,61 @@ def test_few_groups_boost_from_the_right_sources_ranking(tmp_path: Path) -> None
     assert ndcg_of_order(scores, y_new, groups_new, k=10) >= alone - 0.05
 
     # the prior is part of the score and of its feature's explanation: contributions sum to the score
-    raw = ranker.booster_.predict(X_new)
-    expected = raw + (prior_scores(X_new[:, 1]) if ranker.prior_ == "good_rank" else 0.0)
+    assert ranker.boosters_ is not None
+    raw = ranker.boosters_[0].predict(X_new)
+    expected = raw + (prior_scores(X_new[:, 1]) if ranker.priors_ == ["good_rank"] else 0.0)
     np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-5)
-    contributions = ranker.explain(X_new[:3], top=len(NAMES))
-    bias = np.asarray(ranker.booster_.predict(X_new[:3], pred_contrib=True))[:, -1]
-    for row, b, score in zip(contributions, bias, scores[:3], strict=True):
-        assert sum(value for _, value in row) + b == pytest.approx(score, abs=1e-4)
+    np.testing.assert_allclose(ranker.contributions(X_new).sum(axis=1), scores, rtol=1e-4, atol=1e-4)
+    top = ranker.explain(X_new[:3], top=2)
+    assert all(len(row) == 2 and abs(row[0][1]) >= abs(row[1][1]) for row in top)
 
     ranker.save(tmp_path / "ranker")
     loaded = LambdaRanker.load(tmp_path / "ranker")
-    assert loaded.prior_ == ranker.prior_
+    assert loaded.priors_ == ranker.priors_
     np.testing.assert_array_equal(loaded.predict(X_new), scores)
+
+
+def test_a_bag_averages_boosters_each_held_out_on_its_own_groups(tmp_path: Path) -> None:
+    X, y, groups = groups_where_one_source_is_right(40)
+    bag = LambdaRanker(replace(CONFIG, bags=3, seed=7)).fit(X, y, groups, feature_names=NAMES)
+    singles = [
+        LambdaRanker(replace(CONFIG, bags=1, seed=7 + b)).fit(X, y, groups, feature_names=NAMES)
+        for b in range(3)
+    ]
+    assert bag.report_ is not None and [r["seed"] for r in bag.report_["bags"]] == [7, 8, 9]
+    assert bag.priors_ == [p for single in singles for p in single.priors_ or []]
+    X_new, *_ = groups_where_one_source_is_right(10, seed=3)
+    mean = np.mean([single.predict(X_new) for single in singles], axis=0)
+    np.testing.assert_allclose(bag.predict(X_new), mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(bag.contributions(X_new).sum(axis=1), mean, rtol=1e-4, atol=1e-4)
+    gain = {name: sum(s.feature_importance()[name] for s in singles) for name in NAMES}
+    assert bag.feature_importance() == pytest.approx(gain)
+
+    bag.save(tmp_path / "bag")
+    assert sorted(p.name for p in (tmp_path / "bag").glob("*.txt")) == [
+        "model_0.txt",
+        "model_1.txt",
+        "model_2.txt",
+    ]
+    np.testing.assert_array_equal(LambdaRanker.load(tmp_path / "bag").predict(X_new), bag.predict(X_new))
+    with pytest.raises(ValueError, match="bags"):
+        RankerConfig(bags=0)
+
+
+def test_a_ranker_saved_before_the_bag_still_loads(tmp_path: Path) -> None:
+    """Bundles written before the bag hold one ``model.txt`` and one ``prior`` (or none)."""
+    X, y, groups = groups_where_one_source_is_right(20)
+    ranker = LambdaRanker(replace(CONFIG, bags=1)).fit(X, y, groups, feature_names=NAMES)
+    ranker.save(tmp_path / "old")
+    (tmp_path / "old" / "model_0.txt").rename(tmp_path / "old" / "model.txt")
+    meta_path = tmp_path / "old" / "ranker.json"
+    meta = json.loads(meta_path.read_text())
+    meta["prior"] = meta.pop("priors")[0]
+    del meta["models"], meta["config"]["bags"]
+    meta_path.write_text(json.dumps(meta))
+    loaded = LambdaRanker.load(tmp_path / "old")
+    assert loaded.priors_ == ranker.priors_ and loaded.config.bags == 1
+    np.testing.assert_array_equal(loaded.predict(X), ranker.predict(X))
 
 
 def test_the_prior_wins_when_boosting_cannot_learn(tmp_path: Path) -> None:
@@ -77,11 +120,12 @@ def test_the_prior_wins_when_boosting_cannot_learn(tmp_path: Path) -> None:
     X, y, groups = groups_where_one_source_is_right(20)
     stumps = replace(CONFIG, min_data_in_leaf=10_000)
     ranker = LambdaRanker(stumps).fit(X, y, groups, feature_names=NAMES)
-    assert ranker.prior_ == "good_rank"
+    assert ranker.priors_ == ["good_rank"] * CONFIG.bags
     no_prior = LambdaRanker(replace(stumps, try_prior=False)).fit(X, y, groups, feature_names=NAMES)
     assert RankerConfig().try_prior is False  # opt-in: no measured win on the shared datasets yet
-    assert no_prior.prior_ is None
-    assert no_prior.report_ is not None and {t["prior"] for t in no_prior.report_["trials"]} == {None}
+    assert no_prior.priors_ == [None] * CONFIG.bags
+    assert no_prior.report_ is not None
+    assert {t["prior"] for bag in no_prior.report_["bags"] for t in bag["trials"]} == {None}
     X_new, y_new, groups_new = groups_where_one_source_is_right(40, seed=2)
     with_prior = ndcg_of_order(ranker.predict(X_new), y_new, groups_new, k=10)
     without = ndcg_of_order(no_prior.predict(X_new), y_new, groups_new, k=10)
@@ -93,7 +137,7 @@ def test_a_saved_prior_must_be_one_of_the_features(tmp_path: Path) -> None:
     LambdaRanker(CONFIG).fit(X, y, groups, feature_names=NAMES).save(tmp_path / "ranker")
     meta_path = tmp_path / "ranker" / "ranker.json"
     meta = json.loads(meta_path.read_text())
-    meta["prior"] = "unknown_rank"
+    meta["priors"][-1] = "unknown_rank"
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="unknown_rank"):
         LambdaRanker.load(tmp_path / "ranker")

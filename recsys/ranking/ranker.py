@@ -9,7 +9,13 @@ correct it. Whether to use the prior is decided like the other settings of the s
 held-out groups; ``predict`` adds the prior back (LightGBM does not store initial scores) and
 ``explain`` counts it as part of its feature's contribution.
 
-Saved as a LightGBM text model plus JSON (feature names, importance, chosen parameters): loading
+With ``RankerConfig.bags`` > 1 the ranker is a **bag**: each booster holds out its own random groups
+(seed ``seed + b``), runs the search and early stopping on them and is refitted on all groups; the
+score is the mean of the boosters' scores. Which groups are held out moves the chosen setting and
+number of rounds a lot (9 to 64 rounds on amazon), and the mean of the bag is steadier and better
+than a typical single booster (docs/RESULTS.md, two-stage pipeline, "Ranker bag").
+
+Saved as LightGBM text models plus JSON (feature names, importance, chosen parameters): loading
 never unpickles. ``explain`` returns each feature's contribution to a candidate's score
 (LightGBM's ``pred_contrib``), so the service can say why an item was recommended.
 """
@@ -43,10 +49,14 @@ class RankerConfig:
     # also try each search entry boosted from the best single source's ranking (module docstring); off
     # by default: no measured win yet (docs/RESULTS.md, two-stage pipeline, "Ranker prior")
     try_prior: bool = False
+    # boosters averaged, each searched and early-stopped on its own held-out groups (module docstring)
+    bags: int = 5
     num_threads: int = 2
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.bags < 1:
+            raise ValueError(f"bags must be >= 1, got {self.bags}")
         if not 0 < self.valid_fraction < 1:
             raise ValueError(f"valid_fraction must be in (0, 1), got {self.valid_fraction}")
         if self.max_rounds < 1 or self.eval_at < 1:
@@ -104,12 +114,12 @@ class LambdaRanker:
 
     def __init__(self, config: RankerConfig | None = None) -> None:
         self.config = config or RankerConfig()
-        self.booster_: Any = None
+        self.boosters_: list[Any] | None = None
+        self.priors_: list[str | None] | None = None  # per booster, the rank feature boosted from
         self.feature_names_: list[str] | None = None
         self.report_: dict[str, Any] | None = None
-        self.prior_: str | None = None  # the rank feature boosted from, or None
 
-    def _params(self, num_leaves: int, learning_rate: float) -> dict[str, Any]:
+    def _params(self, num_leaves: int, learning_rate: float, seed: int) -> dict[str, Any]:
         c = self.config
         return {
             "objective": "lambdarank",
@@ -121,7 +131,7 @@ class LambdaRanker:
             "feature_fraction": c.feature_fraction,
             "lambdarank_truncation_level": c.lambdarank_truncation_level,
             "num_threads": c.num_threads,
-            "seed": c.seed,
+            "seed": seed,
             "deterministic": True,
             "force_row_wise": True,
             "verbosity": -1,
@@ -132,13 +142,10 @@ class LambdaRanker:
     ) -> Self:
         """Fit on rows ordered by group; ``groups`` holds each group's size (users in row order).
 
-        A random ``valid_fraction`` of groups is held out; each configuration of the search (with and
-        without the prior, see the module docstring) stops early on its NDCG@eval_at, and the best one
-        is refitted on all groups for its best number of rounds.
+        Per booster of the bag, a random ``valid_fraction`` of groups is held out; each configuration
+        of the search (with and without the prior, see the module docstring) stops early on its
+        NDCG@eval_at, and the best one is refitted on all groups for its best number of rounds.
         """
-        import lightgbm as lgb
-
-        c = self.config
         if features.shape[1] != len(feature_names):
             raise ValueError(f"{features.shape[1]} feature columns but {len(feature_names)} feature names")
         if int(groups.sum()) != len(features) or len(labels) != len(features):
@@ -147,7 +154,31 @@ class LambdaRanker:
             raise ValueError(
                 f"the ranker needs at least 2 user groups with a positive label, got {len(groups)}"
             )
-        rng = np.random.default_rng(c.seed)
+        fits = [
+            self._fit_one(features, labels, groups, feature_names, seed=self.config.seed + b)
+            for b in range(self.config.bags)
+        ]
+        self.boosters_ = [booster for booster, _, _ in fits]
+        self.priors_ = [prior for _, prior, _ in fits]
+        self.feature_names_ = list(feature_names)
+        self.report_ = {"rows": len(features), "bags": [report for _, _, report in fits]}
+        return self
+
+    def _fit_one(
+        self,
+        features: np.ndarray,
+        labels: np.ndarray,
+        groups: np.ndarray,
+        feature_names: list[str],
+        *,
+        seed: int,
+    ) -> tuple[Any, str | None, dict[str, Any]]:
+        """One booster of the bag: its held-out groups, search and refit; returns it, its prior and
+        its report."""
+        import lightgbm as lgb
+
+        c = self.config
+        rng = np.random.default_rng(seed)
         n_valid = min(len(groups) - 1, max(1, round(c.valid_fraction * len(groups))))
         valid_group = np.zeros(len(groups), dtype=bool)
         valid_group[rng.choice(len(groups), size=n_valid, replace=False)] = True
@@ -184,7 +215,7 @@ class LambdaRanker:
             for num_leaves, learning_rate in c.search:
                 record: dict[str, Any] = {}
                 booster = lgb.train(
-                    self._params(num_leaves, learning_rate),
+                    self._params(num_leaves, learning_rate, seed),
                     train,
                     num_boost_round=c.max_rounds,
                     valid_sets=[valid],
@@ -207,22 +238,20 @@ class LambdaRanker:
         best = max(trials, key=lambda t: t["valid_ndcg"])  # the first of equals: no prior before a prior
         init = self._init(features, feature_names, best["prior"])
         full = lgb.Dataset(features, labels, group=groups, feature_name=feature_names, init_score=init)
-        self.prior_ = best["prior"]
-        self.booster_ = lgb.train(
-            self._params(best["num_leaves"], best["learning_rate"]),
+        booster = lgb.train(
+            self._params(best["num_leaves"], best["learning_rate"], seed),
             full,
             num_boost_round=max(1, best["best_iteration"]),
         )
-        self.feature_names_ = list(feature_names)
-        self.report_ = {
+        report = {
+            "seed": seed,
             "prior_ndcg": prior_ndcg,
             "trials": trials,
             "best": best,
             "train_groups": int((~valid_group).sum()),
             "valid_groups": int(valid_group.sum()),
-            "rows": len(features),
         }
-        return self
+        return booster, best["prior"], report
 
     def _rank_feature_ndcg(
         self, features: np.ndarray, labels: np.ndarray, groups: np.ndarray, feature_names: list[str]
@@ -238,48 +267,69 @@ class LambdaRanker:
     def _init(features: np.ndarray, feature_names: list[str], prior: str | None) -> np.ndarray | None:
         return None if prior is None else prior_scores(features[:, feature_names.index(prior)])
 
-    def predict(self, features: np.ndarray, *, num_threads: int | None = None) -> np.ndarray:
-        """Scores of feature rows; ``num_threads`` overrides the config (a service answering one user
-        per request wants 1: its concurrency comes from requests, not from OpenMP)."""
-        check_fitted(self, "booster_")
-        assert self.feature_names_ is not None
+    def _checked(self, features: np.ndarray) -> tuple[list[Any], list[str | None], list[str]]:
+        check_fitted(self, "boosters_")
+        assert self.boosters_ is not None and self.priors_ is not None and self.feature_names_ is not None
         if features.shape[1] != len(self.feature_names_):
             raise ValueError(
                 f"{features.shape[1]} feature columns, but the ranker knows {len(self.feature_names_)}"
             )
+        return self.boosters_, self.priors_, self.feature_names_
+
+    def predict(self, features: np.ndarray, *, num_threads: int | None = None) -> np.ndarray:
+        """Scores of feature rows: the mean over the bag; ``num_threads`` overrides the config (a
+        service answering one user per request wants 1: its concurrency comes from requests, not from
+        OpenMP)."""
+        boosters, priors, names = self._checked(features)
         threads = self.config.num_threads if num_threads is None else num_threads
-        scores = np.asarray(self.booster_.predict(features, num_threads=threads))
-        init = self._init(features, self.feature_names_, self.prior_)
-        return (scores if init is None else scores + init).astype(np.float32)
+        total = np.zeros(len(features))
+        for booster, prior in zip(boosters, priors, strict=True):
+            total += booster.predict(features, num_threads=threads)
+            init = self._init(features, names, prior)
+            if init is not None:
+                total += init
+        return (total / len(boosters)).astype(np.float32)
+
+    def contributions(self, features: np.ndarray) -> np.ndarray:
+        """(n, n_features + 1): each feature's contribution to each row's score, and the bias last;
+        a row sums to its score. The mean of the bag's LightGBM ``pred_contrib``, with a booster's
+        prior counted in its rank feature (the prior is a function of it)."""
+        boosters, priors, names = self._checked(features)
+        total = np.zeros((len(features), len(names) + 1))
+        for booster, prior in zip(boosters, priors, strict=True):
+            total += np.asarray(booster.predict(features, pred_contrib=True))
+            if prior is not None:
+                column = names.index(prior)
+                total[:, column] += prior_scores(features[:, column])
+        return total / len(boosters)
 
     def explain(self, features: np.ndarray, *, top: int = 5) -> list[list[tuple[str, float]]]:
         """Per row, the ``top`` features by absolute contribution to the score, largest first."""
-        check_fitted(self, "booster_")
+        contrib = self.contributions(features)[:, :-1]  # the last column is the bias
         assert self.feature_names_ is not None
-        contrib = np.asarray(self.booster_.predict(features, pred_contrib=True))[:, :-1]  # last column: bias
-        init = self._init(features, self.feature_names_, self.prior_)
-        if init is not None:  # the prior is a function of its rank feature: count it there
-            assert self.prior_ is not None
-            contrib[:, self.feature_names_.index(self.prior_)] += init
         order = np.argsort(-np.abs(contrib), axis=1)[:, :top]
         return [[(self.feature_names_[j], float(contrib[i, j])) for j in row] for i, row in enumerate(order)]
 
     def feature_importance(self) -> dict[str, float]:
-        """Total gain per feature, largest first."""
-        check_fitted(self, "booster_")
-        assert self.feature_names_ is not None
-        gain = self.booster_.feature_importance(importance_type="gain")
+        """Total gain per feature over the bag, largest first."""
+        check_fitted(self, "boosters_")
+        assert self.boosters_ is not None and self.feature_names_ is not None
+        gain = np.sum([b.feature_importance(importance_type="gain") for b in self.boosters_], axis=0)
         pairs = sorted(zip(self.feature_names_, gain, strict=True), key=lambda p: -p[1])
         return {name: float(g) for name, g in pairs}
 
     def save(self, path: Path) -> None:
-        check_fitted(self, "booster_")
+        check_fitted(self, "boosters_")
+        assert self.boosters_ is not None
         path.mkdir(parents=True, exist_ok=True)
-        self.booster_.save_model(str(path / "model.txt"))
+        files = [f"model_{b}.txt" for b in range(len(self.boosters_))]
+        for booster, file in zip(self.boosters_, files, strict=True):
+            booster.save_model(str(path / file))
         meta = {
             "config": to_dict(self.config),
             "feature_names": self.feature_names_,
-            "prior": self.prior_,
+            "models": files,
+            "priors": self.priors_,
             "report": self.report_,
             "feature_importance_gain": self.feature_importance(),
         }
@@ -289,15 +339,19 @@ class LambdaRanker:
     def load(cls, path: Path) -> LambdaRanker:
         import lightgbm as lgb
 
-        meta = json.loads((path / "ranker.json").read_text())
-        config = from_dict(RankerConfig, meta["config"])
-        ranker = cls(replace(config))
-        ranker.booster_ = lgb.Booster(model_file=str(path / "model.txt"))
+        meta_path = path / "ranker.json"
+        meta = json.loads(meta_path.read_text())
+        # rankers from before the bag hold one "model.txt" and one "prior" (absent before the prior)
+        files = meta.get("models", ["model.txt"])
+        priors = meta.get("priors", [meta.get("prior")])
+        if len(priors) != len(files):
+            raise ValueError(f"{meta_path}: {len(files)} models but {len(priors)} priors")
+        ranker = cls(replace(from_dict(RankerConfig, meta["config"]), bags=len(files)))
         ranker.feature_names_ = list(meta["feature_names"])
+        for prior in priors:
+            if prior is not None and prior not in ranker.feature_names_:
+                raise ValueError(f"{meta_path}: prior {prior!r} is not one of its feature_names")
+        ranker.boosters_ = [lgb.Booster(model_file=str(path / file)) for file in files]
+        ranker.priors_ = list(priors)
         ranker.report_ = meta["report"]
-        ranker.prior_ = meta.get("prior")  # bundles from before the prior have none
-        if ranker.prior_ is not None and ranker.prior_ not in ranker.feature_names_:
-            raise ValueError(
-                f"{path / 'ranker.json'}: prior {ranker.prior_!r} is not one of its feature_names"
-            )
         return ranker
