@@ -285,9 +285,8 @@ class LambdaRanker:
         total = np.zeros(len(features))
         for booster, prior in zip(boosters, priors, strict=True):
             total += booster.predict(features, num_threads=threads)
-            init = self._init(features, names, prior)
-            if init is not None:
-                total += init
+            if prior is not None:
+                total += prior_scores(features[:, names.index(prior)])
         return (total / len(boosters)).astype(np.float32)
 
     def contributions(self, features: np.ndarray) -> np.ndarray:
