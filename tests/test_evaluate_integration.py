@@ -203,3 +203,61 @@ def test_cli_repeats_report_the_mean_over_seeds_and_each_seed(tmp_path: Path) ->
 
     bad = runner.invoke(app, [*base, "--repeats", "0"])
     assert bad.exit_code == 2 and "--repeats must be >= 1" in bad.output
+
+
+def test_cli_windows_pool_user_period_pairs_over_consecutive_test_periods(tmp_path: Path) -> None:
+    item_path, event_path = _write_small(tmp_path / "data", n_users=160)
+    base = [
+        "evaluate", "--items", str(item_path), "--interactions", str(event_path), "--protocol", "temporal",
+        "--k", "5,10", "--models", "popularity,itemknn", "--threads", "1",
+    ]  # fmt: skip
+    runner = CliRunner()
+    out, users_path = tmp_path / "eval.json", tmp_path / "users.parquet"
+    result = runner.invoke(
+        app,
+        [*base, "--windows", "3", "--json", str(out), "--per-user", str(users_path),
+         "--paired-against", "popularity"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    periods = report["split"]["windows"]
+    assert len(periods) == 3 and report["split"]["test_users"] == sum(p["test_users"] for p in periods)
+    assert [p["train_interactions"] for p in periods] == sorted(p["train_interactions"] for p in periods)
+    for name in ("popularity", "itemknn"):
+        by_period = report["details"][name]["windows"]
+        assert [w["test_users"] for w in by_period] == [p["test_users"] for p in periods]
+        weights = [w["test_users"] for w in by_period]
+        for key in ("ndcg@10", "recall@5", "coverage@10"):
+            assert report["models"][name][key] == pytest.approx(
+                np.average([w["metrics"][key] for w in by_period], weights=weights)
+            )
+    # one row per (model, user, period); a user may be evaluated in several periods
+    users = pl.read_parquet(users_path)
+    assert users.height == 2 * report["split"]["test_users"]
+    itemknn = users.filter(pl.col("model") == "itemknn")
+    assert itemknn.select("user_id", "window").n_unique() == itemknn.height
+    assert itemknn.group_by("window").len().sort("window").get_column("len").to_list() == [
+        p["test_users"] for p in periods
+    ]
+    assert itemknn.get_column("ndcg@10").mean() == pytest.approx(report["models"]["itemknn"]["ndcg@10"])
+    paired = report["paired"]["models"]["itemknn"]["ndcg@5"]
+    assert paired["users"] == report["split"]["test_users"]
+    assert paired["clusters"] == itemknn.get_column("user_id").n_unique()
+    assert "period 2" in result.output
+
+    # the last period is the ordinary temporal run
+    single = tmp_path / "single.json"
+    assert runner.invoke(app, [*base, "--json", str(single)]).exit_code == 0
+    assert (
+        json.loads(single.read_text())["models"]["itemknn"]
+        == report["details"]["itemknn"]["windows"][-1]["metrics"]
+    )
+
+    for options, message in (
+        (["--windows", "0"], "--windows must be >= 1"),
+        (["--windows", "2", "--protocol", "leave-last-out"], "needs --protocol temporal"),
+        (["--windows", "9"], "must be < 1"),
+    ):
+        bad = runner.invoke(app, [*base, *options, "--json", str(tmp_path / "bad.json")])
+        assert bad.exit_code == 2 and message in bad.output, bad.output
+    assert not (tmp_path / "bad.json").exists()

@@ -17,6 +17,7 @@ from recsys.evaluation.metrics import (
     hit_matrix,
     intra_list_diversity,
     novelty,
+    paired_difference,
     ranking_metrics,
     self_information,
 )
@@ -207,3 +208,35 @@ def test_bounds_and_monotone_in_k(case: tuple[np.ndarray, sp.csr_matrix, list[li
     for name in ("recall", "hitrate", "mrr", "coverage"):
         values = [m[f"{name}@{k}"] for k in ks]
         assert values == sorted(values), name
+
+
+def test_paired_difference_with_one_cluster_per_row_is_the_plain_bootstrap() -> None:
+    rng = np.random.default_rng(0)
+    a, b = rng.random(40), rng.random(40)
+    plain = paired_difference(a, b, resamples=2000)
+    clustered = paired_difference(a, b, resamples=2000, clusters=np.arange(40) * 7)
+    for key in ("users", "mean_diff", "ci_low", "ci_high", "wins", "losses", "ties"):
+        assert clustered[key] == pytest.approx(plain[key], abs=1e-12), key
+    assert plain["clusters"] == clustered["clusters"] == 40
+    assert math.isnan(clustered["se"]) and plain["se"] > 0
+
+
+def test_paired_difference_resamples_a_cluster_as_a_whole() -> None:
+    # 20 users, each in 3 test periods with the same difference: as independent rows the interval
+    # would be ~sqrt(3) too narrow; resampled by user it is the 20 users' interval
+    rng = np.random.default_rng(1)
+    per_user = rng.normal(0.1, 0.3, size=20)
+    rows, users = np.repeat(per_user, 3), np.repeat(np.arange(20), 3)
+    by_user = paired_difference(per_user, np.zeros(20))
+    clustered = paired_difference(rows, np.zeros(60), clusters=users)
+    naive = paired_difference(rows, np.zeros(60))
+    assert clustered["users"] == 60 and clustered["clusters"] == 20
+    assert clustered["mean_diff"] == pytest.approx(by_user["mean_diff"])
+    width = clustered["ci_high"] - clustered["ci_low"]
+    assert width == pytest.approx(by_user["ci_high"] - by_user["ci_low"], rel=0.1)
+    assert width > 1.4 * (naive["ci_high"] - naive["ci_low"])
+    # undefined rows are left out before clustering; a label per row is required
+    with_nan = paired_difference(np.append(rows, np.nan), np.zeros(61), clusters=np.append(users, 99))
+    assert with_nan["clusters"] == 20 and with_nan["users"] == 60
+    with pytest.raises(ValueError, match="clusters has 3 labels for 60 rows"):
+        paired_difference(rows, np.zeros(60), clusters=np.arange(3))

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from recsys.data.dataset import Interactions
-from recsys.data.splits import EvalTask, leave_last_out, make_split, temporal
+from recsys.data.splits import EvalTask, leave_last_out, make_split, rolling_temporal, temporal
 
 N_ITEMS = 12
 
@@ -199,3 +199,51 @@ def test_make_split_rejects_unknown_protocol() -> None:
     data = Interactions.from_arrays(np.array([0, 0, 0]), np.array([0, 1, 2]), n_users=1, n_items=3)
     with pytest.raises(ValueError, match="unknown protocol"):
         make_split(data, "random")  # type: ignore[arg-type]
+
+
+def _same_task(a: EvalTask, b: EvalTask) -> bool:
+    return (
+        _events(a.train) == _events(b.train)
+        and a.users.tolist() == b.users.tolist()
+        and (a.targets != b.targets).nnz == 0
+    )
+
+
+@settings(max_examples=150, deadline=None)
+@given(interaction_sets(), st.integers(1, 4))
+def test_rolling_temporal_periods_are_consecutive_and_never_leak(data: Interactions, windows: int) -> None:
+    ts = data.timestamps
+    try:
+        splits = rolling_temporal(data, windows=windows, test_fraction=0.15, validation_fraction=0.1)
+    except ValueError as exc:  # too few distinct timestamps for some period: refused, never empty
+        assert "temporal split" in str(exc)
+        return
+    starts = [int(np.quantile(ts, 1 - k * 0.15, method="higher")) for k in range(windows, 0, -1)]
+    assert len(splits) == windows
+    for j, split in enumerate(splits):
+        stop = starts[j + 1] if j + 1 < windows else None
+        _check_temporal_task(data, split.test, start=starts[j], end=stop)
+        # the validation task sees nothing from the test period or later
+        assert (split.validation.train.timestamps < starts[j]).all()
+        val_start = int(split.validation.train.timestamps.max(initial=-1)) + 1
+        _check_temporal_task(data, split.validation, start=val_start, end=starts[j])
+    # the last period is the ordinary temporal split with the same fractions
+    last = temporal(data, test_fraction=0.15, validation_fraction=0.1)
+    assert _same_task(splits[-1].test, last.test) and _same_task(splits[-1].validation, last.validation)
+
+
+def test_rolling_temporal_on_bundled_movielens_and_its_errors() -> None:
+    from recsys.data.loading import bundled_paths, load_dataset
+
+    data = load_dataset(*bundled_paths()).to_interactions()
+    (one,) = rolling_temporal(data, windows=1)
+    assert _same_task(one.test, temporal(data).test)
+    splits = rolling_temporal(data, windows=3)
+    # each period holds about 10% of the events, each on the users active in it
+    for split, share in zip(splits, (0.7, 0.8, 0.9), strict=True):
+        assert len(split.test.train) / len(data) == pytest.approx(share, abs=0.01)
+        assert len(split.test.users) > 0
+    for windows, message in ((0, "windows must be a positive integer"), (True, "positive integer"),
+                             (9, "windows x test_fraction \\+ validation_fraction must be < 1")):  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            rolling_temporal(data, windows=windows)  # type: ignore[arg-type]

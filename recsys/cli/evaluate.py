@@ -33,6 +33,15 @@ With 27 test users (MovieLens, temporal) a whole-table difference of a few hundr
 within noise; ``--paired-against`` says which differences the users resolve, and ``--per-user``
 keeps every user's metrics for any other test.
 
+``--windows K`` (temporal only) evaluates on K consecutive test periods of ``--test-fraction`` each,
+the last being the ordinary temporal test period (a rolling origin,
+:func:`recsys.data.splits.rolling_temporal`): every model is tuned and tested once per period on what
+precedes it, and the rows of the metrics are (user, period) pairs, so a dataset whose single test
+period has few active users is judged on more.
+``details[model]["windows"]`` holds each period's choice and metrics; the per-user file gains a
+``window`` column (0 = earliest); the paired intervals resample users with all their periods (a
+cluster bootstrap), since one user's periods are not independent.
+
 Adding a model: add one entry to ``MODELS`` in :mod:`recsys.evaluation.models` (its docstring shows
 how); ``--models NAME`` then works here with no change to this module.
 
@@ -135,17 +144,27 @@ def evaluate(
         Path | None,
         typer.Option("--per-user", help="Write every model's per-user test metrics here (Parquet)."),
     ] = None,
+    windows: Annotated[
+        int,
+        typer.Option(
+            "--windows",
+            help="temporal: test on this many consecutive periods of --test-fraction each (the last is "
+            "the usual test period), each model tuned and fitted per period; metrics over (user, period) "
+            "pairs.",
+        ),
+    ] = 1,
 ) -> None:
     """Tune on validation, report test metrics of each model (full ranking, history excluded)."""
     import numpy as np
+    import scipy.sparse as sp
     from rich.console import Console
     from rich.progress import Progress
 
     from recsys.data.loading import load_dataset
-    from recsys.data.splits import make_split
+    from recsys.data.splits import make_split, rolling_temporal
     from recsys.evaluation.metrics import intra_list_diversity, paired_difference
     from recsys.evaluation.models import MODELS, EvalContext, resolve
-    from recsys.evaluation.protocol import tune_and_test
+    from recsys.evaluation.protocol import pool_windows, tune_and_test
 
     ks = _parse_ks(k)
     try:
@@ -158,6 +177,10 @@ def evaluate(
         raise _fail(f"--paired-against {paired_against!r} is not one of --models ({', '.join(names)})")
     if repeats < 1:
         raise _fail(f"--repeats must be >= 1, got {repeats}")
+    if windows < 1:
+        raise _fail(f"--windows must be >= 1, got {windows}")
+    if windows > 1 and protocol != "temporal":
+        raise _fail(f"--windows {windows} needs --protocol temporal (test periods are periods of time)")
 
     with data_errors():
         dataset = load_dataset(items, interactions)
@@ -176,9 +199,16 @@ def evaluate(
     if protocol == "temporal":
         options = {"test_fraction": test_fraction, "validation_fraction": validation_fraction}
     try:
-        split = make_split(data, protocol, **options)  # type: ignore[arg-type]
+        if windows > 1:
+            splits = rolling_temporal(data, windows=windows, **options)
+        else:
+            splits = [make_split(data, protocol, **options)]  # type: ignore[arg-type]
     except ValueError as exc:
         raise _fail(str(exc)) from None
+    # the rows of every test metric: (user, period) pairs, periods in order
+    test_users = np.concatenate([s.test.users for s in splits])
+    test_targets = sp.vstack([s.test.targets for s in splits]).tocsr()
+    test_window = np.repeat(np.arange(len(splits)), [len(s.test.users) for s in splits])
 
     console = Console(stderr=True)
     ctx = EvalContext(
@@ -187,23 +217,26 @@ def evaluate(
     seeds = list(range(seed, seed + repeats))
     runs: dict[str, list[ModelResult]] = {name: [] for name in names}
     with Progress(console=console, transient=True) as progress:
-        overall = progress.add_task("models", total=len(names) * repeats)
+        overall = progress.add_task("models", total=len(names) * repeats * len(splits))
         for run_seed in seeds:
             ctx.seed = run_seed  # one context: derived artifacts (text embeddings) are computed once
             for name in names:
                 spec = MODELS[name]
                 grid = list(spec.grid(ctx))
-                runs[name].append(
-                    tune_and_test(
-                        lambda config, spec=spec: spec.build(ctx, config),  # type: ignore[misc]
-                        grid,
-                        split,
-                        ks=ks,
-                        progress=progress,
-                        label=name,
+                results = []
+                for split in splits:
+                    results.append(
+                        tune_and_test(
+                            lambda config, spec=spec: spec.build(ctx, config),  # type: ignore[misc]
+                            grid,
+                            split,
+                            ks=ks,
+                            progress=progress,
+                            label=name,
+                        )
                     )
-                )
-                progress.advance(overall)
+                    progress.advance(overall)
+                runs[name].append(pool_windows(results, splits) if len(splits) > 1 else results[0])
                 seed_note = f", seed {run_seed}" if repeats > 1 else ""
                 console.print(f"{name}: done ({len(grid)} configuration(s){seed_note})", highlight=False)
 
@@ -216,7 +249,7 @@ def evaluate(
                 )
 
     per_user_metrics = (
-        {name: _mean_per_user(model_runs, split.test.targets, ks) for name, model_runs in runs.items()}
+        {name: _mean_per_user(model_runs, test_targets, ks) for name, model_runs in runs.items()}
         if paired_against or per_user is not None
         else {}
     )
@@ -226,11 +259,12 @@ def evaluate(
         "models": {name: _mean_metrics(model_runs) for name, model_runs in runs.items()},
         "details": {name: model_runs[0].details() for name, model_runs in runs.items()},
         "split": {
-            "validation_users": len(split.validation.users),
-            "test_users": len(split.test.users),
-            "test_targets": int(split.test.targets.nnz),
-            "train_interactions": len(split.test.train),
+            "validation_users": sum(len(s.validation.users) for s in splits),
+            "test_users": len(test_users),
+            "test_targets": int(test_targets.nnz),
+            "train_interactions": len(splits[-1].test.train),
             **options,
+            **({"windows": [_window_summary(s) for s in splits]} if len(splits) > 1 else {}),
         },
         "k": ks,
         "seed": seed,
@@ -249,7 +283,12 @@ def evaluate(
             "reference": paired_against,
             "models": {
                 name: {
-                    key: paired_difference(values[key], reference[key], seed=seed)
+                    key: paired_difference(
+                        values[key],
+                        reference[key],
+                        seed=seed,
+                        clusters=test_users if len(splits) > 1 else None,
+                    )
                     for key in (f"ndcg@{ks[0]}", f"recall@{ks[0]}")
                 }
                 for name, values in per_user_metrics.items()
@@ -259,10 +298,17 @@ def evaluate(
     _print_table(report, ks)
     if repeats > 1:
         _print_seeds(report["repeats"], ks[0])
+    if len(splits) > 1:
+        _print_windows(report, ks[0])
     if paired_against:
         _print_paired(report["paired"])
     if per_user is not None:
-        _write_per_user(per_user, per_user_metrics, dataset.user_ids.to_numpy()[split.test.users])
+        _write_per_user(
+            per_user,
+            per_user_metrics,
+            dataset.user_ids.to_numpy()[test_users],
+            test_window if len(splits) > 1 else None,
+        )
     if json_out is not None:
         from recsys.data.io import atomic_path
 
@@ -286,15 +332,21 @@ def _mean_per_user(model_runs: list[ModelResult], targets: Any, ks: list[int]) -
     return {key: np.mean([values[key] for values in per_run], axis=0) for key in per_run[0]}
 
 
-def _write_per_user(path: Path, metrics: dict[str, dict[str, np.ndarray]], user_ids: np.ndarray) -> None:
-    """One row per (model, test user): the user's external id and every accuracy metric."""
+def _write_per_user(
+    path: Path,
+    metrics: dict[str, dict[str, np.ndarray]],
+    user_ids: np.ndarray,
+    window: np.ndarray | None,
+) -> None:
+    """One row per (model, test user[, test period]): the user's external id and every accuracy metric."""
     import polars as pl
     from rich.console import Console
 
     from recsys.data.io import atomic_path
 
+    periods = {} if window is None else {"window": window}
     frames = [
-        pl.DataFrame({"model": name, "user_id": user_ids.astype(str), **values})
+        pl.DataFrame({"model": name, "user_id": user_ids.astype(str), **periods, **values})
         for name, values in metrics.items()
     ]
     with atomic_path(path) as tmp:
@@ -315,6 +367,30 @@ def _print_seeds(repeats: dict[str, Any], cut: int) -> None:
             name,
             *(f"{r['metrics'][f'ndcg@{cut}']:.4f} / {r['metrics'][f'recall@{cut}']:.4f}" for r in model_runs),
         )
+    Console(width=max(100, Console().width)).print(table)
+
+
+def _window_summary(split: Any) -> dict[str, int]:
+    return {
+        "train_interactions": len(split.test.train),
+        "train_until": int(split.test.train.timestamps.max()),
+        "validation_users": len(split.validation.users),
+        "test_users": len(split.test.users),
+        "test_targets": int(split.test.targets.nnz),
+    }
+
+
+def _print_windows(report: dict[str, Any], cut: int) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    periods = report["split"]["windows"]
+    table = Table(title=f"test NDCG@{cut} of each test period (first seed)", title_justify="left")
+    table.add_column("model")
+    for j, period in enumerate(periods):
+        table.add_column(f"period {j} ({period['test_users']} users)", justify="right")
+    for name, details in report["details"].items():
+        table.add_row(name, *(_cell(w["metrics"].get(f"ndcg@{cut}")) for w in details["windows"]))
     Console(width=max(100, Console().width)).print(table)
 
 
@@ -360,6 +436,11 @@ def _print_table(report: dict[str, Any], ks: list[int]) -> None:
         title=(
             f"{report['protocol']}: {ds['users']:,} users, {ds['items']:,} items, "
             f"{ds['interactions']:,} interactions; {report['split']['test_users']:,} test users"
+            + (
+                f" (user, period pairs over {len(report['split']['windows'])} periods)"
+                if "windows" in report["split"]
+                else ""
+            )
         ),
         title_justify="left",
     )

@@ -113,28 +113,91 @@ def temporal(
     not interacted with before the cutoff. Test users are restricted to users seen in training,
     unless ``cold_start_users`` (they then have an empty history: only cold-start methods help).
     """
-    for name, value in (("test_fraction", test_fraction), ("validation_fraction", validation_fraction)):
-        if not 0 < value < 1:
-            raise ValueError(f"{name} must be in (0, 1), got {value}")
+    _check_fractions(test_fraction=test_fraction, validation_fraction=validation_fraction)
     ts = data.timestamps
     if cutoff is None:
         if not len(ts):
             raise ValueError("temporal split: no interactions")
         cutoff = int(np.quantile(ts, 1 - test_fraction, method="higher"))
-    if not (ts < cutoff).any() or not (ts >= cutoff).any():
+    return _split_at(
+        data, cutoff, None, validation_fraction / (1 - test_fraction), cold_start_users=cold_start_users
+    )
+
+
+def rolling_temporal(
+    data: Interactions,
+    *,
+    windows: int,
+    test_fraction: float = 0.1,
+    validation_fraction: float = 0.1,
+    cold_start_users: bool = False,
+) -> list[Split]:
+    """``windows`` consecutive test periods (rolling origin), earliest first: one temporal split each.
+
+    Test period ``j`` (of ``K = windows``) holds the events from where the last ``(K - j) x
+    test_fraction`` of events begins up to where period ``j + 1`` begins (the last one runs to the
+    end). Its split trains on every event before that start, validates on the ``validation_fraction``
+    of events before it, and never sees a later period. The last split is exactly ``temporal(data)``
+    with the same fractions, so one window is the ordinary temporal split; more windows evaluate
+    more (user, period) pairs where a single period has few active users.
+
+    >>> data = Interactions.from_arrays(
+    ...     [0] * 10, list(range(10)), n_users=1, n_items=10, timestamps=list(range(10))
+    ... )
+    >>> [(len(s.test.train), s.test.targets.indices.tolist()) for s in rolling_temporal(
+    ...     data, windows=3, test_fraction=0.2, validation_fraction=0.2)]
+    [(4, [4, 5]), (6, [6, 7]), (8, [8, 9])]
+    """
+    _check_fractions(test_fraction=test_fraction, validation_fraction=validation_fraction)
+    if isinstance(windows, bool) or not isinstance(windows, int) or windows < 1:
+        raise ValueError(f"windows must be a positive integer, got {windows!r}")
+    if windows * test_fraction + validation_fraction >= 1:
+        raise ValueError(
+            f"rolling temporal split: windows x test_fraction + validation_fraction must be < 1 (the "
+            f"earliest window needs training events), got {windows} x {test_fraction} + {validation_fraction}"
+        )
+    ts = data.timestamps
+    if not len(ts):
+        raise ValueError("temporal split: no interactions")
+    starts = [int(np.quantile(ts, 1 - k * test_fraction, method="higher")) for k in range(windows, 0, -1)]
+    stops: list[int | None] = [*starts[1:], None]
+    return [
+        _split_at(
+            data,
+            start,
+            stop,
+            validation_fraction / (1 - k * test_fraction),
+            cold_start_users=cold_start_users,
+        )
+        for k, start, stop in zip(range(windows, 0, -1), starts, stops, strict=True)
+    ]
+
+
+def _check_fractions(**fractions: float) -> None:
+    for name, value in fractions.items():
+        if not 0 < value < 1:
+            raise ValueError(f"{name} must be in (0, 1), got {value}")
+
+
+def _split_at(
+    data: Interactions, cutoff: int, stop: int | None, validation_share: float, *, cold_start_users: bool
+) -> Split:
+    """Test targets in [cutoff, stop); validation targets in the last ``validation_share`` of the
+    events before the cutoff; nothing at or after ``stop`` is seen by either task."""
+    ts = data.timestamps
+    in_test = ts >= cutoff if stop is None else (ts >= cutoff) & (ts < stop)
+    if not (ts < cutoff).any() or not in_test.any():
         raise ValueError(
             f"temporal split: the test cutoff {cutoff} leaves no events before or none after it "
             f"(timestamps span {ts.min(initial=0)}..{ts.max(initial=0)}; need more distinct timestamps)"
         )
-    val_cutoff = int(
-        np.quantile(ts[ts < cutoff], 1 - validation_fraction / (1 - test_fraction), method="higher")
-    )
+    val_cutoff = int(np.quantile(ts[ts < cutoff], 1 - validation_share, method="higher"))
     if not (ts < val_cutoff).any():
         raise ValueError(
             f"temporal split: the validation cutoff {val_cutoff} leaves no training events before it "
             "(need more distinct timestamps before the test cutoff)"
         )
-    test = window_task(data, ts < cutoff, ts >= cutoff, name="test", cold_start_users=cold_start_users)
+    test = window_task(data, ts < cutoff, in_test, name="test", cold_start_users=cold_start_users)
     validation = window_task(
         data,
         ts < val_cutoff,

@@ -216,7 +216,12 @@ def ranking_metrics(
 
 
 def paired_difference(
-    a: np.ndarray, b: np.ndarray, *, resamples: int = 10_000, seed: int = 0
+    a: np.ndarray,
+    b: np.ndarray,
+    *,
+    resamples: int = 10_000,
+    seed: int = 0,
+    clusters: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Per-user paired comparison of two models on the same users: ``a - b``.
 
@@ -225,27 +230,44 @@ def paired_difference(
     (``resamples`` resamples of the users, seeded), and the users where ``a`` is higher, lower or
     equal. With few users the interval is wide: a difference is resolved only if it excludes 0.
 
+    ``clusters`` (one label per row) makes it a cluster bootstrap: rows that share a label (the same
+    user in several test periods) are resampled together, since they are not independent; the
+    interval is then over clusters and the standard error is left out (NaN).
+
     >>> d = paired_difference(np.array([1.0, 0.5, 0.0, np.nan]), np.array([0.0, 0.5, 0.0, 1.0]))
     >>> d["users"], d["mean_diff"], d["wins"], d["losses"], d["ties"]
     (3, 0.3333333333333333, 1, 0, 2)
     """
     diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-    diff = diff[np.isfinite(diff)]
+    defined = np.isfinite(diff)
+    diff = diff[defined]
     n = len(diff)
     if n == 0:
         nan = float("nan")
-        return {"users": 0, "mean_diff": nan, "se": nan, "ci_low": nan, "ci_high": nan,
+        return {"users": 0, "clusters": 0, "mean_diff": nan, "se": nan, "ci_low": nan, "ci_high": nan,
                 "wins": 0, "losses": 0, "ties": 0}  # fmt: skip
+    if clusters is None:
+        labels = np.arange(n)
+    else:
+        if len(clusters) != len(defined):
+            raise ValueError(f"clusters has {len(clusters)} labels for {len(defined)} rows")
+        labels = np.unique(np.asarray(clusters)[defined], return_inverse=True)[1]
+    n_clusters = int(labels.max()) + 1
+    sums = np.bincount(labels, weights=diff, minlength=n_clusters)
+    counts = np.bincount(labels, minlength=n_clusters).astype(np.float64)
     rng = np.random.default_rng(seed)
     means = np.empty(resamples)
     for start in range(0, resamples, 1000):  # bounded memory on large user sets
         count = min(1000, resamples - start)
-        means[start : start + count] = diff[rng.integers(0, n, size=(count, n))].mean(axis=1)
+        picks = rng.integers(0, n_clusters, size=(count, n_clusters))
+        means[start : start + count] = sums[picks].sum(axis=1) / counts[picks].sum(axis=1)
     low, high = np.percentile(means, [2.5, 97.5])
+    independent = clusters is None and n > 1
     return {
         "users": n,
+        "clusters": n_clusters,
         "mean_diff": float(diff.mean()),
-        "se": float(diff.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan"),
+        "se": float(diff.std(ddof=1) / np.sqrt(n)) if independent else float("nan"),
         "ci_low": float(low),
         "ci_high": float(high),
         "wins": int((diff > 0).sum()),

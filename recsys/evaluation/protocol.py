@@ -64,16 +64,18 @@ class ModelResult:
     fit_seconds: float
     recommend_seconds: float
     validation: list[dict[str, Any]] = field(default_factory=list)  # [{"params", metric: value}]
+    windows: list[dict[str, Any]] = field(default_factory=list)  # pooled test periods, earliest first
 
     def details(self) -> dict[str, Any]:
         """JSON-ready description: chosen params, validation results and timings."""
-        return {
+        out = {
             "params": self.params,
             "selection_metric": SELECTION_METRIC,
             "validation": self.validation,
             "fit_seconds": round(self.fit_seconds, 3),
             "recommend_seconds": round(self.recommend_seconds, 3),
         }
+        return {**out, "windows": self.windows} if self.windows else out
 
 
 def evaluate_task(
@@ -165,4 +167,34 @@ def tune_and_test(
         fit_seconds=test.fit_seconds,
         recommend_seconds=test.recommend_seconds,
         validation=validation,
+    )
+
+
+def pool_windows(results: Sequence[ModelResult], splits: Sequence[Split]) -> ModelResult:
+    """One model's results on several test periods (``rolling_temporal``) as one result whose rows
+    are (user, period) pairs, in period order.
+
+    Each metric is the mean of the periods' values weighted by their test users: for the per-user
+    metrics (recall, NDCG, ...) that is their mean over all (user, period) pairs; coverage, a
+    catalogue metric, becomes the user-weighted mean of each period's coverage. ``params`` and
+    ``validation`` are the last period's (the ordinary temporal split); every period's choice,
+    users and metrics are in ``windows``; the seconds are summed.
+    """
+    if len(results) != len(splits) or not results:
+        raise ValueError(f"{len(results)} results for {len(splits)} test periods")
+    weights = np.array([len(split.test.users) for split in splits], dtype=np.float64)
+    last = results[-1]
+    return ModelResult(
+        metrics={
+            key: float(np.average([r.metrics[key] for r in results], weights=weights)) for key in last.metrics
+        },
+        params=last.params,
+        recommended=np.vstack([r.recommended for r in results]),
+        fit_seconds=sum(r.fit_seconds for r in results),
+        recommend_seconds=sum(r.recommend_seconds for r in results),
+        validation=last.validation,
+        windows=[
+            {"test_users": len(split.test.users), "params": r.params, "metrics": r.metrics}
+            for r, split in zip(results, splits, strict=True)
+        ],
     )
