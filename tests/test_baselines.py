@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -37,57 +35,6 @@ def test_popularity_half_life_by_hand() -> None:
     np.testing.assert_allclose(decayed.scores_, [1.0, 1.0 + 0.25, 0.0])  # the old event is 2 half-lives
     with pytest.raises(ValueError, match="half_life"):
         PopularityConfig(half_life=0.0)
-
-
-def _trend_data(*, trend_continues: bool) -> Interactions:
-    """100 users over 1,000 time steps. Items 0-4 are popular all along, items 5-9 only in a burst
-    just before the last 10% of events; the last 10% follow the burst or the long-run favourites."""
-    rng = np.random.default_rng(0)
-    users, items, stamps = [], [], []
-    for t in range(1000):
-        if t < 800:
-            item = rng.integers(0, 5) if rng.random() < 0.6 else rng.integers(10, 40)
-        elif t < 900:
-            item = rng.integers(5, 10) if rng.random() < 0.6 else rng.integers(10, 40)
-        else:
-            favourite = (5, 10) if trend_continues else (0, 5)
-            item = rng.integers(*favourite) if rng.random() < 0.8 else rng.integers(10, 40)
-        users.append(t % 100)
-        items.append(int(item))
-        stamps.append(t)
-    return Interactions.from_arrays(users, items, n_users=100, n_items=40, timestamps=np.array(stamps))
-
-
-@pytest.mark.parametrize(("trend_continues", "expected"), [(True, 20.0), (False, 2000.0)])
-def test_popularity_chooses_its_half_life_on_its_latest_events(
-    tmp_path: Path, trend_continues: bool, expected: float
-) -> None:
-    data = _trend_data(trend_continues=trend_continues)
-    config = PopularityConfig(half_life=200.0, half_life_choices=(20.0, 2000.0))
-    model = Popularity(config).fit(data)
-    assert model.half_life_ == expected
-    assert model.config == config  # the request is kept; the choice is the fitted state
-    fixed = Popularity(PopularityConfig(half_life=expected)).fit(data)
-    np.testing.assert_array_equal(model.scores_, fixed.scores_)  # then fitted on all events with it
-    # saved as what was fitted: the chosen half-life, no choices; loading restores the same scores
-    model.save(tmp_path / "popularity")
-    loaded = Popularity.load(tmp_path / "popularity")
-    assert loaded.config == PopularityConfig(half_life=expected) and loaded.half_life_ == expected
-    np.testing.assert_array_equal(loaded.scores_, model.scores_)
-    # the choice sees only what fit is given: in the first 900 events (the same in both cases) the
-    # latest 10% are the burst, which only the shortest half-life sees coming
-    early = data.select(data.timestamps < 900)
-    assert Popularity(config).fit(early).half_life_ == 20.0
-
-
-def test_popularity_choice_settings_are_checked() -> None:
-    with pytest.raises(ValueError, match="half_life_choices must be positive"):
-        PopularityConfig(half_life_choices=(7.0, 0.0))
-    with pytest.raises(ValueError, match="choice_fraction"):
-        PopularityConfig(half_life_choices=(7.0,), choice_fraction=1.0)
-    # nothing to score (one timestamp): the configured half-life stays
-    flat = Interactions.from_arrays([0, 1], [0, 1], n_users=2, n_items=2, timestamps=np.array([5, 5]))
-    assert Popularity(PopularityConfig(half_life=3.0, half_life_choices=(9.0,))).fit(flat).half_life_ == 3.0
 
 
 def test_bm25_matches_implicit() -> None:

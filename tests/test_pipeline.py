@@ -167,15 +167,3 @@ def test_publish_then_load_from_the_model_store(tmp_path: Path, bundle: Path) ->
     published = Recommender.load(Path(path)).recommend(history, n=5)
     assert published == Recommender.load(bundle).recommend(history, n=5)
     assert (tmp_path / "home" / "recsys" / "online.db").exists()
-
-
-def test_the_popularity_source_gets_its_half_life_choices_on_clock_time_only() -> None:
-    from recsys.pipeline.two_stage import TwoStageConfig, new_source
-
-    day = 86_400.0
-    config = TwoStageConfig(popularity_half_life_days=7.0, popularity_half_life_choices_days=(30.0, 180.0))
-    source = new_source("popularity", config, item_embeddings=None, time_unit="seconds")
-    assert (source.config.half_life, source.config.half_life_choices) == (7 * day, (30 * day, 180 * day))
-    # an order index has no global time: every event counts, nothing to choose
-    steps = new_source("popularity", config, item_embeddings=None, time_unit="steps")
-    assert (steps.config.half_life, steps.config.half_life_choices) == (None, ())

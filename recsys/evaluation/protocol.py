@@ -17,7 +17,7 @@ test metrics; a one-entry grid skips validation. Nothing about the test targets 
 >>> result.metrics["hitrate@2"]  # two items are left to rank for each user: the target is one
 1.0
 >>> result.params, len(result.validation)
-({'half_life': None, 'use_weights': False, 'half_life_choices': (), 'choice_fraction': 0.1}, 2)
+({'half_life': None, 'use_weights': False}, 2)
 """
 
 from __future__ import annotations

@@ -114,9 +114,6 @@ class TwoStageConfig:
     # on clock time, the popularity source is *recent* popularity (events decay with this half-life);
     # an order index has no global time, so there it counts every event
     popularity_half_life_days: float | None = 7.0
-    # on clock time, further half-lives the popularity source may choose instead, each time it is fitted,
-    # on the latest 10% of its own training events (``PopularityConfig.half_life_choices``)
-    popularity_half_life_choices_days: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if not 0 < self.label_fraction < 1:
@@ -236,13 +233,7 @@ def new_source(
         return cls(source_config, item_embeddings=item_embeddings)  # type: ignore[no-any-return]
     if name == "popularity" and time_unit == "seconds" and c.popularity.half_life is None:
         days = config.popularity_half_life_days
-        return cls(  # type: ignore[no-any-return]
-            replace(
-                c.popularity,
-                half_life=None if days is None else days * 86_400.0,
-                half_life_choices=tuple(d * 86_400.0 for d in config.popularity_half_life_choices_days),
-            )
-        )
+        return cls(replace(c.popularity, half_life=None if days is None else days * 86_400.0))  # type: ignore[no-any-return]
     return cls(getattr(c, name))  # type: ignore[no-any-return]
 
 
@@ -389,8 +380,6 @@ class TwoStage:
             "inner_candidate_recall": recall,
             "fit_seconds": timings,
             "time_unit": features.time_unit,
-            # the served popularity source's half-life (its choice, with popularity_half_life_choices_days)
-            "popularity_half_life": getattr(self.generators_.get("popularity"), "half_life_", None),
         }
         return self
 
