@@ -244,6 +244,7 @@ def test_cli_windows_pool_user_period_pairs_over_consecutive_test_periods(tmp_pa
     assert paired["users"] == report["split"]["test_users"]
     assert paired["clusters"] == itemknn.get_column("user_id").n_unique()
     assert "period 2" in result.output
+    assert f"{paired['clusters']} ({paired['users']} pairs)" in result.output  # users, then pairs
 
     # the last period is the ordinary temporal run
     single = tmp_path / "single.json"

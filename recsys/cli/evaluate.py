@@ -64,6 +64,7 @@ from recsys.cli.app import app
 if TYPE_CHECKING:
     import numpy as np
 
+    from recsys.data.splits import Split
     from recsys.evaluation.protocol import ModelResult
 
 EXIT_BAD_OPTION = 2
@@ -370,7 +371,7 @@ def _print_seeds(repeats: dict[str, Any], cut: int) -> None:
     Console(width=max(100, Console().width)).print(table)
 
 
-def _window_summary(split: Any) -> dict[str, int]:
+def _window_summary(split: Split) -> dict[str, int]:
     return {
         "train_interactions": len(split.test.train),
         "train_until": int(split.test.train.timestamps.max()),
@@ -405,10 +406,11 @@ def _print_paired(paired: dict[str, Any]) -> None:
         table.add_column(column, justify="left" if column in ("model", "metric") else "right")
     for name, by_metric in paired["models"].items():
         for metric, d in by_metric.items():
+            clustered = d["clusters"] != d["users"]  # --windows: rows are (user, period) pairs
             table.add_row(
                 name,
                 metric,
-                str(d["users"]),
+                f"{d['clusters']} ({d['users']} pairs)" if clustered else str(d["users"]),
                 f"{d['mean_diff']:+.4f}",
                 f"[{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]",
                 f"{d['wins']} / {d['losses']} / {d['ties']}",

@@ -239,6 +239,8 @@ def paired_difference(
     (3, 0.3333333333333333, 1, 0, 2)
     """
     diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    if clusters is not None and len(clusters) != len(diff):
+        raise ValueError(f"clusters has {len(clusters)} labels for {len(diff)} rows")
     defined = np.isfinite(diff)
     diff = diff[defined]
     n = len(diff)
@@ -249,8 +251,6 @@ def paired_difference(
     if clusters is None:
         labels = np.arange(n)
     else:
-        if len(clusters) != len(defined):
-            raise ValueError(f"clusters has {len(clusters)} labels for {len(defined)} rows")
         labels = np.unique(np.asarray(clusters)[defined], return_inverse=True)[1]
     n_clusters = int(labels.max()) + 1
     sums = np.bincount(labels, weights=diff, minlength=n_clusters)
