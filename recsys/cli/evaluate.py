@@ -209,7 +209,6 @@ def evaluate(
     # the rows of every test metric: (user, period) pairs, periods in order
     test_users = np.concatenate([s.test.users for s in splits])
     test_targets = sp.vstack([s.test.targets for s in splits]).tocsr()
-    test_window = np.repeat(np.arange(len(splits)), [len(s.test.users) for s in splits])
 
     console = Console(stderr=True)
     ctx = EvalContext(
@@ -237,7 +236,7 @@ def evaluate(
                         )
                     )
                     progress.advance(overall)
-                runs[name].append(pool_windows(results, splits) if len(splits) > 1 else results[0])
+                runs[name].append(pool_windows(results, splits) if windows > 1 else results[0])
                 seed_note = f", seed {run_seed}" if repeats > 1 else ""
                 console.print(f"{name}: done ({len(grid)} configuration(s){seed_note})", highlight=False)
 
@@ -265,7 +264,7 @@ def evaluate(
             "test_targets": int(test_targets.nnz),
             "train_interactions": len(splits[-1].test.train),
             **options,
-            **({"windows": [_window_summary(s) for s in splits]} if len(splits) > 1 else {}),
+            **({"windows": [_window_summary(s) for s in splits]} if windows > 1 else {}),
         },
         "k": ks,
         "seed": seed,
@@ -288,7 +287,7 @@ def evaluate(
                         values[key],
                         reference[key],
                         seed=seed,
-                        clusters=test_users if len(splits) > 1 else None,
+                        clusters=test_users if windows > 1 else None,
                     )
                     for key in (f"ndcg@{ks[0]}", f"recall@{ks[0]}")
                 }
@@ -299,7 +298,7 @@ def evaluate(
     _print_table(report, ks)
     if repeats > 1:
         _print_seeds(report["repeats"], ks[0])
-    if len(splits) > 1:
+    if windows > 1:
         _print_windows(report, ks[0])
     if paired_against:
         _print_paired(report["paired"])
@@ -308,7 +307,7 @@ def evaluate(
             per_user,
             per_user_metrics,
             dataset.user_ids.to_numpy()[test_users],
-            test_window if len(splits) > 1 else None,
+            np.repeat(np.arange(windows), [len(s.test.users) for s in splits]) if windows > 1 else None,
         )
     if json_out is not None:
         from recsys.data.io import atomic_path

@@ -159,7 +159,7 @@ def rolling_temporal(
     ts = data.timestamps
     if not len(ts):
         raise ValueError("temporal split: no interactions")
-    starts = [int(np.quantile(ts, 1 - k * test_fraction, method="higher")) for k in range(windows, 0, -1)]
+    starts = period_starts(ts, windows=windows, fraction=test_fraction)
     stops: list[int | None] = [*starts[1:], None]
     return [
         _split_at(
@@ -171,6 +171,18 @@ def rolling_temporal(
         )
         for k, start, stop in zip(range(windows, 0, -1), starts, stops, strict=True)
     ]
+
+
+def period_starts(timestamps: np.ndarray, *, windows: int, fraction: float) -> list[int]:
+    """Start times of ``windows`` consecutive periods of about ``fraction`` of the events each, ending
+    at the last event, earliest first: period ``k`` from the end starts where the last ``k x fraction``
+    of the events begins. (The test periods of :func:`rolling_temporal`, and the two-stage ranker's
+    label windows.)
+
+    >>> period_starts(np.arange(10), windows=2, fraction=0.2)
+    [6, 8]
+    """
+    return [int(np.quantile(timestamps, 1 - k * fraction, method="higher")) for k in range(windows, 0, -1)]
 
 
 def _check_fractions(**fractions: float) -> None:

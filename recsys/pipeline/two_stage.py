@@ -44,7 +44,7 @@ from recsys.config import from_dict, to_dict
 from recsys.data import schema as S
 from recsys.data.dataset import Histories, Interactions
 from recsys.data.io import atomic_path
-from recsys.data.splits import EvalTask, make_split, window_task
+from recsys.data.splits import EvalTask, make_split, period_starts, window_task
 from recsys.ranking import features as F
 from recsys.ranking.diversity import mmr
 from recsys.ranking.ranker import LambdaRanker, RankerConfig
@@ -171,7 +171,7 @@ def label_tasks(
     ts = data.timestamps
     if not len(ts):
         raise ValueError("temporal labels: no interactions")
-    starts = [int(np.quantile(ts, 1 - k * fraction, method="higher")) for k in range(windows, 0, -1)]
+    starts = period_starts(ts, windows=windows, fraction=fraction)
     if not (ts < starts[0]).any():
         raise ValueError(
             f"temporal labels: the earliest of {windows} label windows starts at {starts[0]}, which leaves "
