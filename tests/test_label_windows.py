@@ -191,3 +191,17 @@ def test_no_label_window_event_reaches_the_generators_or_that_windows_features(
                 np.testing.assert_array_equal(a.labels, b.labels)
         # the planted events are window k's labels: the labels (not the features) see them
         assert not np.array_equal(clean.groups[k].labels, planted.groups[k].labels)
+
+
+def test_the_demo_trains_the_clock_time_pipeline_that_evaluate_measures() -> None:
+    """`make demo` ships the labels and features that `recsys evaluate --models pipeline` measured."""
+    from recsys.cli.train import DEMO_CONFIG
+    from recsys.config import load_toml
+    from recsys.evaluation.models import MODELS, EvalContext
+    from recsys.pipeline.train import TrainConfig
+
+    demo = load_toml(TrainConfig, DEMO_CONFIG).model
+    (measured,) = MODELS["pipeline"].grid(EvalContext(dataset=load_dataset(*bundled_paths())))
+    shared = ("label_protocol", "label_windows", "label_fraction", "features", "popularity_half_life_days")
+    for name in shared:
+        assert getattr(demo, name) == getattr(measured, name), name
