@@ -12,6 +12,7 @@ from recsys.candidates.sequential import SequentialConfig, SequentialRecommender
 from recsys.config import ConfigError
 from recsys.data.dataset import Histories, Interactions
 from recsys.data.splits import leave_last_out
+from recsys.evaluation.metrics import ranking_metrics
 
 N_ITEMS = 12
 STEP = 5  # next(i) = (i + STEP) % N_ITEMS: a cycle through all items, since gcd(5, 12) = 1
@@ -67,12 +68,11 @@ def test_early_stopping_keeps_the_best_epoch() -> None:
     assert len(model.history_) == model.best_epoch_ + config.patience < config.max_epochs
     best = max(h["ndcg10"] for h in model.history_)
     assert model.best_score_ == best == model.history_[model.best_epoch_ - 1]["ndcg10"]
-    # the restored weights are the best epoch's: re-validating gives the same score
-    from recsys.candidates.sequential import _hold_out_last
-
-    _, holdout = _hold_out_last(data, 0, np.random.default_rng(0))
-    ndcg, _ = model._validate(holdout.train.histories(holdout.users), holdout.targets)
-    assert ndcg == pytest.approx(best, abs=1e-9)
+    # the restored weights are the best epoch's: re-validating gives the same score. Every user has
+    # 5 events (< validation_users users), so fit held out the last event of each: the test task
+    holdout = leave_last_out(data).test
+    ids, _ = model.recommend(holdout.train.histories(holdout.users), 10)
+    assert ranking_metrics(ids, holdout.targets, ks=[10])["ndcg@10"] == pytest.approx(best, abs=1e-9)
 
 
 def test_time_budget_stops_training() -> None:

@@ -1,10 +1,12 @@
 """Item-based nearest neighbours (Sarwar et al. 2001; Deshpande & Karypis 2004) via ``implicit``.
 
 The similarity of two items is the cosine (or TF-IDF / BM25 weighted cosine) between their user
-columns in the training count matrix; each item keeps its ``neighbours`` most similar items. A
-history scores item ``j`` by ``sum_i count(i) * S[i, j]`` over its items ``i``, one sparse product
-per block of histories, exactly as ``implicit``'s ``ItemItemRecommender.recommend``. Items that are
-neighbours of no history item have no evidence and are not recommended (their places pad with -1).
+columns in the training count matrix (or, with ``use_weights``, of summed event weights); each item
+keeps its ``neighbours`` most similar items. A history scores item ``j`` by
+``sum_i count(i) * S[i, j]`` over its items ``i``, one sparse product per block of histories,
+exactly as ``implicit``'s ``ItemItemRecommender.recommend``: a history carries no weights, so the
+weights shape the similarities, not the query. Items that are neighbours of no history item have no
+evidence and are not recommended (their places pad with -1).
 
 >>> from recsys.data.dataset import Histories, Interactions
 >>> data = Interactions.from_arrays([0, 0, 1, 1, 2, 2], [0, 1, 0, 1, 2, 3], n_users=3, n_items=4)
@@ -49,6 +51,9 @@ class ItemKNNConfig:
         BM25 parameters (``similarity="bm25"`` only).
     num_threads
         Threads of implicit's neighbour search (0: all cores).
+    use_weights
+        Compare items on the summed ``weight`` of each (user, item) cell instead of its event count
+        (see ``Interactions.event_matrix``). Off by default, as in ``ALSConfig``.
     """
 
     neighbours: int = 100
@@ -56,6 +61,7 @@ class ItemKNNConfig:
     bm25_k1: float = 1.2
     bm25_b: float = 0.75
     num_threads: int = 0
+    use_weights: bool = False
 
     def __post_init__(self) -> None:
         checks = {
@@ -89,11 +95,7 @@ class ItemKNN:
         from implicit.utils import ParameterWarning
 
         cfg = self.config
-        counts = sp.csr_matrix(
-            (np.ones(len(data), np.float32), (data.users, data.items)),
-            shape=(data.n_users, data.n_items),
-        )
-        counts.sum_duplicates()
+        cells = data.event_matrix(use_weights=cfg.use_weights)
         if cfg.similarity == "bm25":
             model = BM25Recommender(
                 K=cfg.neighbours, K1=cfg.bm25_k1, B=cfg.bm25_b, num_threads=cfg.num_threads
@@ -105,7 +107,7 @@ class ItemKNN:
         with warnings.catch_warnings():
             # implicit hands its own normalised COO matrix to the neighbour search, which then warns
             warnings.simplefilter("ignore", ParameterWarning)
-            model.fit(counts, show_progress=False)
+            model.fit(cells, show_progress=False)
         similarity = sp.csr_matrix(model.similarity, dtype=np.float32)
         similarity.eliminate_zeros()
         similarity.sort_indices()

@@ -20,8 +20,6 @@ class AdapterName(StrEnum):
     amazon = "amazon"
 
 
-_YEAR_1973 = 100_000_000
-
 ItemsOption = Annotated[
     Path, typer.Option("--items", help="Items table: Parquet, CSV or JSON lines (.parquet/.csv/.jsonl).")
 ]
@@ -49,7 +47,7 @@ def validate(items: ItemsOption, interactions: InteractionsOption) -> None:
     ).row(0)
     interacted = data.interactions.get_column(S.ITEM_IDX).n_unique()
     span = f"timestamps {first} to {last}"
-    if first >= _YEAR_1973:  # plausible Unix seconds rather than an order index
+    if S.are_unix_seconds(event_table.get_column(S.TIMESTAMP)):
         dates = [datetime.fromtimestamp(t, tz=UTC).date().isoformat() for t in (first, last)]
         span += f" ({dates[0]} to {dates[1]} as Unix seconds)"
     console = Console()

@@ -150,8 +150,33 @@ class Interactions:
     @cached_property
     def matrix(self) -> sp.csr_matrix:
         """(n_users, n_items) float32 matrix of summed weights."""
+        return self._cells(self.weights)
+
+    def event_matrix(self, *, use_weights: bool) -> sp.csr_matrix:
+        """(n_users, n_items) float32 matrix that ALS and item-kNN are fitted on, built anew.
+
+        Each cell counts the user's events on the item or, with ``use_weights``, sums their weights
+        (as ``matrix``). A cell whose weights sum to 0 is left out, as if never seen: a zero weight
+        says the events carry no preference, and a stored 0 would turn into no confidence at all in
+        ALS and into 0 / 0 in a cosine. With every weight 1 both matrices are the same, bit for bit.
+
+        >>> data = Interactions.from_arrays(
+        ...     [0, 0, 1], [1, 1, 0], n_users=2, n_items=2, weights=np.array([2.0, 0.5, 0.0])
+        ... )
+        >>> data.event_matrix(use_weights=False).toarray().tolist()
+        [[0.0, 2.0], [1.0, 0.0]]
+        >>> data.event_matrix(use_weights=True).toarray().tolist()
+        [[0.0, 2.5], [0.0, 0.0]]
+        """
+        if not use_weights:
+            return self._cells(np.ones(len(self), np.float32))
+        m = self._cells(self.weights)
+        m.eliminate_zeros()
+        return m
+
+    def _cells(self, values: np.ndarray) -> sp.csr_matrix:
         m = sp.csr_matrix(
-            (self.weights, (self.users, self.items)), shape=(self.n_users, self.n_items), dtype=np.float32
+            (values, (self.users, self.items)), shape=(self.n_users, self.n_items), dtype=np.float32
         )
         m.sum_duplicates()
         return m

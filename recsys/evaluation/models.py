@@ -48,7 +48,6 @@ from recsys.data.dataset import Dataset
 
 T = TypeVar("T")
 
-UNIX_SECONDS_FROM = 100_000_000  # 1973-03-03: smaller timestamps are taken for order indices
 DAY = 86_400.0
 
 
@@ -78,8 +77,7 @@ class EvalContext:
     @property
     def has_clock_time(self) -> bool:
         """Whether timestamps look like Unix seconds rather than per-user order indices."""
-        stamps = self.dataset.interactions.get_column(S.TIMESTAMP)
-        return bool(len(stamps)) and int(stamps.min()) >= UNIX_SECONDS_FROM  # type: ignore[arg-type]
+        return S.are_unix_seconds(self.dataset.interactions.get_column(S.TIMESTAMP))
 
 
 @dataclass(frozen=True)

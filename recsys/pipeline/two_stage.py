@@ -265,8 +265,7 @@ def _sequential_config(s: SequentialSourceConfig) -> Any:
 def _time_unit(config: TwoStageConfig, data: Interactions) -> Literal["seconds", "steps"]:
     if config.time_unit != "auto":
         return config.time_unit
-    # Unix seconds after 1990 are > 6e8; an order index is a small integer
-    return "seconds" if len(data) and data.timestamps.max() > 600_000_000 else "steps"
+    return "seconds" if S.are_unix_seconds(data.timestamps) else "steps"
 
 
 class TwoStage:
