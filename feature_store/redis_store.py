@@ -27,7 +27,7 @@ import pyarrow as pa
 
 from feature_store import definitions as D
 from feature_store.offline import Snapshot
-from feature_store.online import (
+from feature_store.record import (
     SEP,
     check_event,
     empty_record,
