@@ -12,6 +12,8 @@ reserved separator ``SEP`` and the id check that guards it.
 >>> apply_to_record(record, item_id="a", event="cart", timestamp=9, category="x", price=2.0, last_n=2)
 >>> record["n_events"], record["n_items"], record["last_ts"], record["last_items"], record["events"]
 (3, 2, 9, ['b', 'a'], {'view': 2, 'cart': 1})
+>>> history(record)
+['b', 'a']
 """
 
 from __future__ import annotations
@@ -100,6 +102,18 @@ def apply_to_record(
     items = record[D.LAST_ITEMS]
     items.append(item_id)
     del items[: max(0, len(items) - last_n)]
+
+
+def history(record: dict[str, Any]) -> list[str]:
+    """The user's items oldest first, as the recommender takes them: every item seen, with the most
+    recent ones (the last-items list, each at its latest position) at the end.
+
+    >>> history({"seen": ["a", "b", "c"], "last_items": ["c", "a", "c"]})
+    ['b', 'a', 'c']
+    """
+    recent: list[str] = list(dict.fromkeys(reversed(record.get(D.LAST_ITEMS) or [])))[::-1]
+    recent_set = set(recent)
+    return [i for i in record.get(D.SEEN) or [] if i not in recent_set] + recent
 
 
 def records_to_arrow(user_ids: Sequence[str], records: Sequence[dict[str, Any] | None]) -> pa.Table:

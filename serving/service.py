@@ -101,13 +101,6 @@ def _items(recommendations: Sequence[Recommendation]) -> list[api.Item]:
     ]
 
 
-def _history(record: dict[str, Any]) -> list[str]:
-    """The user's items oldest first: every item seen, with the most recent ones at the end."""
-    recent: list[str] = list(dict.fromkeys(reversed(record.get("last_items") or [])))[::-1]
-    recent_set = set(recent)
-    return [i for i in record.get("seen") or [] if i not in recent_set] + recent
-
-
 admin = FastAPI(title="recsys admin", docs_url=None, redoc_url=None, openapi_url=None)
 
 
@@ -199,9 +192,13 @@ class Recsys:
             raise RequestError(503, f"no model loaded yet ({reason})", kind="unavailable")
         return loaded
 
-    def _records(self, user_ids: Sequence[str]) -> list[dict[str, Any]]:
-        # plain records, not Arrow rows: the same states, several times cheaper per request
-        return self.store.get_records(list(user_ids))
+    def _users(self, user_ids: Sequence[str]) -> tuple[list[list[str]], list[dict[str, Any]]]:
+        """Each user's history and record from the online store (plain records, not Arrow rows: the
+        same states, several times cheaper per request)."""
+        from feature_store.record import history  # lazy: the arbiter process imports this module too
+
+        records = self.store.get_records(list(user_ids))
+        return [history(r) for r in records], records
 
     @staticmethod
     def _filters(loaded: Loaded, filters: api.Filters | None) -> Any:
@@ -247,9 +244,9 @@ class Recsys:
         loaded = self.loaded()
         filters = self._filters(loaded, request.filters)
 
-        record = self._records([request.user_id])[0]
+        (history,), (record,) = self._users([request.user_id])
         recommendations = loaded.recommender.recommend(
-            _history(record),
+            history,
             n=request.n,
             exclude_seen=request.exclude_seen,
             filters=filters,
@@ -272,9 +269,9 @@ class Recsys:
         filters = self._filters(loaded, request.filters)
 
         def run() -> list[list[Recommendation]]:
-            records = self._records(request.user_ids)
+            histories, records = self._users(request.user_ids)
             return loaded.recommender.recommend_batch(
-                [_history(r) for r in records],
+                histories,
                 n=request.n,
                 exclude_seen=request.exclude_seen,
                 filters=filters,
@@ -315,10 +312,8 @@ class Recsys:
             raise RequestError(404, f"unknown item {request.item_id!r}", loc=["item_id"], kind="not_found")
 
         def run() -> list[tuple[str, float]]:
-            record = self._records([request.user_id])[0]
-            return loaded.recommender.explain(
-                _history(record), request.item_id, top=request.top, user_features=record
-            )
+            (history,), (record,) = self._users([request.user_id])
+            return loaded.recommender.explain(history, request.item_id, top=request.top, user_features=record)
 
         contributions = await self._run(run)
         return api.ExplainResponse.model_construct(
@@ -341,7 +336,7 @@ class Recsys:
 
         def run() -> dict[str, Any]:
             self.store.apply_event(request.user_id, request.item_id, request.event, timestamp)
-            return self._records([request.user_id])[0]
+            return self._users([request.user_id])[1][0]
 
         record = await self._run(run)
         return api.EventResponse.model_construct(
