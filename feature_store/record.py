@@ -4,7 +4,8 @@ A *record* is a user's state (``definitions.STATE_SCHEMA`` less the id) as plain
 form the service reads per request, and the one ``apply_to_record`` updates in place. The backends
 (``sqlite_store``, ``redis_store``) encode it their own way; this module holds what they must agree
 on: the empty record, the incremental update, the conversions to and from Arrow and Polars, the
-reserved separator ``SEP`` and the id check that guards it.
+reserved separator ``SEP`` and the id check that guards it, and the error a store raises when it does
+not answer (``StoreUnavailable``).
 
 >>> record = empty_record()
 >>> apply_to_record(record, item_id="a", event="view", timestamp=5, category="x", price=2.0, last_n=2)
@@ -48,6 +49,13 @@ ARROW_STATE_SCHEMA = pa.schema(
 )
 RECORD_FIELDS = [name for name in D.STATE_SCHEMA if name != S.USER_ID]
 SEP = "\x1f"  # joins seen item ids in both backends, so ids must not contain it
+
+
+class StoreUnavailable(Exception):
+    """The store did not answer in time, or could not be reached; the message names the store.
+
+    The service answers it with a 503 (and ``/readyz`` says it), never a 500 or a hang.
+    """
 
 
 def check_event(user_id: str, item_id: str, event: str | None) -> None:
