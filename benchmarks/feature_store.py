@@ -49,8 +49,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from feature_store import FeatureConfig, build_features, online_items, open_store, write_snapshot  # noqa: E402
-from feature_store.online import OnlineStore, features_for, frame_to_records  # noqa: E402
-from feature_store.serving import ServingFeatures  # noqa: E402
+from feature_store.online import OnlineStore  # noqa: E402
+from feature_store.record import frame_to_records  # noqa: E402
+from feature_store.serving import ServingFeatures, features_for  # noqa: E402
 from recsys.data import schema as S  # noqa: E402
 from recsys.data.adapters import movielens  # noqa: E402
 

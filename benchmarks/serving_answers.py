@@ -29,10 +29,10 @@ def dump(home: Path, requests: int, out: Path) -> None:
     os.environ["BENTOML_HOME"] = str(home.resolve())
     sys.path.insert(0, os.getcwd())  # the checkout being measured (old or new)
     from feature_store.online import open_store
+    from feature_store.record import history
     from recsys.data.loading import bundled_paths
     from recsys.pipeline import registry
     from recsys.pipeline.recommender import Filters, Recommender
-    from serving.service import _history
 
     # benchmarks/serving.py by path: on sys.path its name would shadow the ``serving`` package
     spec = importlib.util.spec_from_file_location("serving_benchmark", ROOT / "benchmarks" / "serving.py")
@@ -48,7 +48,7 @@ def dump(home: Path, requests: int, out: Path) -> None:
     for i, body in enumerate(bodies):
         record = store.get_user([json.loads(body)["user_id"]]).to_pylist()[0]
         recs = recommender.recommend(
-            _history(record),
+            history(record),
             n=50 if i % 5 == 0 else 10,
             user_features=record,
             context_item_ids=context if i % 11 == 0 else [],

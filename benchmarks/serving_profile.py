@@ -87,10 +87,10 @@ def main() -> None:
     os.environ["BENTOML_HOME"] = str(args.home.resolve())
 
     from feature_store.online import open_store
+    from feature_store.record import history as history_of
     from recsys.data.loading import bundled_paths
     from recsys.pipeline import registry
     from recsys.pipeline.recommender import Recommender
-    from serving.service import _history as history_of
 
     # benchmarks/serving.py by path: on sys.path its name would shadow the ``serving`` package
     spec = importlib.util.spec_from_file_location("serving_benchmark", ROOT / "benchmarks" / "serving.py")

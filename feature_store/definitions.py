@@ -178,19 +178,25 @@ def _window_count(start: int, end: int) -> pl.Expr:
 
 
 def registry(config: FeatureConfig) -> tuple[Feature, ...]:
-    """Every feature, in the order of the feature schema."""
+    """Every feature, in the order of the feature schema: user, item, then user×item features."""
+    return (*_user_features(config), *_item_features(config), *_pair_features())
+
+
+# The three tables below are the declarations themselves: one ``Feature`` per entry, read top down.
+_I64, _F64, _I8 = pl.Int64(), pl.Float64(), pl.Int8()
+_NAN = math.nan
+
+
+def _user_features(config: FeatureConfig) -> list[Feature]:
     scale = float(config.scale)
-    nan = math.nan
-    i64, f64, i8 = pl.Int64(), pl.Float64(), pl.Int8()
-    n_events = pl.col(N_EVENTS)
-    user: list[Feature] = [
-        Feature("user_n_events", "user", i64, 0, n_events, "events before the cutoff"),
-        Feature("user_n_items", "user", i64, 0, pl.col(N_ITEMS), "distinct items before the cutoff"),
+    return [
+        Feature("user_n_events", "user", _I64, 0, pl.col(N_EVENTS), "events before the cutoff"),
+        Feature("user_n_items", "user", _I64, 0, pl.col(N_ITEMS), "distinct items before the cutoff"),
         Feature(
             "user_since_last",
             "user",
-            f64,
-            nan,
+            _F64,
+            _NAN,
             (pl.col(NOW) - pl.col(LAST_TS)).cast(pl.Float64) / scale,
             "days (steps) since the last event",
         ),
@@ -198,7 +204,7 @@ def registry(config: FeatureConfig) -> tuple[Feature, ...]:
             Feature(
                 f"user_share_{event}",
                 "user",
-                f64,
+                _F64,
                 0.0,
                 per_event(map_get(EVENTS, event)),
                 f"share of '{event}' events",
@@ -209,7 +215,7 @@ def registry(config: FeatureConfig) -> tuple[Feature, ...]:
             Feature(
                 f"user_top{k + 1}_category_share",
                 "user",
-                f64,
+                _F64,
                 0.0,
                 _nth_largest_share(k),
                 f"share of events in the user's #{k + 1} category",
@@ -219,21 +225,24 @@ def registry(config: FeatureConfig) -> tuple[Feature, ...]:
         Feature(
             "user_mean_price",
             "user",
-            f64,
-            nan,
+            _F64,
+            _NAN,
             pl.when(pl.col(PRICE_N) > 0).then(pl.col(PRICE_SUM) / pl.col(PRICE_N)),
             "mean price of the items the user interacted with",
         ),
         Feature("user_last_items", "user", pl.List(pl.String), None, pl.col(LAST_ITEMS), "last N item ids"),
     ]
+
+
+def _item_features(config: FeatureConfig) -> list[Feature]:
     tw = config.trend_window * config.scale
-    item: list[Feature] = [
-        Feature("item_pop_all", "item", i64, 0, pl.col(n_before(0)), "events before the cutoff"),
+    return [
+        Feature("item_pop_all", "item", _I64, 0, pl.col(n_before(0)), "events before the cutoff"),
         *(
             Feature(
                 f"item_pop_{w}",
                 "item",
-                i64,
+                _I64,
                 0,
                 _window_count(0, w * config.scale),
                 f"events in the last {w} {'days' if config.time_unit == 'seconds' else 'steps'}",
@@ -243,7 +252,7 @@ def registry(config: FeatureConfig) -> tuple[Feature, ...]:
         Feature(
             "item_trend",
             "item",
-            f64,
+            _F64,
             0.0,
             _window_count(0, tw).cast(pl.Float64).log1p()
             - _window_count(tw, 2 * tw).cast(pl.Float64).log1p(),
@@ -252,21 +261,24 @@ def registry(config: FeatureConfig) -> tuple[Feature, ...]:
         Feature(
             "item_age",
             "item",
-            f64,
-            nan,
-            (pl.col(NOW) - pl.col(FIRST_TS)).cast(pl.Float64) / scale,
+            _F64,
+            _NAN,
+            (pl.col(NOW) - pl.col(FIRST_TS)).cast(pl.Float64) / float(config.scale),
             "days (steps) since the item's first event",
         ),
-        Feature("item_price", "item", f64, nan, pl.col(S.PRICE), "catalogue price"),
+        Feature("item_price", "item", _F64, _NAN, pl.col(S.PRICE), "catalogue price"),
         Feature("item_category", "item", pl.String(), "", pl.col(S.CATEGORY), "catalogue category"),
         Feature("item_brand", "item", pl.String(), "", pl.col(S.BRAND), "catalogue brand"),
-        Feature("item_text_len", "item", i64, 0, pl.col(TEXT_LEN), "characters of title + description"),
+        Feature("item_text_len", "item", _I64, 0, pl.col(TEXT_LEN), "characters of title + description"),
     ]
-    pair: list[Feature] = [
+
+
+def _pair_features() -> list[Feature]:
+    return [
         Feature(
             "ui_category_share",
             "user_item",
-            f64,
+            _F64,
             0.0,
             per_event(pl.col(CAT_COUNT)),
             "the user's share of events in the item's category",
@@ -274,15 +286,15 @@ def registry(config: FeatureConfig) -> tuple[Feature, ...]:
         Feature(
             "ui_embedding_cosine",
             "user_item",
-            f64,
-            nan,
+            _F64,
+            _NAN,
             pl.col(COSINE),
             "cosine of the item embedding to the mean embedding of the user's last N items",
         ),
         Feature(
             "ui_same_category_as_last",
             "user_item",
-            i8,
+            _I8,
             0,
             pl.col(S.CATEGORY) == pl.col(LAST_CATEGORY),
             "the item's category equals the last item's",
@@ -290,14 +302,13 @@ def registry(config: FeatureConfig) -> tuple[Feature, ...]:
         Feature(
             "ui_same_brand_as_last",
             "user_item",
-            i8,
+            _I8,
             0,
             pl.col(S.BRAND) == pl.col(LAST_BRAND),
             "the item's brand equals the last item's",
         ),
-        Feature("ui_seen", "user_item", i8, 0, pl.col(IS_SEEN), "the user already interacted with the item"),
+        Feature("ui_seen", "user_item", _I8, 0, pl.col(IS_SEEN), "the user already interacted with the item"),
     ]
-    return (*user, *item, *pair)
 
 
 def features_of(config: FeatureConfig, entity: Entity) -> tuple[Feature, ...]:

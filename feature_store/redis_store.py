@@ -14,21 +14,38 @@ they derive).
 In the record, ``last_ts`` and ``price_sum`` are strings (exact integers and ``%.17g`` doubles:
 Lua's JSON encoder keeps 14 digits) and ``seen`` is one string of SEP-prefixed ids in first-seen
 order, which splits far faster than a JSON list.
+
+A stalled or unreachable Redis must not stall the service: every call waits at most ``timeout``
+seconds for a connection and for a reply (redis-py's ``socket_connect_timeout`` and
+``socket_timeout``; redis-py's own defaults go from waiting forever, in 5.x, to 5 s with ten
+retries per call, in 8.x).
+Reads are retried ``retries`` times with a short exponential backoff (redis-py's ``Retry``), then
+raise ``StoreUnavailable`` naming the store. Scripts that change state are never retried: a reply
+that times out may come from a script that ran, and running ``apply_event`` twice would count the
+event twice. ``load`` is a batch job whose switch replays the event log in one script, so it waits
+``LOAD_TIMEOUT`` instead. ``?socket_timeout=S`` (and ``socket_connect_timeout``) in the URL set the
+serving timeouts, as in redis-py.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import polars as pl
 import pyarrow as pa
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from feature_store import definitions as D
 from feature_store.offline import Snapshot
-from feature_store.online import (
+from feature_store.record import (
     SEP,
+    StoreUnavailable,
     check_event,
     empty_record,
     frame_to_records,
@@ -38,6 +55,10 @@ from feature_store.online import (
 from recsys.data import schema as S
 
 DEFAULT_LAST_N = D.FeatureConfig().last_n
+DEFAULT_TIMEOUT = 1.0  # seconds; a read takes well under a millisecond on a healthy server
+DEFAULT_RETRIES = 1
+LOAD_TIMEOUT = 600.0  # the switch replays every live event since the cutoff in one script
+_TIMEOUT_OPTIONS = ("socket_timeout", "socket_connect_timeout")
 
 # Lua: the incremental state update, shared by apply_event and the replay inside the switch.
 _APPLY = """
@@ -144,24 +165,64 @@ class RedisStore:
         A redis-py URL.
     prefix
         Key prefix, so several stores can share one database.
+    timeout
+        Seconds a call waits to connect and for each reply (``socket_timeout`` in the URL wins).
+    retries
+        Retries of a read that timed out or lost its connection; state changes are never retried.
     """
 
-    def __init__(self, url: str, *, prefix: str = "fs") -> None:
-        import redis
-
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "fs",
+        timeout: float = DEFAULT_TIMEOUT,
+        retries: int = DEFAULT_RETRIES,
+    ) -> None:
         self.url = url
         self.prefix = prefix
-        self._redis = redis.Redis.from_url(url)
+        parts = urlsplit(url)
+        options = parse_qsl(parts.query)
+        self.timeout = float(dict(options).get("socket_timeout", timeout))
+        self._connect_timeout = float(dict(options).get("socket_connect_timeout", self.timeout))
+        # the rest of the URL is redis-py's to read; the timeouts are set per client below
+        rest = [(k, v) for k, v in options if k not in _TIMEOUT_OPTIONS]
+        self._url = urlunsplit(parts._replace(query=urlencode(rest)))
+        self._redis = self._client(timeout=self.timeout, retries=retries)
+        self._once = self._client(timeout=self.timeout, retries=0)  # apply_event: never twice
         self._apply_event = self._redis.register_script(_APPLY_EVENT)
         self._switch = self._redis.register_script(_SWITCH)
         self._get_users = self._redis.register_script(_GET_USERS)
         self._get_items = self._redis.register_script(_GET_ITEMS)
 
+    def _client(self, *, timeout: float, retries: int) -> redis.Redis:
+        errors = (redis.ConnectionError, redis.TimeoutError)
+        return redis.Redis.from_url(
+            self._url,
+            socket_timeout=timeout,
+            socket_connect_timeout=self._connect_timeout,
+            retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), retries, supported_errors=errors),
+            retry_on_error=list(errors),  # redis-py 5 retries only the errors named here
+        )
+
+    @contextmanager
+    def _answering(self) -> Iterator[None]:
+        """Turn a timeout or a lost connection (after the client's retries) into ``StoreUnavailable``."""
+        try:
+            yield
+        except redis.TimeoutError as err:
+            raise StoreUnavailable(
+                f"online feature store (redis) timed out after {self.timeout:g} s"
+            ) from err
+        except redis.ConnectionError as err:
+            raise StoreUnavailable(f"online feature store (redis) is unreachable: {err}") from err
+
     def _key(self, *parts: object) -> str:
         return ":".join([self.prefix, *map(str, parts)])
 
     def version(self) -> int | None:
-        value = self._redis.get(self._key("version"))
+        with self._answering():
+            value = self._redis.get(self._key("version"))
         return None if value is None else int(value)
 
     def get_user(self, user_ids: Sequence[str]) -> pa.Table:
@@ -172,14 +233,16 @@ class RedisStore:
 
     def _records(self, user_ids: Sequence[str]) -> list[dict[str, Any] | None]:
         ids = [str(u) for u in user_ids]
-        replies = self._get_users(args=[self.prefix, *ids]) if ids else []
+        with self._answering():
+            replies = self._get_users(args=[self.prefix, *ids]) if ids else []
         if not replies:
             return [None] * len(ids)
         return [_decode(raw) if raw else None for raw in replies]
 
     def get_items(self, item_ids: Sequence[str]) -> pa.Table:
         ids = [str(i) for i in item_ids]
-        replies = self._get_items(args=[self.prefix, *ids]) if ids else []
+        with self._answering():
+            replies = self._get_items(args=[self.prefix, *ids]) if ids else []
         rows = [
             json.loads(r) if r else {S.ITEM_ID: i}
             for i, r in zip(ids, replies or [b""] * len(ids), strict=True)
@@ -188,7 +251,10 @@ class RedisStore:
 
     def apply_event(self, user_id: str, item_id: str, event: str | None, timestamp: int) -> None:
         check_event(user_id, item_id, event)
-        self._apply_event(args=[self.prefix, str(user_id), str(item_id), event or "", int(timestamp)])
+        with self._answering():
+            self._apply_event(
+                args=[self.prefix, str(user_id), str(item_id), event or "", int(timestamp)], client=self._once
+            )
 
     def _write_users(self, version: int, states: pl.DataFrame, *, chunk: int = 1000) -> None:
         ids, records = frame_to_records(states)
@@ -231,7 +297,11 @@ class RedisStore:
         self._redis.hset(self._key(version, "meta"), mapping={"last_n": snapshot.config.last_n})
         self._write_users(version, snapshot.user_states())
         self._write_items(version, online_items(snapshot))
-        old = self._switch(args=[self.prefix, version, snapshot.cutoff])
+        bulk = self._client(timeout=LOAD_TIMEOUT, retries=0)  # the switch must run once, however long
+        try:
+            old = self._switch(args=[self.prefix, version, snapshot.cutoff], client=bulk)
+        finally:
+            bulk.close()
         self._redis.set(self._key("cutoff"), snapshot.cutoff)
         if old is not None and int(old) != version:
             self._delete_version(int(old))
@@ -253,6 +323,7 @@ class RedisStore:
 
     def close(self) -> None:
         self._redis.close()
+        self._once.close()
 
 
 def _encode(record: dict[str, Any]) -> str:

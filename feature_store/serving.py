@@ -1,6 +1,7 @@
-"""The serving fast path: one user's features × candidate items in NumPy, no Polars per request.
+"""Request-time features: one user's record × candidate items, the Polars reference and its NumPy twin.
 
-``online.features_for`` evaluates the declarations of ``definitions`` with Polars; that is the
+``features_for`` (and ``serve_features``, which reads the record from the store first) evaluates the
+declarations of ``definitions`` with the same ``compute`` functions as training; that is the
 reference, and it equals the offline features (tests). Per request its dozens of small Polars calls
 cost milliseconds, so the service uses ``ServingFeatures``: the item side is turned into arrays
 once, and each request is a few dictionary lookups and vectorised gathers over the candidates. A test
@@ -25,13 +26,80 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
 
+from feature_store import compute as C
 from feature_store import definitions as D
 from recsys.data import schema as S
+
+if TYPE_CHECKING:
+    from feature_store.online import OnlineStore
+
+
+# --- the reference: the declarations evaluated with Polars, as training does -----------------------
+
+
+def serve_features(
+    store: OnlineStore,
+    user_id: str,
+    item_rows: np.ndarray,
+    *,
+    items: pl.DataFrame,
+    now: int,
+    config: D.FeatureConfig,
+    embeddings: np.ndarray | None = None,
+) -> pl.DataFrame:
+    """Features of one user × candidate items at request time ``now``, as training computes them.
+
+    ``items`` is ``record.online_items(snapshot)`` held in memory; ``item_rows`` index it (= item_idx).
+    Returns one row per candidate: user features, item features, user×item features.
+    """
+    states = pl.from_arrow(store.get_user([user_id]))
+    assert isinstance(states, pl.DataFrame)
+    return features_for(states, item_rows, items=items, now=now, config=config, embeddings=embeddings)
+
+
+def features_for(
+    states: pl.DataFrame,
+    item_rows: np.ndarray,
+    *,
+    items: pl.DataFrame,
+    now: int,
+    config: D.FeatureConfig,
+    embeddings: np.ndarray | None = None,
+) -> pl.DataFrame:
+    """``serve_features`` once the single user's state row is in hand."""
+    if states.height != 1:
+        raise ValueError(f"expected the state of one user, got {states.height} rows")
+    states = states.with_columns(pl.lit(now, dtype=pl.Int64).alias(D.NOW))
+    user = C.user_features(states, config=config).drop(S.USER_ID, D.NOW)
+    candidates = items[np.asarray(item_rows, dtype=np.int64)]
+    pairs = candidates.select(pl.lit(0, dtype=pl.Int64).alias(C.KEY), pl.col(S.ITEM_ID))
+    # user×item features read only the candidates and the user's last items: join against those
+    last = items.filter(pl.col(S.ITEM_ID).is_in(states.get_column(D.LAST_ITEMS).explode().drop_nulls()))
+    pair = C.pair_features(
+        states,
+        pairs,
+        pl.concat([candidates, last]).unique(S.ITEM_ID, keep="first"),
+        config=config,
+        embeddings=embeddings,
+    )
+    item_names = [f.name for f in D.features_of(config, "item")]
+    return pl.concat(
+        [
+            candidates.select(S.ITEM_ID),
+            user.select(pl.all().gather(np.zeros(candidates.height, dtype=np.int64))),
+            candidates.select(item_names),
+            pair,
+        ],
+        how="horizontal",
+    )
+
+
+# --- the fast path: the same features in NumPy, held equal to the reference by a test -------------
 
 Record = dict[str, Any]  # ``OnlineStore.get_records(...)[0]`` or a row of ``get_user(...).to_pylist()``
 PAIR_FEATURES = (
@@ -62,12 +130,12 @@ def _codes(values: pl.Series) -> tuple[np.ndarray, dict[str, int]]:
 
 
 class ServingFeatures:
-    """Features of one user's record × candidate item rows, as ``online.features_for`` computes them.
+    """Features of one user's record × candidate item rows, as ``features_for`` computes them.
 
     Parameters
     ----------
     items
-        ``online.online_items(snapshot)``, held in memory; candidate rows index it.
+        ``record.online_items(snapshot)``, held in memory; candidate rows index it.
     config
         The snapshot's feature config.
     embeddings

@@ -15,6 +15,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -22,7 +23,7 @@ import pyarrow as pa
 
 from feature_store import definitions as D
 from feature_store.offline import Snapshot
-from feature_store.online import (
+from feature_store.record import (
     RECORD_FIELDS,
     SEP,
     apply_to_record,
@@ -31,16 +32,27 @@ from feature_store.online import (
     frame_to_records,
     online_items,
     records_to_arrow,
-    sqlite_path,
 )
 from recsys.data import schema as S
 
 _TABLE = re.compile(r"^(users|items)_v(\d+)$")
 _JSON_FIELDS = (D.EVENTS, D.CATEGORIES, D.LAST_ITEMS)
-# Seen ids are stored joined by online.SEP rather than as JSON: splitting decodes ~4x faster for
+# Seen ids are stored joined by record.SEP rather than as JSON: splitting decodes ~4x faster for
 # users with thousands of items, and reads are the hot path.
 _COLUMNS = ", ".join(RECORD_FIELDS)
 DEFAULT_LAST_N = D.FeatureConfig().last_n
+
+
+def sqlite_path(url: str) -> Path:
+    """``sqlite:///x.db`` -> ``x.db``; ``sqlite:////abs/x.db`` -> ``/abs/x.db``.
+
+    >>> str(sqlite_path("sqlite:////tmp/online.db"))
+    '/tmp/online.db'
+    """
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or len(url) == len(prefix):
+        raise ValueError(f"bad SQLite URL {url!r}: expected sqlite:///path/to.db")
+    return Path(url[len(prefix) :])
 
 
 class SQLiteStore:

@@ -13,8 +13,9 @@ torch nor transformers: item embeddings were computed offline and live in the bu
 
 Endpoints: ``POST /recommend``, ``/recommend/batch``, ``/similar_items``, ``/explain``, ``/events``;
 ``GET /model``; ``POST /admin/reload`` (``Authorization: Bearer $RECSYS_ADMIN_TOKEN``); and BentoML's
-``/livez``, ``/readyz`` (503 until a model is loaded), ``/metrics`` and ``/docs.json`` (OpenAPI).
-Every bad request gets a 4xx whose ``error`` names the offending field (``serving.guard``).
+``/livez``, ``/readyz`` (503 until a model is loaded, or while the online store does not answer),
+``/metrics`` and ``/docs.json`` (OpenAPI). Every bad request gets a 4xx whose ``error`` names the
+offending field (``serving.guard``); a store that does not answer in time gets a 503 naming it.
 """
 
 from __future__ import annotations
@@ -25,12 +26,14 @@ import logging
 import math
 import os
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
 import anyio.to_thread
 import bentoml
 from fastapi import FastAPI, Header
+from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 
 from serving import schemas as api
@@ -42,6 +45,7 @@ if TYPE_CHECKING:
     from recsys.pipeline.recommender import Recommendation
 
 logger = logging.getLogger("recsys.serving")
+STORE_READERS = 16  # /recommend store reads in flight per worker, each bounded by the store's timeout
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -101,11 +105,15 @@ def _items(recommendations: Sequence[Recommendation]) -> list[api.Item]:
     ]
 
 
-def _history(record: dict[str, Any]) -> list[str]:
-    """The user's items oldest first: every item seen, with the most recent ones at the end."""
-    recent: list[str] = list(dict.fromkeys(reversed(record.get("last_items") or [])))[::-1]
-    recent_set = set(recent)
-    return [i for i in record.get("seen") or [] if i not in recent_set] + recent
+@contextmanager
+def _store_answers() -> Iterator[None]:
+    """A store that does not answer in time (``StoreUnavailable``) is a 503 naming it, not a 500."""
+    from feature_store.record import StoreUnavailable  # lazy: the arbiter process imports this module too
+
+    try:
+        yield
+    except StoreUnavailable as err:
+        raise RequestError(503, str(err), kind="unavailable") from err
 
 
 admin = FastAPI(title="recsys admin", docs_url=None, redoc_url=None, openapi_url=None)
@@ -181,9 +189,23 @@ class Recsys:
         self.models = ModelHolder(pinned_tag=self.settings.model_tag, poll_seconds=self.settings.poll_seconds)
         self.models.start()
         self._limiter = anyio.CapacityLimiter(self.settings.threads)
+        self._store_reads = anyio.CapacityLimiter(STORE_READERS)
 
     def __is_ready__(self) -> bool:
-        return self.models.current is not None
+        """Ready once a model is loaded, and while the online store answers.
+
+        BentoML calls this in a thread, and its own 503 says only that it returned False, so a
+        store that does not answer raises the 503 itself, with the reason.
+        """
+        if self.models.current is None:
+            return False
+        from feature_store.record import StoreUnavailable  # lazy, as in _store_answers
+
+        try:
+            self.store.version()
+        except StoreUnavailable as err:
+            raise HTTPException(status_code=503, detail=f"not ready: {err}") from err
+        return True
 
     @bentoml.on_shutdown
     def _close(self) -> None:
@@ -199,9 +221,14 @@ class Recsys:
             raise RequestError(503, f"no model loaded yet ({reason})", kind="unavailable")
         return loaded
 
-    def _records(self, user_ids: Sequence[str]) -> list[dict[str, Any]]:
-        # plain records, not Arrow rows: the same states, several times cheaper per request
-        return self.store.get_records(list(user_ids))
+    def _users(self, user_ids: Sequence[str]) -> tuple[list[list[str]], list[dict[str, Any]]]:
+        """Each user's history and record from the online store (plain records, not Arrow rows: the
+        same states, several times cheaper per request). Blocking: call it off the event loop."""
+        from feature_store.record import history  # lazy, as in _store_answers
+
+        with _store_answers():
+            records = self.store.get_records(list(user_ids))
+        return [history(r) for r in records], records
 
     @staticmethod
     def _filters(loaded: Loaded, filters: api.Filters | None) -> Any:
@@ -227,16 +254,21 @@ class Recsys:
         )
 
     # --- endpoints ----------------------------------------------------------------------------------
-    # Validation runs on the event loop. A single user's /recommend (its online-store read included:
-    # one key from a local SQLite file or Redis) is scored there too: it takes a few milliseconds,
-    # and handing it to a thread cost more than blocking the loop for that long
-    # (server CPU per request at concurrency 16: 19.9-20.5 ms with the hand-off, 15.8-16.1 ms
+    # Validation runs on the event loop. A single user's /recommend is scored there too: it takes a
+    # few milliseconds, and handing the scoring to a thread cost more than blocking the loop for that
+    # long (server CPU per request at concurrency 16: 19.9-20.5 ms with the hand-off, 15.8-16.1 ms
     # without, as the loop and the scoring threads fought over the GIL; docs/RESULTS.md, Serving).
-    # Batches, explanations, similar items and events run in a small thread pool, so /livez, /readyz
-    # and /metrics answer at once even while a large batch is being scored.
+    # Its online-store read is not: it is one key and mostly waiting, but a stalled store would
+    # block the loop, and /livez and /readyz with it, for the store's whole timeout, so it waits in a
+    # thread of its own pool. Batches, explanations, similar items and events run in a small thread
+    # pool, so /livez, /readyz and /metrics answer at once even while a large batch is being scored.
 
     async def _run(self, func: Callable[[], T]) -> T:
         return await anyio.to_thread.run_sync(func, limiter=self._limiter)
+
+    async def _read(self, user_ids: Sequence[str]) -> tuple[list[list[str]], list[dict[str, Any]]]:
+        """``_users`` off the event loop."""
+        return await anyio.to_thread.run_sync(self._users, user_ids, limiter=self._store_reads)
 
     @bentoml.api(route="/recommend", input_spec=api.RecommendRequest, output_spec=api.RecommendResponse)
     @answers
@@ -247,9 +279,9 @@ class Recsys:
         loaded = self.loaded()
         filters = self._filters(loaded, request.filters)
 
-        record = self._records([request.user_id])[0]
+        (history,), (record,) = await self._read([request.user_id])
         recommendations = loaded.recommender.recommend(
-            _history(record),
+            history,
             n=request.n,
             exclude_seen=request.exclude_seen,
             filters=filters,
@@ -272,9 +304,9 @@ class Recsys:
         filters = self._filters(loaded, request.filters)
 
         def run() -> list[list[Recommendation]]:
-            records = self._records(request.user_ids)
+            histories, records = self._users(request.user_ids)
             return loaded.recommender.recommend_batch(
-                [_history(r) for r in records],
+                histories,
                 n=request.n,
                 exclude_seen=request.exclude_seen,
                 filters=filters,
@@ -315,10 +347,8 @@ class Recsys:
             raise RequestError(404, f"unknown item {request.item_id!r}", loc=["item_id"], kind="not_found")
 
         def run() -> list[tuple[str, float]]:
-            record = self._records([request.user_id])[0]
-            return loaded.recommender.explain(
-                _history(record), request.item_id, top=request.top, user_features=record
-            )
+            (history,), (record,) = self._users([request.user_id])
+            return loaded.recommender.explain(history, request.item_id, top=request.top, user_features=record)
 
         contributions = await self._run(run)
         return api.ExplainResponse.model_construct(
@@ -340,8 +370,9 @@ class Recsys:
         timestamp = int(time.time()) if request.timestamp is None else request.timestamp
 
         def run() -> dict[str, Any]:
-            self.store.apply_event(request.user_id, request.item_id, request.event, timestamp)
-            return self._records([request.user_id])[0]
+            with _store_answers():
+                self.store.apply_event(request.user_id, request.item_id, request.event, timestamp)
+            return self._users([request.user_id])[1][0]
 
         record = await self._run(run)
         return api.EventResponse.model_construct(

@@ -27,7 +27,8 @@ from feature_store import (
 )
 from feature_store.compute import user_states
 from feature_store.offline import Snapshot
-from feature_store.online import OnlineStore, apply_to_record, empty_record
+from feature_store.online import OnlineStore
+from feature_store.record import apply_to_record, empty_record
 from feature_store.redis_store import RedisStore
 from feature_store.sqlite_store import SQLiteStore
 from recsys.data import schema as S
@@ -278,8 +279,7 @@ def test_ids_the_store_cannot_keep_are_refused(store: OnlineStore) -> None:
 
 
 def test_the_numpy_serving_path_equals_the_definitions(store: OnlineStore, tmp_path: Path) -> None:
-    from feature_store.online import features_for
-    from feature_store.serving import ServingFeatures
+    from feature_store.serving import ServingFeatures, features_for
 
     items, interactions, emb = random_world(12)
     snap = snapshot(tmp_path, 50, interactions, items)

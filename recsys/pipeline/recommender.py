@@ -153,7 +153,7 @@ class Recommender:
             config=self._snapshot.config,
             now=self._snapshot.now,
         )
-        from feature_store.online import frame_to_records
+        from feature_store.record import frame_to_records
 
         return frame_to_records(states)[1][0]
 

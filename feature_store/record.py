@@ -1,0 +1,161 @@
+"""What an online store keeps, shared by both backends: one user's state as a record, and the item rows.
+
+A *record* is a user's state (``definitions.STATE_SCHEMA`` less the id) as plain Python values: the
+form the service reads per request, and the one ``apply_to_record`` updates in place. The backends
+(``sqlite_store``, ``redis_store``) encode it their own way; this module holds what they must agree
+on: the empty record, the incremental update, the conversions to and from Arrow and Polars, the
+reserved separator ``SEP`` and the id check that guards it, and the error a store raises when it does
+not answer (``StoreUnavailable``).
+
+>>> record = empty_record()
+>>> apply_to_record(record, item_id="a", event="view", timestamp=5, category="x", price=2.0, last_n=2)
+>>> apply_to_record(record, item_id="b", event="view", timestamp=7, category=None, price=None, last_n=2)
+>>> apply_to_record(record, item_id="a", event="cart", timestamp=9, category="x", price=2.0, last_n=2)
+>>> record["n_events"], record["n_items"], record["last_ts"], record["last_items"], record["events"]
+(3, 2, 9, ['b', 'a'], {'view': 2, 'cart': 1})
+>>> history(record)
+['b', 'a']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from feature_store import definitions as D
+from recsys.data import schema as S
+
+if TYPE_CHECKING:
+    from feature_store.offline import Snapshot
+
+_MAP = pa.list_(pa.struct([(D.MAP_KEY, pa.string()), (D.MAP_COUNT, pa.int64())]))
+ARROW_STATE_SCHEMA = pa.schema(
+    [
+        (S.USER_ID, pa.string()),
+        (D.N_EVENTS, pa.int64()),
+        (D.N_ITEMS, pa.int64()),
+        (D.LAST_TS, pa.int64()),
+        (D.PRICE_SUM, pa.float64()),
+        (D.PRICE_N, pa.int64()),
+        (D.EVENTS, _MAP),
+        (D.CATEGORIES, _MAP),
+        (D.LAST_ITEMS, pa.list_(pa.string())),
+        (D.SEEN, pa.list_(pa.string())),
+    ]
+)
+RECORD_FIELDS = [name for name in D.STATE_SCHEMA if name != S.USER_ID]
+SEP = "\x1f"  # joins seen item ids in both backends, so ids must not contain it
+
+
+class StoreUnavailable(Exception):
+    """The store did not answer in time, or could not be reached; the message names the store.
+
+    The service answers it with a 503 (and ``/readyz`` says it), never a 500 or a hang.
+    """
+
+
+def check_event(user_id: str, item_id: str, event: str | None) -> None:
+    """Reject ids the stores cannot keep faithfully, naming the field."""
+    for name, value in ((S.USER_ID, user_id), (S.ITEM_ID, item_id), (S.EVENT, event)):
+        if value is not None and (not isinstance(value, str) or not value or SEP in value):
+            raise ValueError(f"apply_event: {name}={value!r} must be a non-empty string without \\x1f")
+
+
+def empty_record() -> dict[str, Any]:
+    return {
+        D.N_EVENTS: 0,
+        D.N_ITEMS: 0,
+        D.LAST_TS: None,
+        D.PRICE_SUM: 0.0,
+        D.PRICE_N: 0,
+        D.EVENTS: {},
+        D.CATEGORIES: {},
+        D.LAST_ITEMS: [],
+        D.SEEN: [],
+    }
+
+
+def apply_to_record(
+    record: dict[str, Any],
+    *,
+    item_id: str,
+    event: str | None,
+    timestamp: int,
+    category: str | None,
+    price: float | None,
+    last_n: int,
+) -> None:
+    """The incremental form of ``compute.user_states``: add one event to ``record`` in place.
+
+    Events are appended in arrival order; the last-items list is exact when they arrive in time
+    order, as live events do.
+    """
+    record[D.N_EVENTS] += 1
+    if item_id not in record[D.SEEN]:
+        record[D.SEEN].append(item_id)
+        record[D.N_ITEMS] += 1
+    last = record[D.LAST_TS]
+    record[D.LAST_TS] = timestamp if last is None else max(int(last), timestamp)
+    if event is not None:
+        record[D.EVENTS][event] = record[D.EVENTS].get(event, 0) + 1
+    if category is not None:
+        record[D.CATEGORIES][category] = record[D.CATEGORIES].get(category, 0) + 1
+    if price is not None and not np.isnan(price):
+        record[D.PRICE_SUM] += float(price)
+        record[D.PRICE_N] += 1
+    items = record[D.LAST_ITEMS]
+    items.append(item_id)
+    del items[: max(0, len(items) - last_n)]
+
+
+def history(record: dict[str, Any]) -> list[str]:
+    """The user's items oldest first, as the recommender takes them: every item seen, with the most
+    recent ones (the last-items list, each at its latest position) at the end.
+
+    >>> history({"seen": ["a", "b", "c"], "last_items": ["c", "a", "c"]})
+    ['b', 'a', 'c']
+    """
+    recent: list[str] = list(dict.fromkeys(reversed(record.get(D.LAST_ITEMS) or [])))[::-1]
+    recent_set = set(recent)
+    return [i for i in record.get(D.SEEN) or [] if i not in recent_set] + recent
+
+
+def records_to_arrow(user_ids: Sequence[str], records: Sequence[dict[str, Any] | None]) -> pa.Table:
+    """Records (``None`` for unknown users) as a table of ``ARROW_STATE_SCHEMA``."""
+    empty = empty_record()
+    columns: dict[str, list[Any]] = {S.USER_ID: list(user_ids)}
+    for name in RECORD_FIELDS:
+        values = [(r if r is not None else empty)[name] for r in records]
+        if name in (D.EVENTS, D.CATEGORIES):
+            values = [[{D.MAP_KEY: k, D.MAP_COUNT: v[k]} for k in sorted(v)] for v in values]
+        columns[name] = values
+    return pa.Table.from_pydict(columns, schema=ARROW_STATE_SCHEMA)
+
+
+def frame_to_records(states: pl.DataFrame) -> tuple[list[str], list[dict[str, Any]]]:
+    """Rows of a state frame (``STATE_SCHEMA`` columns) as ids and records."""
+    bad = states.filter(pl.col(D.SEEN).list.eval(pl.element().str.contains(SEP, literal=True)).list.any())
+    if bad.height:
+        raise ValueError(f"user {bad.item(0, S.USER_ID)!r}: an item id contains the reserved character \\x1f")
+    ids = states.get_column(S.USER_ID).to_list()
+    records: list[dict[str, Any]] = []
+    for row in states.select(RECORD_FIELDS).iter_rows(named=True):
+        for name in (D.EVENTS, D.CATEGORIES):
+            row[name] = {entry[D.MAP_KEY]: int(entry[D.MAP_COUNT]) for entry in row[name] or []}
+        row[D.LAST_ITEMS] = list(row[D.LAST_ITEMS] or [])
+        row[D.SEEN] = list(row[D.SEEN] or [])
+        records.append(row)
+    return ids, records
+
+
+def online_items(snapshot: Snapshot) -> pl.DataFrame:
+    """What the service holds in memory and the store serves per item: features + raw attributes.
+
+    Rows follow the items table (row ``i`` is ``item_idx == i``, the embedding row).
+    """
+    attrs = snapshot.item_attributes().select(S.ITEM_ID, S.CATEGORY, S.BRAND, S.PRICE)
+    return snapshot.item_features().join(attrs, on=S.ITEM_ID, how="left", maintain_order="left")
