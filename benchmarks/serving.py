@@ -2,11 +2,11 @@
 
 Run from the project root::
 
-    .venv/bin/python benchmarks/serving.py                 # 60 s per concurrency level
-    .venv/bin/python benchmarks/serving.py --duration 10   # quick look
+    .venv/bin/python -m benchmarks.serving                 # 60 s per concurrency level
+    .venv/bin/python -m benchmarks.serving --duration 10   # quick look
 
-Both servers run as subprocesses (``recsys serve`` and ``bentoml serve serving.echo:Echo``) with the
-same number of workers, one after the other, and are driven by the same closed-loop client
+Both servers run as subprocesses (``recsys serve`` and ``bentoml serve benchmarks.harness.echo:Echo``)
+with the same number of workers, one after the other, and are driven by the same closed-loop client
 (``aiohttp``, one connection per concurrent caller) for ``--duration`` seconds at each concurrency
 (default 1 and 16), after a short warm-up. Requests use real user ids of the demo data
 (``--interactions``, the bundled MovieLens by default) mixed with ``--unknown-share`` unknown users.
@@ -42,17 +42,10 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks.harness.process import Server, bentoml_serve_command, free_port, recsys_serve_command, running
+from recsys.data.loading import bundled_paths
 
-from recsys.data.loading import bundled_paths  # noqa: E402
-from serving.process import (  # noqa: E402
-    Server,
-    bentoml_serve_command,
-    free_port,
-    recsys_serve_command,
-    running,
-)
+ROOT = Path(__file__).resolve().parents[1]
 
 TARGETS = {"p99_ms": 25.0, "rps": 300.0, "rss_mb": 1500.0}
 
@@ -226,7 +219,8 @@ def main() -> None:
         "cpus": os.cpu_count() or 0,
     }
     port = free_port()
-    with running(bentoml_serve_command("serving.echo:Echo", port=port), port=port, env=env) as echo:
+    echo_command = bentoml_serve_command("benchmarks.harness.echo:Echo", port=port)
+    with running(echo_command, port=port, env=env) as echo:
         results.update(
             measure("echo", echo, bodies, levels=args.concurrency, duration=args.duration, warmup=args.warmup)
         )
