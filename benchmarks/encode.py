@@ -1,8 +1,8 @@
 """Item-encoding throughput and quality: a naive Hugging Face loop vs our encoder, in one run.
 
-Run from the project root (``-P``: ``benchmarks/feature_store.py`` would shadow the package)::
+Run from the project root::
 
-    HF_HUB_OFFLINE=1 .venv/bin/python -P benchmarks/encode.py --threads 2
+    HF_HUB_OFFLINE=1 .venv/bin/python -m benchmarks.encode --threads 2
 
 Variants, all on the same item texts (our template, 128 tokens) and the same number of threads:
 
@@ -32,7 +32,7 @@ catalogue (naive, ours and ort-int8 from the commands' output files; torch-int8 
 leave-last-out, full ranking,
 Recall@10 / NDCG@10 on the validation and test users. An int8 variant is kept only if it loses
 under 1% relative validation Recall@10. Prints a table and writes flat JSON
-(``benchmarks/results/encode.json``).
+(``benchmarks/results/encode.json``, or ``--out``), with the run's provenance.
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -55,10 +54,8 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from recsys.encoder.config import EncoderConfig, item_texts  # noqa: E402
+from benchmarks.provenance import ROOT, start_run, write_results
+from recsys.encoder.config import EncoderConfig, item_texts
 
 INT8 = ("torch-int8", "ort-int8")
 
@@ -144,9 +141,10 @@ def main() -> None:
     parser.add_argument("--no-command", action="store_true", help="skip the whole-command timing")
     parser.add_argument("--no-quality", action="store_true", help="skip torch-int8's full-catalogue quality")
     parser.add_argument("--command-items", type=int, default=0, help=argparse.SUPPRESS)  # smoke tests
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "encode.json"))
+    parser.add_argument("--out", type=Path, default=None, help="(benchmarks/results/encode.json)")
     parser.add_argument("--naive-command", nargs=2, metavar=("ITEMS", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    started = start_run()
     if args.naive_command:
         naive_command(Path(args.naive_command[0]), Path(args.naive_command[1]), args.threads)
         return
@@ -225,8 +223,6 @@ def main() -> None:
     stacked = {name: np.concatenate(v) for name, v in vectors.items()}  # chunks in sample order
 
     results: dict[str, object] = {
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared with other jobs)",
         "threads": args.threads,
         "items_timed": n,
         "chunks": args.chunks,
@@ -265,7 +261,7 @@ def main() -> None:
         naive_args = ["--naive-command", str(items_path), naive_out]
         ours_args = ["--out", ours_out, "--cache-dir", str(work / "cache"), "--no-cache"]
         commands = {
-            "naive": [sys.executable, "-P", __file__, *threads, *naive_args],
+            "naive": [sys.executable, "-m", "benchmarks.encode", *threads, *naive_args],
             "ours": [recsys, "embed", "--items", str(items_path), *ours_args, *threads],
             "ort-int8": [recsys, "embed", "--items", str(items_path), *ours_args, *threads, "--int8"],
         }
@@ -329,8 +325,7 @@ def main() -> None:
                 f"{results[f'command_{name}_speedup_cpu']:.2f}x CPU"
             )
     print(json.dumps(results, indent=2))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {write_results('encode', results, params=vars(args), started=started, out=args.out)}")
 
 
 if __name__ == "__main__":

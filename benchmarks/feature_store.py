@@ -2,7 +2,7 @@
 
 Run from the project root (needs ``redis-server`` on the PATH, or ``--redis-url``)::
 
-    .venv/bin/python benchmarks/feature_store.py
+    .venv/bin/python -m benchmarks.feature_store
 
 The MovieLens snapshot (all ratings, every user) is loaded into a SQLite file, a Redis server on
 loopback (started here on a free port unless ``--redis-url`` is given) and an in-memory Arrow
@@ -22,15 +22,14 @@ table. Each request picks a random user and 500 random items, as the service doe
 
 Backends run interleaved request by request, so load from other jobs on the shared machine hits all
 alike. Prints a table and writes ``benchmarks/results/feature_store.json`` (flat: ``<backend>_p50_ms``
-etc. for ``fetch``; ``<backend>_<measure>_p50_ms`` for the others).
+etc. for ``fetch``; ``<backend>_<measure>_p50_ms`` for the others; the machine and its load average at
+start and end under ``provenance``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shutil
 import socket
 import subprocess
@@ -45,15 +44,13 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from feature_store import FeatureConfig, build_features, online_items, open_store, write_snapshot  # noqa: E402
-from feature_store.online import OnlineStore  # noqa: E402
-from feature_store.record import frame_to_records  # noqa: E402
-from feature_store.serving import ServingFeatures, features_for  # noqa: E402
-from recsys.data import schema as S  # noqa: E402
-from recsys.data.adapters import movielens  # noqa: E402
+from benchmarks.provenance import ROOT, start_run, write_results
+from feature_store import FeatureConfig, build_features, online_items, open_store, write_snapshot
+from feature_store.online import OnlineStore
+from feature_store.record import frame_to_records
+from feature_store.serving import ServingFeatures, features_for
+from recsys.data import schema as S
+from recsys.data.adapters import movielens
 
 DATA = ROOT.parent / "shared" / "data" / "movielens-latest-small"
 
@@ -112,10 +109,10 @@ def main() -> None:
     parser.add_argument("--reference-requests", type=int, default=100)
     parser.add_argument("--build-rows", type=int, default=200_000)
     parser.add_argument("--redis-url", default=None)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "feature_store.json")
+    parser.add_argument("--out", type=Path, default=None, help="(benchmarks/results/feature_store.json)")
     args = parser.parse_args()
+    started = start_run()
 
-    load_before = os.getloadavg()[0]
     items, interactions = movielens(DATA)
     config = FeatureConfig(event_types=("rating",))
     cutoff = int(interactions.get_column(S.TIMESTAMP).max()) + 1  # type: ignore[arg-type]
@@ -243,10 +240,6 @@ def main() -> None:
         "build_rows": train_rows.height,
         "build_user_cutoffs": train_rows.select(S.USER_ID, "cutoff").n_unique(),
         "build_features_s": round(build_s, 3),
-        "machine": f"{platform.machine()} {platform.python_implementation()} {platform.python_version()}",
-        "cpu_count": os.cpu_count() or 0,
-        "loadavg_1min_before": round(load_before, 2),
-        "loadavg_1min_after": round(os.getloadavg()[0], 2),
     }
     print(f"{'backend':<8} {'measure':<18} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8}")
     table: list[tuple[str, str, dict[str, list[float]]]] = [
@@ -265,12 +258,11 @@ def main() -> None:
     for name, seconds in load_s.items():
         result[f"{name}_load_s"] = round(seconds, 3)
         print(f"{name:<8} {'load snapshot':<18} {seconds:8.3f} s")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    out = write_results("feature_store", result, params=vars(args), started=started, out=args.out)
     print(f"build_features: {train_rows.height} rows in {build_s:.3f} s; snapshot write {snapshot_s:.3f} s")
-    load = f"{result['loadavg_1min_before']} -> {result['loadavg_1min_after']}"
+    load = f"{started.loadavg_1min} -> {os.getloadavg()[0]:.2f}"
     print(f"load average (1 min) {load} on {os.cpu_count()} CPUs")
-    print(f"wrote {args.out}")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -5,28 +5,23 @@ against the test targets: the ranked metrics; candidate recall@N per source and 
 of test targets the first stage finds); and the MMR diversity re-rank's effect on intra-list
 diversity vs NDCG for a few lambdas. Writes flat JSON to ``benchmarks/results/pipeline_quality.json``.
 
-    .venv/bin/python -P benchmarks/pipeline_quality.py [--data ../shared/data/amazon-scientific]
-
-(``-P``: this folder must not lead ``sys.path``, or ``benchmarks/feature_store.py`` would shadow the
-``feature_store`` package.)
+    .venv/bin/python -m benchmarks.pipeline_quality [--data ../shared/data/amazon-scientific]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import replace
 from pathlib import Path
 
+from benchmarks.provenance import start_run, write_results
 from recsys.data.adapters import amazon_lcrec
 from recsys.data.dataset import Dataset
 from recsys.data.splits import leave_last_out
 from recsys.encoder.embed import embed_items
 from recsys.evaluation.metrics import intra_list_diversity, ranking_metrics
 from recsys.pipeline.two_stage import TwoStage, TwoStageConfig
-
-RESULTS = Path(__file__).parent / "results" / "pipeline_quality.json"
 
 
 def main() -> None:
@@ -35,6 +30,7 @@ def main() -> None:
     parser.add_argument("--encoder", default="", help="item encoder folder ('' = packaged MiniLM)")
     parser.add_argument("--lambdas", default="0.1,0.3,0.5")
     args = parser.parse_args()
+    started = start_run()
 
     dataset = Dataset.from_tables(*amazon_lcrec(args.data))
     task = leave_last_out(dataset.to_interactions()).test
@@ -82,8 +78,7 @@ def main() -> None:
     print(f"{'mmr lambda':>10} {'R@10':>8} {'N@10':>8} {'N@50':>8} {'ILD@10':>8}")
     for diversity, r10, n10, n50, ild in rows:
         print(f"{diversity:>10g} {r10:8.4f} {n10:8.4f} {n50:8.4f} {ild:8.4f}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {write_results('pipeline_quality', out, params=vars(args), started=started)}")
 
 
 if __name__ == "__main__":

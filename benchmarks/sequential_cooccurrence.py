@@ -2,7 +2,7 @@
 
 Run from the project root (needs ``../shared/data``)::
 
-    .venv/bin/python benchmarks/sequential_cooccurrence.py --datasets amazon,movielens \\
+    .venv/bin/python -m benchmarks.sequential_cooccurrence --datasets amazon,movielens \\
         --threads 1 --time-budget 600 [--embeddings amazon=/path/a.npy,movielens=/path/m.npy]
 
 Protocols: amazon-scientific leave-last-out, movielens-latest-small temporal (10 % test, 10 %
@@ -16,30 +16,26 @@ validation), full ranking over all items, history items excluded, metrics from
   the validation target). ``sequential+text`` is the same with frozen MiniLM text embeddings
   (``--embeddings``, (n_items, 384) ``.npy``).
 
-Prints a table and writes flat JSON to ``benchmarks/results/sequential_cooccurrence.json``.
+Prints a table and writes flat JSON to ``benchmarks/results/sequential_cooccurrence.json`` (or
+``--out``), keeping the figures of datasets and models this run did not measure; the provenance of the
+runs that wrote those is kept under ``provenance.earlier_runs``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
-import platform
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from recsys.candidates.cooccurrence import CoOccurrence, CoOccurrenceConfig  # noqa: E402
-from recsys.data.adapters import amazon_lcrec, movielens  # noqa: E402
-from recsys.data.dataset import Dataset  # noqa: E402
-from recsys.data.splits import EvalTask, Split, leave_last_out, temporal  # noqa: E402
-from recsys.evaluation.metrics import ranking_metrics  # noqa: E402
+from benchmarks.provenance import ROOT, start_run, write_results
+from recsys.candidates.cooccurrence import CoOccurrence, CoOccurrenceConfig
+from recsys.data.adapters import amazon_lcrec, movielens
+from recsys.data.dataset import Dataset
+from recsys.data.splits import EvalTask, Split, leave_last_out, temporal
+from recsys.evaluation.metrics import ranking_metrics
 
 DATA = ROOT.parent / "shared" / "data"
 KS = (10, 50)
@@ -115,21 +111,16 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--validation-users", type=int, default=2000, help="0: hold out every user")
-    parser.add_argument(
-        "--out", default=str(ROOT / "benchmarks" / "results" / "sequential_cooccurrence.json")
-    )
+    parser.add_argument("--out", type=Path, default=None, help="(results/sequential_cooccurrence.json)")
     args = parser.parse_args()
+    started = start_run()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     embedding_paths = dict(kv.split("=", 1) for kv in args.embeddings.split(",") if kv)
 
     import torch
 
     torch.set_num_threads(args.threads)
-    flat: dict[str, object] = {
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.machine()} {os.cpu_count()} cores, torch threads {args.threads}",
-        "time_budget_s": args.time_budget,
-    }
+    flat: dict[str, object] = {"time_budget_s": args.time_budget}
     rows = []
     for name in args.datasets.split(","):
         split = load_split(name)
@@ -157,11 +148,11 @@ def main() -> None:
             f"{r['ndcg@10']:>7.4f} {r['recall@50']:>7.4f} {r['ndcg@50']:>7.4f} {r['fit_s']:>7.1f}  "
             f"{r['params']}"
         )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    previous = json.loads(out.read_text()) if out.exists() else {}
-    previous.update(flat)  # runs for one dataset or model keep the others' figures
-    out.write_text(json.dumps(previous, indent=2, default=float) + "\n")
+    # runs for one dataset or model keep the others' figures
+    out = write_results(
+        "sequential_cooccurrence", flat, params=vars(args), started=started, out=args.out, merge=True
+    )
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

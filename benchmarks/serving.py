@@ -2,10 +2,11 @@
 
 Run from the project root::
 
-    .venv/bin/python benchmarks/serving.py                 # 60 s per concurrency level
-    .venv/bin/python benchmarks/serving.py --duration 10   # quick look
+    .venv/bin/python -m benchmarks.serving                 # 60 s per concurrency level
+    .venv/bin/python -m benchmarks.serving --duration 10   # quick look
 
-Both servers run as subprocesses (``recsys serve`` and ``bentoml serve serving.echo:Echo``) with the
+Both servers run as subprocesses (``recsys serve`` and ``bentoml serve benchmarks.harness.echo:Echo``,
+started by :mod:`benchmarks.harness.process`) with the
 same number of workers, one after the other, and are driven by the same closed-loop client
 (``aiohttp``, one connection per concurrent caller) for ``--duration`` seconds at each concurrency
 (default 1 and 16), after a short warm-up. Requests use real user ids of the demo data
@@ -15,15 +16,17 @@ The model is the current bundle of ``$BENTOML_HOME`` (or ``--home``): publish on
 trains and publishes the demo bundle; ``recsys train`` any other). The online store is the one
 ``recsys train`` loaded (``$RECSYS_ONLINE_STORE_URL`` or SQLite in the BentoML home).
 
-Prints a table and writes ``benchmarks/results/serving.json`` (flat keys ``<server>_c<N>_<measure>``;
-latencies in ms, throughput in requests/s, RSS in MB: the server process and all its workers,
-sampled every 0.5 s, peak; server CPU ms per request, which shared-machine load distorts less than
-latency; the client's own CPU ms per request, since it runs on the same cores) plus
-``recsys_c<N>_p99_vs_echo`` and ``..._rps_vs_echo`` ratios. ``benchmarks/serving_profile.py`` splits
+Prints a table and writes ``benchmarks/results/serving.json`` or ``--out`` (flat keys
+``<server>_c<N>_<measure>``; latencies in ms, throughput in requests/s, RSS in MB: the server process
+and all its workers, sampled every 0.5 s, peak; server CPU ms per request, which shared-machine load
+distorts less than latency; the client's own CPU ms per request, since it runs on the same cores) plus
+``recsys_c<N>_p99_vs_echo`` and ``..._rps_vs_echo`` ratios. ``benchmarks.serving_profile`` splits
 the recommender's part of the server CPU into its stages. ``<server>_c<N>_busiest_process_cpu_share``
 is the busiest server process's share of the server CPU: with ``--workers 2``, near 0.5 when the
 client's connections were split evenly, near 1.0 when they all landed on one worker (BentoML's workers
 accept from one shared socket, so a burst of new connections can all go to one of them).
+``--repeats R`` measures both servers R times back to back and writes the R runs' flat figures as a
+``runs`` list in the one file, with the provenance of the whole invocation.
 """
 
 from __future__ import annotations
@@ -42,17 +45,9 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from recsys.data.loading import bundled_paths  # noqa: E402
-from serving.process import (  # noqa: E402
-    Server,
-    bentoml_serve_command,
-    free_port,
-    recsys_serve_command,
-    running,
-)
+from benchmarks.harness.process import Server, bentoml_serve_command, free_port, recsys_serve_command, running
+from benchmarks.provenance import start_run, write_results
+from recsys.data.loading import bundled_paths
 
 TARGETS = {"p99_ms": 25.0, "rps": 300.0, "rss_mb": 1500.0}
 
@@ -189,44 +184,19 @@ def measure(
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--duration", type=float, default=60.0, help="Seconds per concurrency level.")
-    parser.add_argument("--warmup", type=float, default=3.0, help="Warm-up seconds before measuring.")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
-    parser.add_argument("--workers", type=int, default=1, help="Server worker processes (both servers).")
-    parser.add_argument("--unknown-share", type=float, default=0.1)
-    parser.add_argument("--home", type=Path, default=None, help="BENTOML_HOME with a published bundle.")
-    parser.add_argument("--interactions", type=Path, default=None, help="Where real user ids come from.")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "serving.json")
-    args = parser.parse_args()
-
-    from recsys.pipeline import registry
-
-    if args.home is not None:
-        os.environ["BENTOML_HOME"] = str(args.home.resolve())
-    try:
-        version = registry.current()
-    except registry.RegistryError as err:
-        sys.exit(f"{err} (`make demo` trains and publishes the demo bundle)")
-    interactions = args.interactions or bundled_paths()[1]
-    bodies = request_bodies(interactions, unknown_share=args.unknown_share, count=20_000, seed=0)
-    env = {"BENTOML_HOME": str(registry.bentoml_home()), "RECSYS_WORKERS": str(args.workers)}
-    print(
-        f"model {version.tag}; {args.workers} worker(s); {args.duration:g} s per level; "
-        f"{os.cpu_count()} CPUs on {platform.node()}",
-        flush=True,
-    )
-
+def measure_both(
+    args: argparse.Namespace, bodies: list[bytes], *, env: dict[str, str], model: str
+) -> dict[str, Any]:
+    """One run: the echo floor, then the recommender, at every concurrency level; flat figures."""
     results: dict[str, Any] = {
-        "model": version.tag,
+        "model": model,
         "workers": args.workers,
         "duration_s": args.duration,
         "unknown_share": args.unknown_share,
-        "cpus": os.cpu_count() or 0,
     }
     port = free_port()
-    with running(bentoml_serve_command("serving.echo:Echo", port=port), port=port, env=env) as echo:
+    echo_command = bentoml_serve_command("benchmarks.harness.echo:Echo", port=port)
+    with running(echo_command, port=port, env=env) as echo:
         results.update(
             measure("echo", echo, bodies, levels=args.concurrency, duration=args.duration, warmup=args.warmup)
         )
@@ -245,7 +215,10 @@ def main() -> None:
         results[f"recsys_c{level}_rps_vs_echo"] = (
             results[f"recsys_c{level}_rps"] / results[f"echo_c{level}_rps"]
         )
+    return results
 
+
+def print_table(results: dict[str, Any], levels: list[int]) -> None:
     print()
     columns = [
         "server",
@@ -260,7 +233,7 @@ def main() -> None:
     ]
     print("| " + " | ".join([*columns, "p99 / echo", "req/s / echo"]) + " |")
     print("|" + "---|" * (len(columns) + 2))
-    for level in args.concurrency:
+    for level in levels:
         for name in ("echo", "recsys"):
             k = f"{name}_c{level}_"
             p99_ratio = results[f"recsys_c{level}_p99_vs_echo"] if name == "recsys" else 1.0
@@ -271,22 +244,58 @@ def main() -> None:
                 f"{results[k + 'rss_mb']:.0f} | {results[k + 'cpu_ms_per_request']:.2f} | "
                 f"{p99_ratio:.2f} | {rps_ratio:.2f} |"
             )
-    top = max(args.concurrency)
+    top = max(levels)
     met = {
         f"p99 < {TARGETS['p99_ms']:g} ms": results[f"recsys_c{top}_p99_ms"] < TARGETS["p99_ms"],
         f">= {TARGETS['rps']:g} req/s": results[f"recsys_c{top}_rps"] >= TARGETS["rps"],
-        "zero errors": all(results[f"recsys_c{c}_errors"] == 0 for c in args.concurrency),
+        "zero errors": all(results[f"recsys_c{c}_errors"] == 0 for c in levels),
         f"RSS < {TARGETS['rss_mb']:g} MB": results[f"recsys_c{top}_rss_mb"] < TARGETS["rss_mb"],
     }
     print(
         f"\ntargets at concurrency {top}: "
         + "; ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in met.items())
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2))
-    tmp.replace(args.out)
-    print(f"wrote {args.out}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--duration", type=float, default=60.0, help="Seconds per concurrency level.")
+    parser.add_argument("--warmup", type=float, default=3.0, help="Warm-up seconds before measuring.")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--workers", type=int, default=1, help="Server worker processes (both servers).")
+    parser.add_argument("--unknown-share", type=float, default=0.1)
+    parser.add_argument("--repeats", type=int, default=1, help="Runs back to back, kept as a `runs` list.")
+    parser.add_argument("--home", type=Path, default=None, help="BENTOML_HOME with a published bundle.")
+    parser.add_argument("--interactions", type=Path, default=None, help="Where real user ids come from.")
+    parser.add_argument("--out", type=Path, default=None, help="default benchmarks/results/serving.json")
+    args = parser.parse_args()
+    started = start_run()
+
+    from recsys.pipeline import registry
+
+    if args.home is not None:
+        os.environ["BENTOML_HOME"] = str(args.home.resolve())
+    try:
+        version = registry.current()
+    except registry.RegistryError as err:
+        sys.exit(f"{err} (`make demo` trains and publishes the demo bundle)")
+    interactions = args.interactions or bundled_paths()[1]
+    bodies = request_bodies(interactions, unknown_share=args.unknown_share, count=20_000, seed=0)
+    env = {"BENTOML_HOME": str(registry.bentoml_home()), "RECSYS_WORKERS": str(args.workers)}
+    print(
+        f"model {version.tag}; {args.workers} worker(s); {args.duration:g} s per level; "
+        f"{args.repeats} run(s); {os.cpu_count()} CPUs on {platform.node()}",
+        flush=True,
+    )
+    runs = []
+    for run in range(args.repeats):
+        if args.repeats > 1:
+            print(f"run {run + 1} of {args.repeats}", flush=True)
+        runs.append(measure_both(args, bodies, env=env, model=version.tag))
+        print_table(runs[-1], args.concurrency)
+    figures = runs[0] if args.repeats == 1 else runs
+    out = write_results("serving", figures, params=vars(args), started=started, out=args.out)
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

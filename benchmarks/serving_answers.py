@@ -1,45 +1,42 @@
 """Dump what ``Recommender.recommend`` answers over the serving benchmark's requests, or compare dumps.
 
 A speed change to the request path must not change the answers. Run this once with the code before
-the change and once after (e.g. the old commit unpacked with ``git archive`` into a folder, run from
-there with ``PYTHONPATH`` set to it), on the same bundle, then compare::
+the change and once after, on the same bundle, then compare. For the old code, unpack the old commit
+with ``git archive`` into a folder, copy this ``benchmarks/`` folder into it and run from there:
+``python -m`` puts the folder it runs in first on ``sys.path``, so that folder's code is measured::
 
-    .venv/bin/python -P benchmarks/serving_answers.py --home H --out before.json
-    .venv/bin/python -P benchmarks/serving_answers.py --compare before.json after.json
+    .venv/bin/python -m benchmarks.serving_answers --home H --out before.json
+    .venv/bin/python -m benchmarks.serving_answers --compare before.json after.json
 
 Requests: the benchmark's bodies (real demo user ids, 10% unknown), varied so the fallbacks and options
 are covered: every 5th asks for n=50, every 11th adds two context items, every 13th keeps seen items,
-every 7th passes an (empty) filter. Each answer is ``[item_id, score, sources]`` per item.
+every 7th passes an (empty) filter. Each answer is ``[item_id, score, sources]`` per item; the dump
+also records the run's provenance (commit, dirty flag), so each dump says which code answered.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.provenance import provenance, start_run
+from benchmarks.serving import request_bodies
 
 
-def dump(home: Path, requests: int, out: Path) -> None:
+def dump(home: Path, requests: int, out: Path, *, params: dict[str, Any]) -> None:
+    started = start_run()
     os.environ["BENTOML_HOME"] = str(home.resolve())
-    sys.path.insert(0, os.getcwd())  # the checkout being measured (old or new)
     from feature_store.online import open_store
     from feature_store.record import history
     from recsys.data.loading import bundled_paths
     from recsys.pipeline import registry
     from recsys.pipeline.recommender import Filters, Recommender
 
-    # benchmarks/serving.py by path: on sys.path its name would shadow the ``serving`` package
-    spec = importlib.util.spec_from_file_location("serving_benchmark", ROOT / "benchmarks" / "serving.py")
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    bodies = bench.request_bodies(bundled_paths()[1], unknown_share=0.1, count=requests, seed=0)
+    bodies = request_bodies(bundled_paths()[1], unknown_share=0.1, count=requests, seed=0)
 
     recommender = Recommender.load(registry.current().path)
     store = open_store(registry.default_online_store_url())
@@ -56,7 +53,12 @@ def dump(home: Path, requests: int, out: Path) -> None:
             filters=Filters() if i % 7 == 3 else None,
         )
         answers.append([[r.item_id, r.score, list(r.sources)] for r in recs])
-    out.write_text(json.dumps({"model": registry.current().tag, "answers": answers}))
+    record = {
+        "model": registry.current().tag,
+        "answers": answers,
+        "provenance": provenance("serving_answers", params=params, started=started),
+    }
+    out.write_text(json.dumps(record))
     print(f"wrote {len(answers)} answers to {out}")
 
 
@@ -85,7 +87,7 @@ def main() -> None:
     if args.compare:
         compare(*args.compare)
     elif args.home and args.out:
-        dump(args.home, args.requests, args.out)
+        dump(args.home, args.requests, args.out, params=vars(args))
     else:
         parser.error("give --home and --out to dump answers, or --compare BEFORE AFTER")
 

@@ -2,24 +2,23 @@
 
 Run from the project root::
 
-    OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 .venv/bin/python -P benchmarks/serving_profile.py --home H
+    OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.serving_profile --home H
 
 It loads the current bundle of the BentoML home ``H`` (as the service does), reads user records from
-the online store ``recsys train`` loaded, and answers the same request mix as ``benchmarks/serving.py``
+the online store ``recsys train`` loaded, and answers the same request mix as ``benchmarks.serving``
 (real demo user ids, 10% unknown, n=10), one request at a time. Every stage is timed by wrapping the
 function that does it (thread CPU time, so other processes on the machine do not count), and the total
 is the whole ``recommend`` call; ``store`` is the online-store read the service does first. Prints the
-median and mean milliseconds per request of each stage and writes them as JSON (``--out``).
+median and mean milliseconds per request of each stage and, with ``--out``, writes them as flat JSON
+(``<stage>_median_ms``, ``<stage>_mean_ms``) with the run's provenance.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-import importlib.util
 import json
 import os
-import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -28,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks.provenance import start_run, write_results
+from benchmarks.serving import request_bodies
 
 
 class Stages:
@@ -84,6 +83,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--out", type=Path, default=None, help="JSON file for the per-stage figures.")
     args = parser.parse_args()
+    started = start_run()
     os.environ["BENTOML_HOME"] = str(args.home.resolve())
 
     from feature_store.online import open_store
@@ -91,13 +91,6 @@ def main() -> None:
     from recsys.data.loading import bundled_paths
     from recsys.pipeline import registry
     from recsys.pipeline.recommender import Recommender
-
-    # benchmarks/serving.py by path: on sys.path its name would shadow the ``serving`` package
-    spec = importlib.util.spec_from_file_location("serving_benchmark", ROOT / "benchmarks" / "serving.py")
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    request_bodies = bench.request_bodies
 
     version = registry.current()
     recommender = Recommender.load(version.path)
@@ -120,15 +113,16 @@ def main() -> None:
         stages.done()
 
     names = sorted({k for r in stages.requests for k in r}, key=lambda k: (k != "recommend (total)", k))
-    summary: dict[str, Any] = {"model": version.tag, "requests": len(users), "stages": {}}
+    summary: dict[str, Any] = {"model": version.tag, "requests": len(users)}
     print(f"model {version.tag}; {len(users)} requests; thread CPU ms per request")
     print(f"{'stage':28s} {'median':>8s} {'mean':>8s}")
     for name in names:
         values = np.array([r.get(name, 0.0) for r in stages.requests])
-        summary["stages"][name] = {"median_ms": float(np.median(values)), "mean_ms": float(values.mean())}
+        summary[f"{name}_median_ms"] = float(np.median(values))
+        summary[f"{name}_mean_ms"] = float(values.mean())
         print(f"{name:28s} {np.median(values):8.3f} {values.mean():8.3f}")
     if args.out is not None:
-        args.out.write_text(json.dumps(summary, indent=2))
+        write_results("serving_profile", summary, params=vars(args), started=started, out=args.out)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 Run from the project root::
 
-    .venv/bin/python benchmarks/validation.py --repeats 3
+    .venv/bin/python -m benchmarks.validation --repeats 3
 
 Data: the bundled MovieLens demo tables (9,742 items, 100,836 interactions) and a 10x version
 (1,008,360 interactions: the same events for 10 disjoint copies of every user), each written as
@@ -11,15 +11,12 @@ Parquet, CSV and JSON lines to a temporary folder. For each (size, format) it ti
 ``load_dataset`` (the same plus integer encoding), and reports the median of ``--repeats`` runs,
 run interleaved so a change in load from other jobs hits all variants alike.
 
-Prints a table and writes ``benchmarks/results/validation.json``.
+Prints a table and writes ``benchmarks/results/validation.json``, with the run's provenance.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import tempfile
 import time
@@ -27,10 +24,10 @@ from pathlib import Path
 
 import polars as pl
 
+from benchmarks.provenance import start_run, write_results
 from recsys.data import schema as S
 from recsys.data.loading import bundled_paths, load_dataset, load_tables
 
-RESULTS = Path(__file__).resolve().parent / "results" / "validation.json"
 FORMATS = ("parquet", "csv", "jsonl")
 
 
@@ -48,6 +45,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    started = start_run()
 
     items_path, events_path = bundled_paths()
     items = pl.read_parquet(items_path)
@@ -73,12 +71,7 @@ def main() -> None:
                     times.setdefault((size, fmt, step), []).append(time.perf_counter() - start)
         file_mb = {key: sum(p.stat().st_size for p in paths) / 1e6 for key, paths in files.items()}
 
-    results: dict[str, float | int | str] = {
-        "date": "2026-11-28",
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs visible, shared with other jobs",
-        "polars": pl.__version__,
-        "repeats": args.repeats,
-    }
+    results: dict[str, float | int | str] = {"repeats": args.repeats}
     header = f"{'size':<5} {'format':<8} {'MB':>7} {'validate s':>11} {'rows/s':>11} {'load_dataset s':>15}"
     print(header)
     print("-" * len(header))
@@ -95,9 +88,7 @@ def main() -> None:
             results[f"{size}_{fmt}_load_dataset_s"] = round(full, 4)
             results[f"{size}_{fmt}_rows"] = rows
             results[f"{size}_{fmt}_mb"] = round(file_mb[size, fmt], 2)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    print(f"wrote {write_results('validation', results, params=vars(args), started=started)}")
 
 
 if __name__ == "__main__":

@@ -22,9 +22,9 @@ from typing import Any
 
 import polars as pl
 
+from benchmarks.harness.process import Server, free_port, recsys_serve_command, running
 from recsys.data import schema as S
 from recsys.data.loading import bundled_paths
-from serving.process import Server, free_port, recsys_serve_command, running
 
 ADMIN_TOKEN = "test-admin-token"
 N_USERS = 60  # users of the bundled MovieLens slice the tiny bundle is trained on (the lightest raters)

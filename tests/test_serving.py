@@ -19,8 +19,8 @@ import polars as pl
 import pytest
 from serving_fixtures import ADMIN_TOKEN, recsys_server, run_cli, tiny_home
 
+from benchmarks.harness.process import Server
 from recsys.data import schema as S
-from serving.process import Server
 
 pytestmark = pytest.mark.slow
 

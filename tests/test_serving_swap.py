@@ -29,7 +29,7 @@ from serving_fixtures import (
     tiny_home,
 )
 
-from serving.process import bentoml_serve_command, free_port, running
+from benchmarks.harness.process import bentoml_serve_command, free_port, running
 
 pytestmark = pytest.mark.slow
 

@@ -1,8 +1,7 @@
 """Run a BentoML server as a subprocess on a free port: for end-to-end tests and the benchmark.
 
->>> port = free_port()
->>> 1024 <= port <= 65535
-True
+The tests (``tests/serving_fixtures.py``, ``tests/test_serving_swap.py``) and ``benchmarks.serving``
+start servers the same way, through this module.
 """
 
 from __future__ import annotations
@@ -21,6 +20,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[2]  # the repository: ``bentoml serve`` imports targets from it
+
 
 def free_port() -> int:
     """A TCP port nobody listens on right now (the OS picks it)."""
@@ -38,11 +39,10 @@ def recsys_serve_command(*, port: int, options: Sequence[str] = ()) -> list[str]
 
 
 def bentoml_serve_command(target: str, *, port: int) -> list[str]:
-    """``bentoml serve TARGET`` (e.g. ``serving.echo:Echo``) on 127.0.0.1:PORT."""
-    root = str(Path(__file__).resolve().parents[1])
+    """``bentoml serve TARGET`` (e.g. ``benchmarks.harness.echo:Echo``) on 127.0.0.1:PORT."""
     return [
         sys.executable, "-m", "bentoml", "serve", target,
-        "--host", "127.0.0.1", "--port", str(port), "--working-dir", root,
+        "--host", "127.0.0.1", "--port", str(port), "--working-dir", str(ROOT),
     ]  # fmt: skip
 
 
