@@ -152,7 +152,7 @@ def test_cli_errors_exit_2_and_write_nothing(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("model", ["pipeline", "pipeline-notext"])
 def test_the_run_seed_reaches_every_seeded_part_of_the_pipeline(tmp_path: Path, model: str) -> None:
-    from recsys.evaluation.models import MODELS, EvalContext
+    from recsys.experiments.models import MODELS, EvalContext
 
     dataset = load_dataset(*_write_small(tmp_path / "data"))
     (config,) = MODELS[model].grid(EvalContext(dataset=dataset, seed=7))

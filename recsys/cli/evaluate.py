@@ -42,7 +42,7 @@ period has few active users is judged on more.
 ``window`` column (0 = earliest); the paired intervals resample users with all their periods (a
 cluster bootstrap), since one user's periods are not independent.
 
-Adding a model: add one entry to ``MODELS`` in :mod:`recsys.evaluation.models` (its docstring shows
+Adding a model: add one entry to ``MODELS`` in :mod:`recsys.experiments.models` (its docstring shows
 how); ``--models NAME`` then works here with no change to this module.
 
 Exit codes: 0 success; 2 invalid data (a problem table is printed) or an invalid option (unknown
@@ -99,7 +99,7 @@ def evaluate(
     ] = "leave-last-out",
     k: Annotated[str, typer.Option("--k", help="Cut-offs, comma-separated.")] = "10,50",
     models: Annotated[
-        str, typer.Option("--models", help="Models, comma-separated (see recsys.evaluation.models).")
+        str, typer.Option("--models", help="Models, comma-separated (see recsys.experiments.models).")
     ] = "popularity,als,itemknn",
     json_out: Annotated[Path | None, typer.Option("--json", help="Write results as JSON here.")] = None,
     test_fraction: Annotated[
@@ -164,7 +164,7 @@ def evaluate(
     from recsys.data.loading import load_dataset
     from recsys.data.splits import make_split, rolling_temporal
     from recsys.evaluation.metrics import intra_list_diversity, paired_difference
-    from recsys.evaluation.models import MODELS, EvalContext, resolve
+    from recsys.experiments.models import MODELS, EvalContext, resolve
     from recsys.evaluation.protocol import pool_windows, tune_and_test
 
     ks = _parse_ks(k)
