@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from evaluate_helpers import write_small_dataset
 from typer.testing import CliRunner
 
 from recsys.candidates.als import ALS, ALSConfig
 from recsys.candidates.popularity import Popularity, PopularityConfig
 from recsys.cli import app
-from recsys.data import schema as S
 from recsys.data.loading import convert, load_dataset
 from recsys.data.splits import leave_last_out
 from recsys.evaluation.protocol import tune_and_test
@@ -46,31 +46,9 @@ def test_als_beats_popularity_on_amazon(amazon_dir: Path, tmp_path: Path) -> Non
 # --- the CLI on a small synthetic dataset ---------------------------------------------------------
 
 
-def _write_small(folder: Path, *, n_users: int = 80, n_items: int = 30, seed: int = 0) -> tuple[Path, Path]:
-    """Two communities of users and items, Unix timestamps, 6-9 events per user."""
-    rng = np.random.default_rng(seed)
-    users, items, stamps = [], [], []
-    for user in range(n_users):
-        pool = np.arange(n_items // 2) + (0 if user % 2 else n_items // 2)
-        chosen = rng.choice(pool, size=int(rng.integers(6, 10)), replace=False)
-        start = 1_500_000_000 + int(rng.integers(0, 10**6))
-        users += [f"u{user}"] * len(chosen)
-        items += [f"i{i}" for i in chosen]
-        stamps += sorted((start + rng.integers(0, 10**7, len(chosen))).tolist())
-    folder.mkdir(parents=True, exist_ok=True)
-    item_path, event_path = folder / "items.parquet", folder / "interactions.parquet"
-    pl.DataFrame(
-        {S.ITEM_ID: [f"i{i}" for i in range(n_items)], S.TITLE: [f"item {i}" for i in range(n_items)]}
-    ).write_parquet(item_path)
-    pl.DataFrame(
-        {S.USER_ID: users, S.ITEM_ID: items, S.TIMESTAMP: stamps}, schema_overrides={S.TIMESTAMP: pl.Int64}
-    ).write_parquet(event_path)
-    return item_path, event_path
-
-
 @pytest.mark.parametrize("protocol", ["leave-last-out", "temporal"])
 def test_cli_writes_the_stable_json_shape(tmp_path: Path, protocol: str) -> None:
-    item_path, event_path = _write_small(tmp_path / "data")
+    item_path, event_path = write_small_dataset(tmp_path / "data")
     out = tmp_path / "out" / "eval.json"
     emb = tmp_path / "emb.npy"
     np.save(emb, np.random.default_rng(0).normal(size=(30, 4)).astype(np.float32))
@@ -126,7 +104,7 @@ def test_cli_writes_the_stable_json_shape(tmp_path: Path, protocol: str) -> None
 
 
 def test_cli_errors_exit_2_and_write_nothing(tmp_path: Path) -> None:
-    item_path, event_path = _write_small(tmp_path / "data")
+    item_path, event_path = write_small_dataset(tmp_path / "data")
     out = tmp_path / "eval.json"
     runner = CliRunner()
     base = ["evaluate", "--items", str(item_path), "--interactions", str(event_path), "--json", str(out)]
@@ -152,9 +130,9 @@ def test_cli_errors_exit_2_and_write_nothing(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("model", ["pipeline", "pipeline-notext"])
 def test_the_run_seed_reaches_every_seeded_part_of_the_pipeline(tmp_path: Path, model: str) -> None:
-    from recsys.evaluation.models import MODELS, EvalContext
+    from recsys.experiments.models import MODELS, EvalContext
 
-    dataset = load_dataset(*_write_small(tmp_path / "data"))
+    dataset = load_dataset(*write_small_dataset(tmp_path / "data"))
     (config,) = MODELS[model].grid(EvalContext(dataset=dataset, seed=7))
     c = config.candidates
     assert (c.als.seed, c.sequential.seed, config.ranker.seed) == (7, 7, 7)
@@ -164,7 +142,7 @@ def test_the_run_seed_reaches_every_seeded_part_of_the_pipeline(tmp_path: Path, 
 
 
 def test_cli_repeats_report_the_mean_over_seeds_and_each_seed(tmp_path: Path) -> None:
-    item_path, event_path = _write_small(tmp_path / "data")
+    item_path, event_path = write_small_dataset(tmp_path / "data")
     base = [
         "evaluate", "--items", str(item_path), "--interactions", str(event_path), "--k", "5,10",
         "--models", "popularity,als", "--threads", "1",
@@ -206,7 +184,7 @@ def test_cli_repeats_report_the_mean_over_seeds_and_each_seed(tmp_path: Path) ->
 
 
 def test_cli_windows_pool_user_period_pairs_over_consecutive_test_periods(tmp_path: Path) -> None:
-    item_path, event_path = _write_small(tmp_path / "data", n_users=160)
+    item_path, event_path = write_small_dataset(tmp_path / "data", n_users=160)
     base = [
         "evaluate", "--items", str(item_path), "--interactions", str(event_path), "--protocol", "temporal",
         "--k", "5,10", "--models", "popularity,itemknn", "--threads", "1",

@@ -197,7 +197,7 @@ def test_the_demo_trains_the_clock_time_pipeline_that_evaluate_measures() -> Non
     """`make demo` ships the labels and features that `recsys evaluate --models pipeline` measured."""
     from recsys.cli.train import DEMO_CONFIG
     from recsys.config import load_toml
-    from recsys.evaluation.models import MODELS, EvalContext
+    from recsys.experiments.models import MODELS, EvalContext
     from recsys.pipeline.train import TrainConfig
 
     demo = load_toml(TrainConfig, DEMO_CONFIG).model
