@@ -174,18 +174,17 @@ class ItemEncoder:
             mask[row, : len(seq)] = 1
         return input_ids, mask
 
-    def _pad(self, ids: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        input_ids, mask = self.pad(ids)
-        return torch.from_numpy(input_ids), torch.from_numpy(mask)
-
     def embed_batch(self, ids: Sequence[Sequence[int]]) -> torch.Tensor:
         """Differentiable embeddings of tokenized texts, the head included. -> (batch, dim)."""
         pooled = self._trunk_batch(ids)
         return pooled if self.head is None else self.head(pooled)
 
     def _trunk_batch(self, ids: Sequence[Sequence[int]]) -> torch.Tensor:
-        input_ids, mask = self._pad(ids)
-        input_ids, mask = input_ids.to(self.device), mask.to(self.device)
+        padded_ids, padded_mask = self.pad(ids)
+        input_ids, mask = (
+            torch.from_numpy(padded_ids).to(self.device),
+            torch.from_numpy(padded_mask).to(self.device),
+        )
         hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state  # (batch, seq, dim)
         return self.pool(hidden, mask)
 
