@@ -1,18 +1,34 @@
 """Typed configuration: one frozen dataclass per stage, loaded from TOML and validated on load.
 
-An unknown or misspelt key is an error that names the key, never a silent ``None``.
+An unknown or misspelt key is an error that names the key, never a silent ``None``. So is a value
+outside a ``Literal``, or one that fits no member of a union: the error names the key, the value and
+what is allowed, when the file is read, before any work starts.
 
 >>> from dataclasses import dataclass
 >>> @dataclass(frozen=True)
 ... class ALS:
 ...     factors: int = 64
 ...     alpha: float = 10.0
+...     solver: Literal["cg", "cholesky"] = "cg"
 >>> from_dict(ALS, {"factors": 32})
-ALS(factors=32, alpha=10.0)
+ALS(factors=32, alpha=10.0, solver='cg')
 >>> from_dict(ALS, {"factor": 32})
 Traceback (most recent call last):
 ...
-recsys.config.ConfigError: unknown key 'factor' in ALS (known: alpha, factors)
+recsys.config.ConfigError: unknown key 'factor' in ALS (known: alpha, factors, solver)
+>>> from_dict(ALS, {"solver": "cholesky "})
+Traceback (most recent call last):
+...
+recsys.config.ConfigError: ALS.solver must be one of 'cg', 'cholesky', got 'cholesky '
+
+Unions are read member by member (``float | None`` takes a number; TOML has no null, so ``None``
+is only ever a default). Two shapes need a rule:
+
+* ``X | None`` where ``X`` is a dataclass also takes ``true`` (``X`` with its defaults) and
+  ``false`` (``None``), so ``lora = true`` switches a section on.
+* A union of dataclasses is *tagged*: every member has a ``Literal`` field of one value under the
+  same name (``method: Literal["head"]``), and the table's value of that key chooses the member. A
+  table without the key is the first member. An unknown tag names the key and the allowed tags.
 """
 
 from __future__ import annotations
@@ -21,8 +37,9 @@ import dataclasses
 import tomllib
 import types
 import typing
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 T = TypeVar("T")
 
@@ -33,19 +50,29 @@ class ConfigError(ValueError):
 
 def from_dict(cls: type[T], data: dict[str, Any], *, where: str = "") -> T:
     """Build the frozen dataclass ``cls`` from ``data``, recursing into nested dataclasses."""
+    return _build(cls, data, label=where or getattr(cls, "__name__", str(cls)))
+
+
+def _build(cls: type[T], data: dict[str, Any], *, label: str, note: str = "") -> T:
+    """``from_dict`` with ``note`` added to an unknown key's error (which member of a union was read)."""
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"{cls!r} is not a dataclass")
-    label = where or cls.__name__
     if not isinstance(data, dict):
         raise ConfigError(f"{label} must be a table, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"unknown key {unknown[0]!r} in {label} (known: {', '.join(sorted(fields))})")
+        known = ", ".join(sorted(fields))
+        raise ConfigError(f"unknown key {unknown[0]!r} in {label}{note} (known: {known})")
     hints = typing.get_type_hints(cls)
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
-        kwargs[name] = _coerce(hints[name], value, where=f"{label}.{name}")
+        where = f"{label}.{name}"
+        coerced = _coerce(hints[name], value, where=where)
+        if fields[name].init:
+            kwargs[name] = coerced
+        elif coerced != fields[name].default:  # a constant, such as a union member's tag
+            raise ConfigError(f"{where} is always {fields[name].default!r}, got {value!r}")
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
@@ -55,12 +82,14 @@ def from_dict(cls: type[T], data: dict[str, Any], *, where: str = "") -> T:
 def _coerce(hint: Any, value: Any, *, where: str) -> Any:
     origin = typing.get_origin(hint)
     if dataclasses.is_dataclass(hint) and isinstance(hint, type):
-        return from_dict(hint, value, where=where)
+        return _build(hint, value, label=where)
+    if origin is Literal:
+        allowed = typing.get_args(hint)
+        if not any(type(value) is type(a) and value == a for a in allowed):
+            raise ConfigError(f"{where} must be one of {_choices(allowed)}, got {value!r}")
+        return value
     if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        if value is None:
-            return None
-        return _coerce(args[0], value, where=where) if len(args) == 1 else value
+        return _union(hint, value, where=where)
     if origin is tuple:
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{where} must be a list, got {value!r}")
@@ -81,6 +110,66 @@ def _coerce(hint: Any, value: Any, *, where: str) -> Any:
     ):
         raise ConfigError(f"{where} must be {hint.__name__}, got {value!r}")
     return value
+
+
+def _union(hint: Any, value: Any, *, where: str) -> Any:
+    """The first member of ``hint`` that ``value`` fits; dataclass members follow the module's rules."""
+    members = typing.get_args(hint)
+    options = [m for m in members if m is not type(None)]
+    optional = len(options) < len(members)
+    if value is None and optional:
+        return None
+    classes = [m for m in options if isinstance(m, type) and dataclasses.is_dataclass(m)]
+    if len(classes) > 1 and len(classes) == len(options):
+        return _tagged(classes, value, where=where)
+    if len(classes) == len(options) == 1 and optional and isinstance(value, bool):
+        return _build(classes[0], {}, label=where) if value else None
+    for option in options:
+        try:
+            return _coerce(option, value, where=where)
+        except ConfigError:
+            if len(options) == 1:
+                raise
+    raise ConfigError(f"{where} must be {' or '.join(_describe(m) for m in members)}, got {value!r}")
+
+
+def _tagged(classes: list[Any], value: Any, *, where: str) -> Any:
+    """The member of a tagged union of dataclasses that ``value``'s tag names (the first without one)."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where} must be a table, got {type(value).__name__}")
+    tag = _tag_name(classes)
+    by_tag = {typing.get_args(typing.get_type_hints(c)[tag])[0]: c for c in classes}
+    chosen = value.get(tag, next(iter(by_tag)))
+    if not isinstance(chosen, str) or chosen not in by_tag:
+        raise ConfigError(f"{where}.{tag} must be one of {_choices(by_tag)}, got {chosen!r}")
+    return _build(by_tag[chosen], value, label=where, note=f" with {tag} = {chosen!r}")
+
+
+def _tag_name(classes: list[Any]) -> str:
+    """The one field that every class declares as a ``Literal`` of a single value."""
+    common: set[str] | None = None
+    for cls in classes:
+        hints = typing.get_type_hints(cls)
+        tags = {
+            f.name
+            for f in dataclasses.fields(cls)
+            if typing.get_origin(hints[f.name]) is Literal and len(typing.get_args(hints[f.name])) == 1
+        }
+        common = tags if common is None else common & tags
+    if not common or len(common) > 1:
+        names = ", ".join(c.__name__ for c in classes)
+        raise TypeError(f"a union of dataclasses ({names}) needs one Literal tag field shared by all")
+    return common.pop()
+
+
+def _choices(allowed: Iterable[Any]) -> str:
+    return ", ".join(repr(a) for a in allowed)
+
+
+def _describe(hint: Any) -> str:
+    if typing.get_origin(hint) is Literal:
+        return f"one of {_choices(typing.get_args(hint))}"
+    return "absent" if hint is type(None) else getattr(hint, "__name__", str(hint))
 
 
 def load_toml(cls: type[T], path: str | Path) -> T:

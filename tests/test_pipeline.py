@@ -18,7 +18,7 @@ from recsys.data import schema as S
 from recsys.data.dataset import Dataset
 from recsys.data.loading import bundled_paths, load_dataset
 from recsys.data.splits import make_split
-from recsys.encoder.config import FinetuneConfig, HeadConfig
+from recsys.encoder.config import HeadConfig, ProjectionConfig
 from recsys.pipeline.recommender import Filters, Recommender
 from recsys.pipeline.train import TrainConfig, train_bundle
 from recsys.pipeline.two_stage import TwoStage
@@ -45,7 +45,7 @@ def config(
     config = fast_config(checkpoint)
     assert isinstance(config, TrainConfig)
     # fine-tuning as `recsys train` does by default (a projection head), on a small budget
-    training = FinetuneConfig(head=HeadConfig(max_epochs=3), validation_pairs=200, progress=False)
+    training = HeadConfig(head=ProjectionConfig(max_epochs=3), validation_pairs=200)
     return replace(config, finetune=True, encoder_training=training)
 
 

@@ -102,12 +102,19 @@ def finetune(
     config: Annotated[
         Path | None,
         typer.Option(
-            "--config", help="Pipeline config (TOML): its protocol, [encoder] and [encoder_training]."
+            "--config", help="Pipeline config (TOML): its protocol, \\[encoder] and \\[encoder_training]."
         ),
     ] = None,
     cache_dir: Annotated[
         Path, typer.Option("--cache-dir", help="Embedding cache (the frozen vectors are reused).")
     ] = Path("artifacts/cache/embeddings"),
+    progress: Annotated[
+        bool, typer.Option("--progress/--no-progress", help="A progress bar and a line per validation.")
+    ] = True,
+    tensorboard: Annotated[
+        Path | None,
+        typer.Option("--tensorboard", help="Write TensorBoard logs here (needs the tensorboard package)."),
+    ] = None,
 ) -> None:
     """Fine-tune the item encoder on the validation task's training events, as `recsys train` does.
 
@@ -139,6 +146,8 @@ def finetune(
             out=out,
             encoder=settings.encoder,
             embedding_cache=cache_dir,
+            progress=progress,
+            tensorboard_dir=tensorboard,
         )
     except ValueError as exc:  # e.g. too few co-occurrence pairs for the held-out set and one batch
         console.print(f"[bold red]Cannot fine-tune:[/] {exc}", highlight=False)

@@ -8,6 +8,27 @@ the remaining parts are joined with ``separator``. Rendering is one vectorised P
 >>> items = pl.DataFrame({"item_id": ["a", "b"], "title": ["Drill", "Tape"], "brand": ["Bosch", None]})
 >>> item_texts(items, EncoderConfig()).to_list()
 ['Drill. Brand: Bosch', 'Tape']
+
+Fine-tuning is configured by one of two dataclasses, ``HeadConfig`` or ``LayersConfig``, each with
+only the settings its method reads. ``method`` chooses between them when a TOML table is loaded
+(``recsys.config``), and defaults to the head:
+
+>>> from recsys.config import from_dict
+>>> @dataclass(frozen=True)
+... class Train:
+...     encoder_training: FinetuneConfig = field(default_factory=HeadConfig)
+>>> from_dict(Train, {"encoder_training": {"head": {"max_epochs": 10}}}).encoder_training.head
+ProjectionConfig(hidden=384, lr=0.001, batch_size=256, max_epochs=10)
+>>> from_dict(Train, {"encoder_training": {"method": "layers", "lora": True}}).encoder_training.lora
+LoraConfig(r=8, alpha=16, dropout=0.1, targets=('query', 'key', 'value', 'dense'))
+>>> from_dict(Train, {"encoder_training": {"method": "lora"}})
+Traceback (most recent call last):
+...
+recsys.config.ConfigError: Train.encoder_training.method must be one of 'head', 'layers', got 'lora'
+>>> from_dict(Train, {"encoder_training": {"lr": 1e-4}})
+Traceback (most recent call last):
+...
+recsys.config.ConfigError: unknown key 'lr' in Train.encoder_training with method = 'head' (known: ...)
 """
 
 from __future__ import annotations
@@ -15,7 +36,7 @@ from __future__ import annotations
 import re
 import string
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeAlias
 
 import polars as pl
 
@@ -66,9 +87,9 @@ class EncoderConfig:
             raise ValueError(f"runtime must be 'auto', 'onnx' or 'torch', got {self.runtime!r}")
 
 
-@dataclass(frozen=True)
-class HeadConfig:
-    """The projection head that ``FinetuneConfig.method = "head"`` trains (see ``recsys.encoder.head``).
+@dataclass(frozen=True, kw_only=True)
+class ProjectionConfig:
+    """The projection head that ``HeadConfig`` trains (``[encoder_training.head]``; ``recsys.encoder.head``).
 
     ``hidden`` is the width of its one hidden layer. It trains on cached vectors, so it takes the
     learning rate and batch size of a small network, not of BERT, and it is evaluated every epoch.
@@ -80,87 +101,121 @@ class HeadConfig:
     max_epochs: int = 50  # early stopping on held-out pair recall usually ends it within ~10
 
     def __post_init__(self) -> None:
-        for name, ok in (
-            ("hidden", self.hidden >= 1),
-            ("lr", self.lr > 0),
-            ("batch_size", self.batch_size >= 2),
-            ("max_epochs", self.max_epochs >= 1),
-        ):
-            if not ok:
-                raise ValueError(f"invalid HeadConfig.{name}: {getattr(self, name)!r}")
+        _check(
+            self,
+            hidden=self.hidden >= 1,
+            lr=self.lr > 0,
+            batch_size=self.batch_size >= 2,
+            max_epochs=self.max_epochs >= 1,
+        )
 
 
-@dataclass(frozen=True)
-class FinetuneConfig:
-    """Contrastive fine-tuning on co-occurring items from the training interactions.
+@dataclass(frozen=True, kw_only=True)
+class PairTraining:
+    """What both fine-tuning methods share: the pairs, the loss, and early stopping on held-out pairs.
 
     Positive pairs are items within ``window`` positions of each other in a user's history. The loss
-    is symmetric InfoNCE with in-batch negatives at ``temperature``.
-
-    ``method`` says what is trained. ``"head"`` (the default): a residual projection head on the
-    frozen encoder's pooled vectors, with the settings in ``head`` (seconds on a CPU once the catalogue
-    is embedded; the only method that beat the frozen encoder on amazon-scientific, docs/RESULTS.md).
-    ``"layers"``: the transformer itself (all layers, the top ``train_layers``, or LoRA adapters), with
-    the other settings below; the learning rate default is an order of magnitude below BERT
-    pre-training (1e-4), with linear warm-up and decay.
+    is symmetric InfoNCE with in-batch negatives at ``temperature``. ``validation_pairs`` of them are
+    held out (the same ones for both methods at the same ``seed``), and training stops after
+    ``patience`` measurements of their Recall@10 without improvement, keeping the best weights.
     """
 
-    method: Literal["head", "layers"] = "head"
-    head: HeadConfig = field(default_factory=HeadConfig)
-    lr: float = 2e-5
     temperature: float = 0.05
-    epochs: int = 1
     window: int = 2
-    batch_size: int = 64  # pairs per step; each step encodes at most 2 * batch_size texts
-    max_tokens: int = 64  # shorter than inference: the budget on a 2-core CPU is dominated by backward
-    train_layers: int = 0  # 0: the whole network; n: only the top n layers, on cached lower-layer outputs
-    warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     seed: int = 0
     max_pairs: int = 0  # 0: all pairs; otherwise a seeded sample, to bound CPU time
-    max_steps: int = 0  # 0: epochs decide
-    time_budget_s: float = 0.0  # 0: none; else the step count (and LR schedule) is fitted to it
     validation_pairs: int = 500  # held-out pairs for early stopping by pair Recall@10
-    eval_every: int = 50  # steps between validations
     patience: int = 3  # validations without improvement before stopping
-    lora: bool = False
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.1
-    amp: bool = True  # mixed precision, only when a CUDA device is present
-    num_workers: int = 2  # DataLoader workers, only when a CUDA device is present
-    progress: bool = True
-    tensorboard_dir: str = ""  # "" disables TensorBoard logs
-    lora_targets: tuple[str, ...] = field(default=("query", "key", "value", "dense"))
 
     def __post_init__(self) -> None:
-        checks = {
-            "method": self.method in ("head", "layers"),
-            "lr": self.lr > 0,
-            "temperature": self.temperature > 0,
-            "epochs": self.epochs >= 1,
-            "window": self.window >= 1,
-            "batch_size": self.batch_size >= 2,
-            "max_tokens": 8 <= self.max_tokens <= 512,
-            "train_layers": self.train_layers >= 0,
-            "warmup_ratio": 0 <= self.warmup_ratio < 1,
-            "weight_decay": self.weight_decay >= 0,
-            "max_grad_norm": self.max_grad_norm > 0,
-            "max_pairs": self.max_pairs >= 0,
-            "max_steps": self.max_steps >= 0,
-            "time_budget_s": self.time_budget_s >= 0,
-            "validation_pairs": self.validation_pairs >= 10,
-            "eval_every": self.eval_every >= 1,
-            "patience": self.patience >= 1,
-            "lora_r": self.lora_r >= 1,
-            "lora_alpha": self.lora_alpha >= 1,
-            "lora_dropout": 0 <= self.lora_dropout < 1,
-            "num_workers": self.num_workers >= 0,
-        }
-        bad = [name for name, ok in checks.items() if not ok]
-        if bad:
-            raise ValueError(f"invalid FinetuneConfig.{bad[0]}: {getattr(self, bad[0])!r}")
+        _check(
+            self,
+            temperature=self.temperature > 0,
+            window=self.window >= 1,
+            weight_decay=self.weight_decay >= 0,
+            max_grad_norm=self.max_grad_norm > 0,
+            max_pairs=self.max_pairs >= 0,
+            validation_pairs=self.validation_pairs >= 10,
+            patience=self.patience >= 1,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class HeadConfig(PairTraining):
+    """``method = "head"``, the default: a residual projection head on the frozen encoder's vectors.
+
+    Seconds on a CPU once the catalogue is embedded, and the only method that beat the frozen encoder
+    on amazon-scientific (docs/RESULTS.md). The head's own settings are in ``head``.
+    """
+
+    method: Literal["head"] = field(default="head", init=False)
+    head: ProjectionConfig = field(default_factory=ProjectionConfig)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoraConfig:
+    """LoRA adapters on the ``targets`` Linear layers: ``[encoder_training.lora]``, or ``lora = true``."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.1
+    targets: tuple[str, ...] = ("query", "key", "value", "dense")
+
+    def __post_init__(self) -> None:
+        _check(self, r=self.r >= 1, alpha=self.alpha >= 1, dropout=0 <= self.dropout < 1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LayersConfig(PairTraining):
+    """``method = "layers"``: the transformer itself (all layers, the top ``train_layers``, or ``lora``).
+
+    AdamW at ``lr`` (an order of magnitude below BERT pre-training, 1e-4) with linear warm-up and
+    decay, validated every ``eval_every`` steps. With ``lora`` only its adapters are trained and saved.
+    """
+
+    method: Literal["layers"] = field(default="layers", init=False)
+    lr: float = 2e-5
+    epochs: int = 1
+    batch_size: int = 64  # pairs per step; each step encodes at most 2 * batch_size texts
+    max_tokens: int = 64  # shorter than inference: the budget on a 2-core CPU is dominated by backward
+    train_layers: int = 0  # 0: the whole network; n: only the top n layers, on cached lower-layer outputs
+    warmup_ratio: float = 0.1
+    max_steps: int = 0  # 0: epochs decide
+    time_budget_s: float = 0.0  # 0: none; else the step count (and LR schedule) is fitted to it
+    eval_every: int = 50  # steps between validations
+    amp: bool = True  # mixed precision, only when a CUDA device is present
+    num_workers: int = 2  # DataLoader workers, only when a CUDA device is present
+    lora: LoraConfig | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(
+            self,
+            lr=self.lr > 0,
+            epochs=self.epochs >= 1,
+            batch_size=self.batch_size >= 2,
+            max_tokens=8 <= self.max_tokens <= 512,
+            train_layers=self.train_layers >= 0,
+            warmup_ratio=0 <= self.warmup_ratio < 1,
+            max_steps=self.max_steps >= 0,
+            time_budget_s=self.time_budget_s >= 0,
+            eval_every=self.eval_every >= 1,
+            num_workers=self.num_workers >= 0,
+        )
+
+
+# Contrastive fine-tuning on co-occurring items from the training interactions, by one of two methods;
+# in TOML, ``[encoder_training]`` with ``method = "head"`` (the default) or ``method = "layers"``.
+FinetuneConfig: TypeAlias = HeadConfig | LayersConfig
+
+
+def _check(config: object, **checks: bool) -> None:
+    """Raise on the first failed check, naming the class, the field and its value."""
+    for name, ok in checks.items():
+        if not ok:
+            raise ValueError(f"invalid {type(config).__name__}.{name}: {getattr(config, name)!r}")
 
 
 def template_fields(part: str) -> list[str]:

@@ -6,17 +6,16 @@ are bought together closer while the residual keeps what the text already says (
 near). It runs on the pooled vectors, so training needs the catalogue embedded once (through the
 embedding cache) and then takes seconds on a CPU, and every new item gets a vector from its text.
 
-``train_head`` fits it with the fine-tuning loss (symmetric InfoNCE over co-occurrence pairs, in-batch
-negatives), AdamW, one pass over the shuffled pairs per epoch, and early stopping on held-out pair
-Recall@10 measured every epoch; the best weights are kept (the start, a zero residual, included).
-On amazon-scientific this beats the frozen encoder on validation where training transformer layers did
-not (docs/RESULTS.md, Encoder).
+``train_head`` fits it with the fine-tuning loss of ``recsys.encoder.pairs`` (symmetric InfoNCE over
+co-occurrence pairs, in-batch negatives), AdamW, one pass over the shuffled pairs per epoch, and early
+stopping on held-out pair Recall@10 measured every epoch; the best weights are kept (the start, a zero
+residual, included). On amazon-scientific this beats the frozen encoder on validation where training
+transformer layers did not (docs/RESULTS.md, Encoder).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from recsys.encoder.config import FinetuneConfig
+from recsys.encoder.config import HeadConfig
+from recsys.encoder.pairs import EarlyStopping, OnStep, held_out_recall, info_nce
 
 HEAD_FILE = "head.safetensors"
 
@@ -91,18 +91,15 @@ def train_head(
     vectors: np.ndarray,
     pairs: np.ndarray,
     held_out: np.ndarray,
-    config: FinetuneConfig,
+    config: HeadConfig,
     *,
-    recall: Callable[[np.ndarray, np.ndarray], float],
-    on_epoch: Callable[[dict[str, float]], None] = lambda record: None,
+    on_step: OnStep = lambda record: None,
 ) -> HeadRun:
     """Fit a head on (n_items, dim) unit ``vectors`` and (n, 2) item-index ``pairs``.
 
-    ``recall(embeddings, held_out)`` scores held-out pair retrieval for a candidate's (n_items, dim)
-    vectors; ``on_epoch`` sees each epoch's record (loss, recall) for progress and logs.
+    ``held_out`` pairs are scored (Recall@10) before training and after every epoch; ``on_step``
+    sees each record of the history as it is made (``recsys.encoder.pairs.OnStep``).
     """
-    from recsys.encoder.finetune import info_nce
-
     settings = config.head
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
@@ -114,15 +111,18 @@ def train_head(
     def evaluate() -> float:
         head.eval()
         with torch.inference_mode():
-            score = recall(head(x).numpy(), held_out)
+            score = held_out_recall(head(x).numpy(), held_out)
         head.train()
         return score
 
-    baseline = evaluate()
-    best_recall, best_epoch, best_step = baseline, 0, 0
-    best_state = {k: v.clone() for k, v in head.state_dict().items()}
-    history: list[dict[str, float]] = [{"epoch": 0, "recall@10": baseline}]
-    steps, bad_epochs = 0, 0
+    def state() -> dict[str, torch.Tensor]:
+        return {k: v.clone() for k, v in head.state_dict().items()}
+
+    history: list[dict[str, float]] = [{"epoch": 0, "recall@10": evaluate()}]
+    on_step({"total": settings.max_epochs})
+    on_step(history[0])
+    best = EarlyStopping(history[0]["recall@10"], state(), patience=config.patience)
+    steps = 0
     for epoch in range(1, settings.max_epochs + 1):
         order = rng.permutation(len(pairs))
         losses = []
@@ -136,16 +136,11 @@ def train_head(
             optimizer.step()
             losses.append(float(loss.detach()))
             steps += 1
-        score = evaluate()
-        record = {"epoch": epoch, "loss": float(np.mean(losses)), "recall@10": score}
+        record = {"epoch": epoch, "loss": float(np.mean(losses)), "recall@10": evaluate()}
         history.append(record)
-        on_epoch(record)
-        if score > best_recall:
-            best_recall, best_epoch, best_step, bad_epochs = score, epoch, steps, 0
-            best_state = {k: v.clone() for k, v in head.state_dict().items()}
-        else:
-            bad_epochs += 1
-            if bad_epochs >= config.patience:
-                break
-    head.load_state_dict(best_state)
-    return HeadRun(head.eval(), baseline, best_recall, best_epoch, best_step, steps, history)
+        on_step(record)
+        if best.observe(record["recall@10"], state, step=steps, epoch=epoch):
+            break
+    head.load_state_dict(best.state)
+    baseline = history[0]["recall@10"]
+    return HeadRun(head.eval(), baseline, best.recall, best.epoch, best.step, steps, history)

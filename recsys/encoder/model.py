@@ -19,7 +19,7 @@ import json
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -30,10 +30,21 @@ from recsys.encoder.config import EncoderConfig
 
 if TYPE_CHECKING:
     from recsys.encoder.head import ProjectionHead
-    from recsys.encoder.ort import OnnxSession
 
 META_FILE = "recsys_encoder.json"  # written next to the weights by finetune; marks our own artifacts
 FORMAT_VERSION = 1
+
+
+class Session(Protocol):
+    """A compiled runtime of the trunk that ``ItemEncoder.encode`` runs instead of torch.
+
+    It maps a padded batch, (batch, seq) int64 ids and mask, to (batch, dim) float32 unit vectors,
+    and ``workers`` batches may run at once (``recsys.encoder.ort.OnnxSession`` is the one there is).
+    """
+
+    workers: int
+
+    def __call__(self, input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray: ...
 
 
 class EncoderLoadError(ValueError):
@@ -97,7 +108,7 @@ class ItemEncoder:
         self.model: Any = model  # a transformers PreTrainedModel (torch typing cannot say so)
         self.trunk_fingerprint = fingerprint  # weights + tokenizer + max_tokens + pooling + int8
         self.head = head
-        self.session: OnnxSession | None = None  # set by recsys.encoder.ort.onnx_encoder
+        self.session: Session | None = None  # set by recsys.encoder.ort.onnx_encoder
         self.float_model: Any = model  # the fp32 weights, kept by `quantized` for ONNX int8 export
 
     @property
@@ -163,18 +174,17 @@ class ItemEncoder:
             mask[row, : len(seq)] = 1
         return input_ids, mask
 
-    def _pad(self, ids: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        input_ids, mask = self.pad(ids)
-        return torch.from_numpy(input_ids), torch.from_numpy(mask)
-
     def embed_batch(self, ids: Sequence[Sequence[int]]) -> torch.Tensor:
         """Differentiable embeddings of tokenized texts, the head included. -> (batch, dim)."""
         pooled = self._trunk_batch(ids)
         return pooled if self.head is None else self.head(pooled)
 
     def _trunk_batch(self, ids: Sequence[Sequence[int]]) -> torch.Tensor:
-        input_ids, mask = self._pad(ids)
-        input_ids, mask = input_ids.to(self.device), mask.to(self.device)
+        padded_ids, padded_mask = self.pad(ids)
+        input_ids, mask = (
+            torch.from_numpy(padded_ids).to(self.device),
+            torch.from_numpy(padded_mask).to(self.device),
+        )
         hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state  # (batch, seq, dim)
         return self.pool(hidden, mask)
 

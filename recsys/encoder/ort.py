@@ -26,16 +26,14 @@ import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import nn
 
 from recsys.data.io import atomic_path
-
-if TYPE_CHECKING:
-    from recsys.encoder.model import ItemEncoder
+from recsys.encoder.model import ItemEncoder
 
 FORMAT = 1  # bump when the exported graph changes (inputs, outputs, fusions), to ignore old files
 MIN_COSINE = {"fp32": 0.9999, "int8": 0.95}  # fp32 must equal torch; int8 only must not be broken
@@ -54,6 +52,8 @@ class OnnxUnavailable(RuntimeError):
 
 class OnnxSession:
     """An ONNX Runtime CPU session of an exported encoder: (ids, mask) -> (batch, dim) unit vectors.
+
+    It is the ``recsys.encoder.model.Session`` that ``onnx_encoder`` gives an ``ItemEncoder``.
 
     ``threads`` batches run at once, each on one thread (``workers``; 0: one per available core),
     rather than one batch at a time split over the threads: no thread waits for another between
@@ -89,8 +89,6 @@ def onnx_encoder(
     differ from torch's.
     """
     import dataclasses
-
-    from recsys.encoder.model import ItemEncoder
 
     _import_ort()
     precision = precision or ("int8" if encoder.config.quantize else "fp32")

@@ -35,7 +35,7 @@ from recsys.data import schema as S
 from recsys.data.dataset import Dataset, Interactions
 from recsys.data.io import atomic_path
 from recsys.data.splits import Split, make_split
-from recsys.encoder.config import EncoderConfig, FinetuneConfig
+from recsys.encoder.config import EncoderConfig, FinetuneConfig, HeadConfig
 from recsys.pipeline import registry
 from recsys.pipeline.two_stage import TwoStage, TwoStageConfig
 
@@ -61,9 +61,7 @@ class TrainConfig:
     ks: tuple[int, ...] = (10, 50)
     finetune: bool = True
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
-    encoder_training: FinetuneConfig = field(
-        default_factory=lambda: FinetuneConfig(time_budget_s=600.0, progress=True)
-    )
+    encoder_training: FinetuneConfig = field(default_factory=HeadConfig)
     model: TwoStageConfig = field(default_factory=TwoStageConfig)
     evaluate_validation: bool = True
 
@@ -121,6 +119,7 @@ def embed_catalogue(
             out=encoder_dir,
             encoder=config.encoder,
             embedding_cache=cache_dir,
+            progress=progress,
         )
         encoder = load_encoder(encoder_dir, config=config.encoder)
         record = {

@@ -1,0 +1,106 @@
+"""``recsys.encoder.head``: the default fine-tuning method, a projection head on the frozen vectors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from encoder_toys import fixture_tiny_bert as fixture_tiny_bert  # the fixture `tiny_bert`
+from encoder_toys import group_margin, tiny_head_config, toy_interactions, toy_items
+
+from recsys.encoder.config import EncoderConfig, item_texts
+from recsys.encoder.embed import embed_items
+from recsys.encoder.finetune import finetune
+from recsys.encoder.model import EncoderLoadError, ItemEncoder, load_encoder
+
+
+def test_head_finetune_pulls_cobought_items_together_and_reloads(tiny_bert: Path, tmp_path: Path) -> None:
+    """The default method: a projection head on the frozen vectors, saved without BERT's weights."""
+    from safetensors.numpy import load_file
+
+    items, data = toy_items(), toy_interactions()
+    encoder_config = EncoderConfig(checkpoint=str(tiny_bert), max_tokens=16)
+    result = finetune(
+        items,
+        data,
+        tiny_head_config(),
+        out=tmp_path / "head",
+        encoder=encoder_config,
+        embedding_cache=tmp_path / "c",
+    )
+    folder = tmp_path / "head"
+    assert not (folder / "model.safetensors").exists()
+    assert set(load_file(str(folder / "head.safetensors"))) == {"up.weight", "down.weight"}
+    losses = [h["loss"] for h in result.history if "loss" in h]
+    assert len(losses) == 30 and np.mean(losses[-3:]) < 0.8 * losses[0], losses
+    assert result.improved and result.best_recall > result.baseline_recall
+
+    base, tuned = load_encoder(tiny_bert, config=encoder_config), load_encoder(folder)
+    assert tuned.fingerprint == result.fingerprint != base.fingerprint
+    assert tuned.trunk_fingerprint == base.fingerprint  # the trunk's cached vectors are reused
+    frozen = embed_items(items, encoder=base)
+    # the torch path, the default runtime of embed_items (ONNX Runtime) and the head applied to the
+    # frozen vectors all agree
+    texts = item_texts(items, encoder_config).to_list()
+    via_torch = tuned.encode(texts)
+    np.testing.assert_allclose(embed_items(items, encoder=tuned), via_torch, atol=1e-5)
+    np.testing.assert_allclose(tuned.project(frozen), via_torch, atol=1e-5)
+    assert np.allclose(np.linalg.norm(via_torch, axis=1), 1.0, atol=1e-5)
+    assert group_margin(via_torch) > group_margin(frozen) + 0.05
+    # int8 keeps the head and gets its own fingerprint
+    int8 = load_encoder(folder, config=dataclasses.replace(tuned.config, quantize=True))
+    assert int8.head is not None and int8.fingerprint not in (tuned.fingerprint, base.fingerprint)
+
+
+def test_head_encoder_embeds_from_the_trunk_cache(tiny_bert: Path, tmp_path: Path) -> None:
+    """Retraining the head re-embeds nothing: the cache holds the trunk's vectors."""
+    encoder_config = EncoderConfig(checkpoint=str(tiny_bert), max_tokens=16)
+    finetune(
+        toy_items(),
+        toy_interactions(),
+        tiny_head_config(),
+        out=tmp_path / "head",
+        encoder=encoder_config,
+        embedding_cache=tmp_path / "cache",
+    )
+    tuned = load_encoder(tmp_path / "head")
+    calls: list[int] = []
+    original = ItemEncoder.encode
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(
+            ItemEncoder,
+            "encode",
+            lambda self, texts, **kw: calls.append(len(texts)) or original(self, texts, **kw),
+        )
+        cached = embed_items(toy_items(), encoder=tuned, cache_dir=tmp_path / "cache")
+    assert calls == []  # finetune embedded the catalogue with the trunk; only the head ran now
+    np.testing.assert_allclose(cached, embed_items(toy_items(), encoder=tuned), atol=1e-5)
+
+
+def test_head_checkpoint_checks_its_base_and_its_file(tiny_bert: Path, tmp_path: Path) -> None:
+    encoder_config = EncoderConfig(checkpoint=str(tiny_bert), max_tokens=16)
+    result = finetune(
+        toy_items(),
+        toy_interactions(),
+        tiny_head_config(max_grad_norm=1.0),
+        out=tmp_path / "h",
+        encoder=encoder_config,
+    )
+    meta_path = tmp_path / "h" / "recsys_encoder.json"
+    meta = json.loads(meta_path.read_text())
+    # a folder written before the fine-tuning config was split into methods held one flat table
+    flat = {"method": "head", "head": meta["finetune"]["head"], "lr": 2e-5, "lora": False, "progress": True}
+    meta_path.write_text(json.dumps({**meta, "finetune": flat}))
+    assert load_encoder(tmp_path / "h").fingerprint == result.fingerprint
+    meta_path.write_text(json.dumps({**meta, "base_fingerprint": "0" * 64}))
+    with pytest.raises(EncoderLoadError, match="trained on a base model with fingerprint 000000000000"):
+        load_encoder(tmp_path / "h")
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(EncoderLoadError, match="trained with max_tokens=16, asked for max_tokens=32"):
+        load_encoder(tmp_path / "h", config=dataclasses.replace(encoder_config, max_tokens=32))
+    (tmp_path / "h" / "head.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(ValueError, match=r"head\.safetensors: cannot load a projection head"):
+        load_encoder(tmp_path / "h")
