@@ -119,11 +119,9 @@ class Recommender:
     def _rows(self, item_ids: Sequence[str]) -> list[int]:
         return [self._row_of[i] for i in item_ids if i in self._row_of]
 
-    def _allowed(self, filters: Filters | None, excluded: set[int]) -> np.ndarray:
-        """(n_items,) bool: the items a request may return."""
+    def _allowed(self, filters: Filters | None) -> np.ndarray:
+        """(n_items,) bool: the items a request's filters let through."""
         ok = np.ones(len(self._ids), dtype=bool)
-        if excluded:
-            ok[list(excluded)] = False
         if filters is None:
             return ok
         if filters.categories is not None:
@@ -245,7 +243,7 @@ class Recommender:
     ) -> list[list[Recommendation]]:
         """Top ``n`` of each history (item rows, oldest first): every non-empty history's candidates
         are scored in one pass; an empty history gets recent popularity."""
-        passing = self._allowed(filters, set())
+        passing = self._allowed(filters)
         known = [u for u, history in enumerate(rows) if history]
         scored = self._scored([rows[u] for u in known], [records[u] for u in known]) if known else None
         row_of = {u: i for i, u in enumerate(known)}
