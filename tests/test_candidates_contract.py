@@ -3,6 +3,7 @@ the factories cover every source of ``recsys.candidates.registry``."""
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from candidate_contract import (
 )
 
 from recsys.candidates.base import BLOCK_ROWS, CandidateGenerator, NotFittedError
-from recsys.candidates.registry import SOURCES
+from recsys.candidates.registry import SOURCES, CandidatesConfig
 from recsys.data.dataset import Histories
 
 pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")  # e.g. implicit's BLAS-threads warning
@@ -29,6 +30,18 @@ pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")  # e.g. implici
 
 def test_every_registered_source_has_a_factory() -> None:
     assert sorted({f.source for f in FACTORIES}) == sorted(SOURCES)
+
+
+def test_the_pipeline_config_has_one_field_per_registered_source() -> None:
+    """``CandidatesConfig`` (the pipeline's) configures each source under its name, with its config type."""
+    config = CandidatesConfig()
+    assert config.sources == tuple(SOURCES)
+    for name, source in SOURCES.items():
+        assert type(getattr(config, name)) is source.config, name
+    others = {f.name for f in fields(CandidatesConfig)} - set(SOURCES)
+    assert others == {"sources", "per_source", "total"}
+    with pytest.raises(ValueError, match="unknown candidate source 'nope'"):
+        CandidatesConfig(sources=("als", "nope"))
 
 
 def test_a_source_without_the_embeddings_it_needs_is_refused() -> None:

@@ -7,7 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +15,6 @@ import polars as pl
 import pytest
 from pipeline_helpers import fast_config, save_tiny_bert, vocabulary
 
-from recsys.candidates.registry import SOURCES
 from recsys.config import from_dict
 from recsys.data import schema as S
 from recsys.data.dataset import Dataset, Histories
@@ -24,7 +23,7 @@ from recsys.data.splits import make_split
 from recsys.encoder.config import FinetuneConfig, HeadConfig
 from recsys.pipeline.recommender import Filters, Recommender
 from recsys.pipeline.train import TrainConfig, train_bundle
-from recsys.pipeline.two_stage import SIMILAR_SOURCES, CandidatesConfig, TwoStage, TwoStageConfig
+from recsys.pipeline.two_stage import SIMILAR_SOURCES, TwoStage, TwoStageConfig
 
 ARTIFACT_SUFFIXES = {".json", ".parquet", ".npy", ".txt", ".safetensors", ".yaml"}
 
@@ -57,18 +56,6 @@ def bundle(
     tmp_path_factory: pytest.TempPathFactory, tables: tuple[pl.DataFrame, pl.DataFrame], config: TrainConfig
 ) -> Path:
     return train_bundle(*tables, config=config, out_dir=tmp_path_factory.mktemp("bundles"))
-
-
-def test_the_pipeline_config_has_one_field_per_registered_source() -> None:
-    """``CandidatesConfig`` configures each source of the table under its name, with its config type."""
-    config = CandidatesConfig()
-    assert config.sources == tuple(SOURCES)
-    for name, source in SOURCES.items():
-        assert type(getattr(config, name)) is source.config, name
-    others = {f.name for f in fields(CandidatesConfig)} - set(SOURCES)
-    assert others == {"sources", "per_source", "total"}
-    with pytest.raises(ValueError, match="unknown candidate source 'nope'"):
-        CandidatesConfig(sources=("als", "nope"))
 
 
 def test_bundle_is_self_describing_and_pickle_free(bundle: Path, config: TrainConfig) -> None:

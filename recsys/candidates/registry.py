@@ -1,9 +1,10 @@
 """Every candidate source, in one table: name -> config type, generator class, the class that loads it.
 
-The two-stage pipeline's config (``CandidatesConfig``: one field per source, named as here), the
-evaluation's model list and the contract suite (``tests/candidate_contract.py``) read this table. To
-add a source: write its module (a ``CandidateGenerator`` with a frozen config), add one row below
-and a field of its config type to ``CandidatesConfig``; the contract suite then asks for a factory.
+The pipeline's candidate config (``CandidatesConfig``, below: one field per source, named as here),
+the evaluation's model list and the contract suite (``tests/candidate_contract.py``) read this
+table. To add a source: write its module (a ``CandidateGenerator`` with a frozen config), add one
+row to the table and a field of its config type to ``CandidatesConfig``; the contract suite then
+asks for a factory.
 
 Config types are imported here, classes only when asked for: the sequential model imports torch,
 and ``import recsys`` must not. A saved sequential source is loaded by its NumPy twin
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -129,3 +130,29 @@ def source(name: str) -> Source:
     """The table's row for ``name``; ValueError naming the known sources if there is none."""
     check_names([name])
     return SOURCES[name]
+
+
+@dataclass(frozen=True)
+class CandidatesConfig:
+    """Which sources propose candidates, how many each, and how many survive the blend; and one
+    config per source of the table, under its name (the two-stage pipeline's defaults)."""
+
+    sources: tuple[str, ...] = tuple(SOURCES)
+    per_source: int = 100
+    total: int = 200
+    als: ALSConfig = field(default_factory=lambda: ALSConfig(factors=128, regularization=0.01, alpha=40.0))
+    itemknn: ItemKNNConfig = field(default_factory=ItemKNNConfig)
+    # window 10: the best of the co-occurrence grid on amazon-scientific validation (RESULTS.md)
+    cooccurrence: CoOccurrenceConfig = field(default_factory=lambda: CoOccurrenceConfig(window=10))
+    text: TextRetrieverConfig = field(default_factory=TextRetrieverConfig)
+    # its time budget is a cap per fit (a pipeline fit trains it twice: labels held out, then all);
+    # early stopping usually ends it first (MovieLens: ~20 epochs, 6-7 min on 2 free cores)
+    sequential: SequentialConfig = field(default_factory=SequentialConfig)
+    popularity: PopularityConfig = field(default_factory=PopularityConfig)
+
+    def __post_init__(self) -> None:
+        check_names(self.sources)
+        if not self.sources:
+            raise ValueError("at least one candidate source is needed")
+        if self.per_source < 1 or self.total < 1:
+            raise ValueError("per_source and total must be >= 1")

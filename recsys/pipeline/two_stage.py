@@ -10,10 +10,10 @@
 2. The ranker is fitted on those groups; then every source is refitted on all of ``data``, and item
    features are recomputed as of its end, for answering.
 
-The sources come from one table, ``recsys.candidates.registry``; this module configures them
-(``CandidatesConfig``) and composes them with the ranker. ``recommend(histories, n)`` follows the
-same path at answer time. The candidate-source ablations (``sources``) and the optional MMR
-diversity re-rank are part of the config.
+The sources, and their config ``CandidatesConfig``, come from one table,
+``recsys.candidates.registry``; this module composes them with the ranker. ``recommend(histories,
+n)`` follows the same path at answer time. The candidate-source ablations (``sources``) and the
+optional MMR diversity re-rank are part of the config.
 """
 
 from __future__ import annotations
@@ -29,16 +29,11 @@ import numpy as np
 import polars as pl
 
 from feature_store.definitions import FeatureConfig
-from recsys.candidates.als import ALSConfig
 from recsys.candidates.artifact import read_meta
 from recsys.candidates.base import CandidateGenerator, check_fitted, check_n
 from recsys.candidates.blend import Candidates, blend
-from recsys.candidates.cooccurrence import CoOccurrenceConfig
-from recsys.candidates.itemknn import ItemKNNConfig
-from recsys.candidates.popularity import PopularityConfig
-from recsys.candidates.registry import SOURCES, check_names, source
-from recsys.candidates.sequential_config import SequentialConfig
-from recsys.candidates.text import TextRetrieverConfig
+from recsys.candidates.registry import CandidatesConfig as CandidatesConfig  # part of TwoStageConfig
+from recsys.candidates.registry import check_names, source
 from recsys.config import from_dict, to_dict
 from recsys.data import schema as S
 from recsys.data.dataset import Histories, Interactions
@@ -58,32 +53,6 @@ from recsys.ranking.ranker import LambdaRanker, RankerConfig
 FORMAT = "recsys.two_stage/1"
 # the sources whose item-to-item neighbours ``similar_items`` merges, in tie-breaking order
 SIMILAR_SOURCES = ("text", "cooccurrence", "als", "itemknn")
-
-
-@dataclass(frozen=True)
-class CandidatesConfig:
-    """Which sources propose candidates, how many each, and how many survive the blend; one config
-    per source of ``recsys.candidates.registry``, under its name."""
-
-    sources: tuple[str, ...] = tuple(SOURCES)
-    per_source: int = 100
-    total: int = 200
-    als: ALSConfig = field(default_factory=lambda: ALSConfig(factors=128, regularization=0.01, alpha=40.0))
-    itemknn: ItemKNNConfig = field(default_factory=ItemKNNConfig)
-    # window 10: the best of the co-occurrence grid on amazon-scientific validation (RESULTS.md)
-    cooccurrence: CoOccurrenceConfig = field(default_factory=lambda: CoOccurrenceConfig(window=10))
-    text: TextRetrieverConfig = field(default_factory=TextRetrieverConfig)
-    # its time budget is a cap per fit (a pipeline fit trains it twice: labels held out, then all);
-    # early stopping usually ends it first (MovieLens: ~20 epochs, 6-7 min on 2 free cores)
-    sequential: SequentialConfig = field(default_factory=SequentialConfig)
-    popularity: PopularityConfig = field(default_factory=PopularityConfig)
-
-    def __post_init__(self) -> None:
-        check_names(self.sources)
-        if not self.sources:
-            raise ValueError("at least one candidate source is needed")
-        if self.per_source < 1 or self.total < 1:
-            raise ValueError("per_source and total must be >= 1")
 
 
 @dataclass(frozen=True)
