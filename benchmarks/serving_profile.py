@@ -8,7 +8,8 @@ It loads the current bundle of the BentoML home ``H`` (as the service does), rea
 the online store ``recsys train`` loaded, and answers the same request mix as ``benchmarks.serving``
 (real demo user ids, 10% unknown, n=10), one request at a time. Every stage is timed by wrapping the
 function that does it (thread CPU time, so other processes on the machine do not count), and the total
-is the whole ``recommend`` call; ``store`` is the online-store read the service does first. Prints the
+is the whole ``recommend`` call (the rest of it, history rows, filters and the popularity fallback, is
+what the listed stages leave); ``store`` is the online-store read the service does first. Prints the
 median and mean milliseconds per request of each stage and, with ``--out``, writes them as flat JSON
 (``<stage>_median_ms``, ``<stage>_mean_ms``) with the run's provenance.
 """
@@ -60,7 +61,6 @@ class Stages:
 
 def instrument(recommender: Any, stages: Stages) -> None:
     from feature_store import serving as fs_serving
-    from recsys.pipeline import recommender as rec_module
     from recsys.pipeline import two_stage
     from recsys.ranking import features as F
 
@@ -69,12 +69,9 @@ def instrument(recommender: Any, stages: Stages) -> None:
         stages.wrap(generator, "recommend", f"source {name}")
     stages.wrap(model.ranker_, "predict", "ranker predict")
     stages.wrap(two_stage, "blend", "blend")
-    stages.wrap(rec_module, "blend", "blend")
     stages.wrap(F, "retriever_features", "features: retriever")
     stages.wrap(model, "last_item_features", "features: last item")
     stages.wrap(fs_serving.ServingFeatures, "__call__", "features: store")
-    for attribute in ("_record", "_allowed", "_popular", "_history_rows"):
-        stages.wrap(recommender, attribute, f"recommender {attribute}")
 
 
 def main() -> None:

@@ -327,7 +327,8 @@ class Recsys:
     )
     @answers
     async def similar_items(self, **fields: Any) -> api.SimilarItemsResponse | Response:
-        """Items similar to one item, by text embedding and co-occurrence. Unknown item: 404."""
+        """Items similar to one item: the neighbours of the text, co-occurrence, ALS and item-kNN sources,
+        merged (``TwoStage.neighbours``). Unknown item: 404."""
         request = api.SimilarItemsRequest.model_construct(**fields)
         loaded = self.loaded()
         if not loaded.recommender.has_item(request.item_id):

@@ -8,19 +8,28 @@ and call A items similar to an A item; every generator must respect the output c
 answer a batch exactly as row by row, survive save/load, be deterministic, and handle empty
 histories and bad input.
 
-To add a generator, append one :class:`Factory` to :data:`FACTORIES` below: nothing else.
-``tests/test_candidates_contract.py`` runs every check on every factory.
+Every source of ``recsys.candidates.registry`` needs at least one :class:`Factory` in
+:data:`FACTORIES` below (a test says which is missing); ``tests/test_candidates_contract.py`` runs
+every check on every factory, and holds what the pipeline loads a saved source with (the sequential
+model's NumPy twin) to the fitted generator.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from recsys.candidates.als import ALSConfig
 from recsys.candidates.base import CandidateGenerator
+from recsys.candidates.cooccurrence import CoOccurrenceConfig
+from recsys.candidates.itemknn import ItemKNNConfig
+from recsys.candidates.popularity import PopularityConfig
+from recsys.candidates.registry import SOURCES
+from recsys.candidates.sequential_config import SequentialConfig
+from recsys.candidates.text import TextRetrieverConfig
 from recsys.data.dataset import Histories, Interactions
 
 N_USERS_PER_COMMUNITY = 40
@@ -48,124 +57,73 @@ def community_data(seed: int = 0) -> Interactions:
     )
 
 
-@dataclass(frozen=True)
-class Factory:
-    """How the contract suite builds, fits and reloads one generator.
-
-    Parameters
-    ----------
-    name
-        Test id.
-    build
-        A fresh, unfitted generator with a fixed seed (called several times).
-    load
-        Reads a folder written by the generator's ``save`` (usually ``Class.load``).
-    personalised
-        Whether the answer depends on the history: the community checks apply.
-    """
-
-    name: str
-    build: Callable[[], CandidateGenerator]
-    load: Callable[[Path], CandidateGenerator]
-    personalised: bool = True
-    notes: str = field(default="", compare=False)
-
-
-def _popularity() -> CandidateGenerator:
-    from recsys.candidates.popularity import Popularity
-
-    return Popularity()
-
-
-def _popularity_decayed() -> CandidateGenerator:
-    from recsys.candidates.popularity import Popularity, PopularityConfig
-
-    return Popularity(PopularityConfig(half_life=50.0))
-
-
-# The community data has rank 2. With more factors than that, ALS spends the rest on the noise of
-# which random items each of only 80 users picked, and the order of unseen items becomes noise too.
-def _als() -> CandidateGenerator:
-    from recsys.candidates.als import ALS, ALSConfig
-
-    return ALS(ALSConfig(factors=2, iterations=10, regularization=0.05, alpha=5.0, seed=7, num_threads=1))
-
-
-def _als_bm25() -> CandidateGenerator:
-    from recsys.candidates.als import ALS, ALSConfig
-
-    return ALS(ALSConfig(factors=2, iterations=10, alpha=5.0, bm25=True, bm25_k1=1.2, seed=7, num_threads=1))
-
-
-def _itemknn() -> CandidateGenerator:
-    from recsys.candidates.itemknn import ItemKNN, ItemKNNConfig
-
-    return ItemKNN(ItemKNNConfig(neighbours=50, num_threads=1))
-
-
-def _itemknn_bm25() -> CandidateGenerator:
-    from recsys.candidates.itemknn import ItemKNN, ItemKNNConfig
-
-    return ItemKNN(ItemKNNConfig(neighbours=5, similarity="bm25", num_threads=1))
-
-
-def _cooccurrence() -> CandidateGenerator:
-    from recsys.candidates.cooccurrence import CoOccurrence, CoOccurrenceConfig
-
-    return CoOccurrence(CoOccurrenceConfig())
-
-
-def _sequential() -> CandidateGenerator:
-    from recsys.candidates.sequential import SequentialConfig, SequentialRecommender
-
-    # tiny on purpose: the suite fits it three times
-    config = SequentialConfig(
-        max_len=8, hidden=16, layers=1, heads=1, dropout=0.1, lr=0.01, batch_size=32,
-        max_epochs=30, patience=30, seed=3, threads=1,
-    )  # fmt: skip
-    return SequentialRecommender(config)
-
-
-def _text() -> CandidateGenerator:
-    from recsys.candidates.text import TextRetriever
-
-    # Text embeddings that know the communities: A items near one axis, B items near another; the
-    # cold item has text (an embedding) but points elsewhere.
+def community_embeddings() -> np.ndarray:
+    """Text embeddings that know the communities: A items near one axis, B items near another; the
+    cold item has text (an embedding) but points elsewhere."""
     rng = np.random.default_rng(11)
     emb = rng.normal(scale=0.1, size=(N_ITEMS, 4)).astype(np.float32)
     emb[A_ITEMS, 0] += 1.0
     emb[B_ITEMS, 1] += 1.0
     emb[COLD_ITEM, 2] += 1.0
-    return TextRetriever(item_embeddings=emb)
+    return emb
 
 
-def _load(module: str, cls: str) -> Callable[[Path], CandidateGenerator]:
-    def load(path: Path) -> CandidateGenerator:
-        import importlib
+@dataclass(frozen=True)
+class Factory:
+    """How the contract suite builds, fits and reloads one source of ``recsys.candidates.registry``.
 
-        loaded: CandidateGenerator = getattr(importlib.import_module(module), cls).load(path)
+    Parameters
+    ----------
+    name
+        Test id.
+    source
+        The registry's name of the source.
+    config
+        Its config, with a fixed seed (the generator is built several times).
+    personalised
+        Whether the answer depends on the history: the community checks apply.
+    """
+
+    name: str
+    source: str
+    config: Any
+    personalised: bool = True
+
+    def build(self) -> CandidateGenerator:
+        """A fresh, unfitted generator, as the pipeline builds it (text sources get the embeddings)."""
+        return SOURCES[self.source].build(self.config, item_embeddings=community_embeddings())
+
+    def load(self, path: Path) -> CandidateGenerator:
+        """Read a folder written by the generator's ``save``, with the generator's own class."""
+        loaded: CandidateGenerator = SOURCES[self.source].generator().load(path)  # type: ignore[attr-defined]
         return loaded
 
-    return load
 
-
+# tiny on purpose: the suite fits it three times
+TINY_SEQUENTIAL = SequentialConfig(
+    max_len=8, hidden=16, layers=1, heads=1, dropout=0.1, lr=0.01, batch_size=32,
+    max_epochs=30, patience=30, use_text=False, seed=3, threads=1,
+)  # fmt: skip
+# The community data has rank 2. With more factors than that, ALS spends the rest on the noise of
+# which random items each of only 80 users picked, and the order of unseen items becomes noise too.
 FACTORIES: list[Factory] = [
+    Factory("popularity", "popularity", PopularityConfig(), personalised=False),
+    Factory("popularity-decay", "popularity", PopularityConfig(half_life=50.0), personalised=False),
     Factory(
-        "popularity", _popularity, _load("recsys.candidates.popularity", "Popularity"), personalised=False
+        "als",
+        "als",
+        ALSConfig(factors=2, iterations=10, regularization=0.05, alpha=5.0, seed=7, num_threads=1),
     ),
     Factory(
-        "popularity-decay",
-        _popularity_decayed,
-        _load("recsys.candidates.popularity", "Popularity"),
-        personalised=False,
+        "als-bm25",
+        "als",
+        ALSConfig(factors=2, iterations=10, alpha=5.0, bm25=True, bm25_k1=1.2, seed=7, num_threads=1),
     ),
-    Factory("als", _als, _load("recsys.candidates.als", "ALS")),
-    Factory("als-bm25", _als_bm25, _load("recsys.candidates.als", "ALS")),
-    Factory("itemknn", _itemknn, _load("recsys.candidates.itemknn", "ItemKNN")),
-    Factory("itemknn-bm25", _itemknn_bm25, _load("recsys.candidates.itemknn", "ItemKNN")),
-    Factory("text", _text, _load("recsys.candidates.text", "TextRetriever")),
-    Factory("cooccurrence", _cooccurrence, _load("recsys.candidates.cooccurrence", "CoOccurrence")),
-    Factory("sequential", _sequential, _load("recsys.candidates.sequential", "SequentialRecommender")),
+    Factory("itemknn", "itemknn", ItemKNNConfig(neighbours=50, num_threads=1)),
+    Factory("itemknn-bm25", "itemknn", ItemKNNConfig(neighbours=5, similarity="bm25", num_threads=1)),
+    Factory("text", "text", TextRetrieverConfig()),
+    Factory("cooccurrence", "cooccurrence", CoOccurrenceConfig()),
+    Factory("sequential", "sequential", TINY_SEQUENTIAL),
 ]
 
 

@@ -1,7 +1,9 @@
-"""Runs the candidate-generator contract (``candidate_contract``) on every registered factory."""
+"""Runs the candidate-generator contract (``candidate_contract``) on every factory, and checks that
+the factories cover every source of ``recsys.candidates.registry``."""
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +22,35 @@ from candidate_contract import (
 )
 
 from recsys.candidates.base import BLOCK_ROWS, CandidateGenerator, NotFittedError
+from recsys.candidates.registry import SOURCES, CandidatesConfig
 from recsys.data.dataset import Histories
 
 pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")  # e.g. implicit's BLAS-threads warning
+
+
+def test_every_registered_source_has_a_factory() -> None:
+    assert sorted({f.source for f in FACTORIES}) == sorted(SOURCES)
+
+
+def test_the_pipeline_config_has_one_field_per_registered_source() -> None:
+    """``CandidatesConfig`` (the pipeline's) configures each source under its name, with its config type."""
+    config = CandidatesConfig()
+    assert config.sources == tuple(SOURCES)
+    for name, source in SOURCES.items():
+        assert type(getattr(config, name)) is source.config, name
+    others = {f.name for f in fields(CandidatesConfig)} - set(SOURCES)
+    assert others == {"sources", "per_source", "total"}
+    with pytest.raises(ValueError, match="unknown candidate source 'nope'"):
+        CandidatesConfig(sources=("als", "nope"))
+
+
+def test_a_source_without_the_embeddings_it_needs_is_refused() -> None:
+    for source in SOURCES.values():
+        if source.embeddings:
+            with pytest.raises(ValueError, match=f"{source.name!r} needs item embeddings"):
+                source.build(source.config(), item_embeddings=None)
+        with pytest.raises(TypeError, match=f"{source.name!r} takes {source.config.__name__}"):
+            source.build(object(), item_embeddings=None)
 
 
 @pytest.fixture(scope="module", params=FACTORIES, ids=lambda f: f.name)
@@ -106,6 +134,23 @@ def test_save_load_round_trip(case: tuple[Factory, CandidateGenerator], tmp_path
     for a, b in zip(model.similar_items(queries, 4), loaded.similar_items(queries, 4), strict=True):
         np.testing.assert_array_equal(a, b)
     assert not list(tmp_path.glob("**/*.pkl")) and not list(tmp_path.glob("**/*.pickle"))
+
+
+def test_the_pipeline_loads_what_answers_alike(
+    case: tuple[Factory, CandidateGenerator], tmp_path: Path
+) -> None:
+    """What a loaded pipeline (and the service) answers with: the registry's loader, the sequential
+    model's NumPy twin, equal to the fitted generator within float32 noise."""
+    factory, model = case
+    model.save(tmp_path / "model")
+    loaded = SOURCES[factory.source].load(tmp_path / "model")
+    histories, queries = probe_histories(), np.arange(N_ITEMS)
+    for (a_ids, a_scores), (b_ids, b_scores) in [
+        (model.recommend(histories, 7), loaded.recommend(histories, 7)),
+        (model.similar_items(queries, 4), loaded.similar_items(queries, 4)),
+    ]:
+        np.testing.assert_array_equal(a_ids, b_ids)
+        np.testing.assert_allclose(a_scores, b_scores, rtol=1e-5, atol=1e-5)
 
 
 def test_deterministic(case: tuple[Factory, CandidateGenerator]) -> None:

@@ -136,7 +136,7 @@ def test_the_run_seed_reaches_every_seeded_part_of_the_pipeline(tmp_path: Path, 
     (config,) = MODELS[model].grid(EvalContext(dataset=dataset, seed=7))
     c = config.candidates
     assert (c.als.seed, c.sequential.seed, config.ranker.seed) == (7, 7, 7)
-    assert c.sequential.text_init == config.text_features == ("text" in c.sources) == (model == "pipeline")
+    assert c.sequential.use_text == config.text_features == ("text" in c.sources) == (model == "pipeline")
     (default,) = MODELS[model].grid(EvalContext(dataset=dataset))
     assert (default.candidates.als.seed, default.candidates.sequential.seed, default.ranker.seed) == (0, 0, 0)
 

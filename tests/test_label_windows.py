@@ -15,12 +15,14 @@ import polars as pl
 import pytest
 
 from recsys.candidates.als import ALSConfig
+from recsys.candidates.base import CandidateGenerator
 from recsys.data import schema as S
 from recsys.data.dataset import Dataset, Interactions
 from recsys.data.loading import bundled_paths, load_dataset
 from recsys.data.splits import leave_last_out, make_split
 from recsys.pipeline import two_stage as T
-from recsys.ranking.ranker import LambdaRanker, RankerConfig
+from recsys.ranking.dataset import RankerRows, label_tasks
+from recsys.ranking.ranker import RankerConfig
 
 WINDOWS = 3
 FRACTION = 0.08
@@ -47,7 +49,7 @@ def _config(windows: int = WINDOWS, **changes: Any) -> T.TwoStageConfig:
         total=60,
         als=ALSConfig(factors=8, iterations=3, num_threads=1),
     )
-    ranker = RankerConfig(search=((7, 0.1),), max_rounds=20, min_data_in_leaf=2)
+    ranker = RankerConfig(search=((7, 0.1),), max_rounds=20, min_data_in_leaf=2, bags=1, num_threads=1)
     return replace(base, candidates=candidates, ranker=ranker, **changes)
 
 
@@ -63,12 +65,12 @@ def _with_items(data: Interactions, items: np.ndarray) -> Interactions:
 
 def test_one_window_is_the_inner_temporal_split_and_leave_last_out_is_unchanged(dataset: Dataset) -> None:
     data = dataset.to_interactions()
-    (task,) = T.label_tasks(data, "temporal", fraction=0.1, windows=1)
+    (task,) = label_tasks(data, "temporal", fraction=0.1, windows=1)
     expected = make_split(data, "temporal", test_fraction=0.1).test
     np.testing.assert_array_equal(task.users, expected.users)
     assert (task.targets != expected.targets).nnz == 0
     np.testing.assert_array_equal(task.train.timestamps, expected.train.timestamps)
-    (llo,) = T.label_tasks(data, "leave-last-out", fraction=0.3)  # fraction has no say there
+    (llo,) = label_tasks(data, "leave-last-out", fraction=0.3)  # fraction has no say there
     expected = leave_last_out(data).test
     np.testing.assert_array_equal(llo.users, expected.users)
     assert (llo.targets != expected.targets).nnz == 0
@@ -77,7 +79,7 @@ def test_one_window_is_the_inner_temporal_split_and_leave_last_out_is_unchanged(
 
 def test_windows_are_consecutive_and_hold_their_targets(dataset: Dataset) -> None:
     data = dataset.to_interactions()
-    tasks = T.label_tasks(data, "temporal", fraction=FRACTION, windows=WINDOWS)
+    tasks = label_tasks(data, "temporal", fraction=FRACTION, windows=WINDOWS)
     assert len(tasks) == WINDOWS
     starts = [int(t.train.timestamps.max()) for t in tasks]
     assert starts == sorted(starts) and len(set(starts)) == WINDOWS
@@ -115,63 +117,62 @@ def test_too_many_windows_for_the_timestamps_is_a_clear_error() -> None:
         np.array([0, 0, 1, 1]), np.array([0, 1, 1, 0]), n_users=2, n_items=2, timestamps=np.full(4, 5)
     )
     with pytest.raises(ValueError, match="no events to fit the candidate generators on"):
-        T.label_tasks(data, "temporal", fraction=0.2, windows=3)
+        label_tasks(data, "temporal", fraction=0.2, windows=3)
 
 
-class _Recorder:
-    """Records what ``TwoStage.fit`` hands to the generators and what each window's groups hold."""
+class _Recorder(T.TwoStage):
+    """Records, through its public seams, what ``fit`` fits each source on and the ranker's rows."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.fits: list[tuple[tuple[str, ...] | None, int, int]] = []  # (names, events, last timestamp)
-        self.groups: list[Any] = []
-        self.ranker_rows: list[int] = []
-        fit_generators, label_groups = T.TwoStage._fit_generators, T.TwoStage._label_groups
-        recorder = self
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fits: list[tuple[str, int, int]] = []  # (source, events, last timestamp)
+        self.rows: list[RankerRows] = []
 
-        def record_fit(self: T.TwoStage, data: Interactions, timings: Any, *, names: Any = None) -> Any:
-            recorder.fits.append((names, len(data), int(data.timestamps.max())))
-            return fit_generators(self, data, timings, names=names)
+    def fit_source(self, name: str, data: Interactions) -> CandidateGenerator:
+        self.fits.append((name, len(data), int(data.timestamps.max())))
+        return super().fit_source(name, data)
 
-        def record_groups(self: T.TwoStage, *args: Any, **kwargs: Any) -> Any:
-            out = label_groups(self, *args, **kwargs)
-            recorder.groups.append(out)
-            return out
+    def ranker_rows(self, data: Interactions) -> RankerRows:
+        self.rows.append(super().ranker_rows(data))
+        return self.rows[-1]
 
-        def record_ranker(self: LambdaRanker, features: np.ndarray, *args: Any, **kwargs: Any) -> Any:
-            recorder.ranker_rows.append(len(features))
-            return self  # what reaches the ranker is checked; its fit is tested elsewhere
-
-        monkeypatch.setattr(T.TwoStage, "_fit_generators", record_fit)
-        monkeypatch.setattr(T.TwoStage, "_label_groups", record_groups)
-        monkeypatch.setattr(LambdaRanker, "fit", record_ranker)
-
-
-def _fit(dataset: Dataset, data: Interactions, monkeypatch: pytest.MonkeyPatch) -> _Recorder:
-    with monkeypatch.context() as patch:
-        recorder = _Recorder(patch)
-        T.TwoStage(_config(), items=dataset.items, item_embeddings=_embeddings(dataset.n_items)).fit(data)
-    return recorder
+    def fit_calls(self) -> list[tuple[tuple[str, ...], int, int]]:
+        """Consecutive fits on the same events as one call: (sources, events, last timestamp)."""
+        calls: list[tuple[tuple[str, ...], int, int]] = []
+        for name, events, last in self.fits:
+            if calls and calls[-1][1:] == (events, last):
+                calls[-1] = ((*calls[-1][0], name), events, last)
+            else:
+                calls.append(((name,), events, last))
+        return calls
 
 
-def test_no_label_window_event_reaches_the_generators_or_that_windows_features(
-    dataset: Dataset, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _fit(dataset: Dataset, data: Interactions) -> tuple[list[tuple[tuple[str, ...], int, int]], RankerRows]:
+    model = _Recorder(_config(), items=dataset.items, item_embeddings=_embeddings(dataset.n_items)).fit(data)
+    (rows,) = model.rows
+    assert model.ranker_ is not None and model.ranker_.report_ is not None
+    assert model.ranker_.report_["rows"] == rows.keep.sum() > 0  # the kept rows reach the ranker
+    return model.fit_calls(), rows
+
+
+def test_no_label_window_event_reaches_the_generators_or_that_windows_features(dataset: Dataset) -> None:
     data = dataset.to_interactions()
-    tasks = T.label_tasks(data, "temporal", fraction=FRACTION, windows=WINDOWS)
+    tasks = label_tasks(data, "temporal", fraction=FRACTION, windows=WINDOWS)
     starts = [int(np.quantile(data.timestamps, 1 - k * FRACTION, method="higher")) for k in (3, 2, 1)]
-    clean = _fit(dataset, data, monkeypatch)
+    calls, clean = _fit(dataset, data)
 
     # generators: fitted once before the earliest window, then the window_refit sources at each later
     # start, then every source on all the data (the served model)
-    assert clean.fits[0] == (None, len(tasks[0].train), int(tasks[0].train.timestamps.max()))
-    assert clean.fits[0][2] < starts[0]
-    assert [f[0] for f in clean.fits[1:-1]] == [_config().window_refit] * (WINDOWS - 1)
-    for (_, _, last), start in zip(clean.fits[1:-1], starts[1:], strict=True):
+    sources = _config().candidates.sources
+    assert calls[0] == (sources, len(tasks[0].train), int(tasks[0].train.timestamps.max()))
+    assert calls[0][2] < starts[0]
+    assert [c[0] for c in calls[1:-1]] == [_config().window_refit] * (WINDOWS - 1)
+    for (_, _, last), start in zip(calls[1:-1], starts[1:], strict=True):
         assert last < start
-    assert clean.fits[-1] == (None, len(data), int(data.timestamps.max()))
-    groups = [g.n_groups for g in clean.groups]
+    assert calls[-1] == (sources, len(data), int(data.timestamps.max()))
+    groups = [window["users"] for window in clean.report["label_windows"]]
     assert len(groups) == WINDOWS and sum(groups) > max(groups)  # more groups than any one window
-    assert clean.ranker_rows and clean.ranker_rows[0] <= sum(len(g.X) for g in clean.groups)
+    assert clean.keep.sum() < len(clean.X)  # negatives are sampled
 
     rng = np.random.default_rng(1)
     for k, start in enumerate(starts):
@@ -180,17 +181,17 @@ def test_no_label_window_event_reaches_the_generators_or_that_windows_features(
         late = data.timestamps >= start
         planted_items[late] = rng.integers(0, data.n_items, size=int(late.sum()))
         assert (planted_items != data.items).any()
-        planted = _fit(dataset, _with_items(data, planted_items), monkeypatch)
-        assert planted.fits[0] == clean.fits[0]
+        planted_calls, planted = _fit(dataset, _with_items(data, planted_items))
+        assert planted_calls[0] == calls[0]
         for j in range(k + 1):  # window k and every earlier one: the same features, nothing leaks
-            a, b = clean.groups[j], planted.groups[j]
-            assert a.n_groups == b.n_groups
-            np.testing.assert_array_equal(a.rows, b.rows)
-            np.testing.assert_array_equal(a.X, b.X)
+            a, b = clean.window == j, planted.window == j
+            np.testing.assert_array_equal(clean.group[a], planted.group[b])
+            np.testing.assert_array_equal(clean.X[a], planted.X[b])
             if j < k:  # earlier windows end before the planted events start: their labels are the same
-                np.testing.assert_array_equal(a.labels, b.labels)
+                np.testing.assert_array_equal(clean.labels[a], planted.labels[b])
         # the planted events are window k's labels: the labels (not the features) see them
-        assert not np.array_equal(clean.groups[k].labels, planted.groups[k].labels)
+        a, b = clean.window == k, planted.window == k
+        assert not np.array_equal(clean.labels[a], planted.labels[b])
 
 
 def test_the_demo_trains_the_clock_time_pipeline_that_evaluate_measures() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -14,14 +15,15 @@ import polars as pl
 import pytest
 from pipeline_helpers import fast_config, save_tiny_bert, vocabulary
 
+from recsys.config import from_dict
 from recsys.data import schema as S
-from recsys.data.dataset import Dataset
+from recsys.data.dataset import Dataset, Histories
 from recsys.data.loading import bundled_paths, load_dataset
 from recsys.data.splits import make_split
 from recsys.encoder.config import HeadConfig, ProjectionConfig
 from recsys.pipeline.recommender import Filters, Recommender
 from recsys.pipeline.train import TrainConfig, train_bundle
-from recsys.pipeline.two_stage import TwoStage
+from recsys.pipeline.two_stage import SIMILAR_SOURCES, TwoStage, TwoStageConfig
 
 ARTIFACT_SUFFIXES = {".json", ".parquet", ".npy", ".txt", ".safetensors", ".yaml"}
 
@@ -56,9 +58,10 @@ def bundle(
     return train_bundle(*tables, config=config, out_dir=tmp_path_factory.mktemp("bundles"))
 
 
-def test_bundle_is_self_describing_and_pickle_free(bundle: Path) -> None:
+def test_bundle_is_self_describing_and_pickle_free(bundle: Path, config: TrainConfig) -> None:
     meta = json.loads((bundle / "metadata.json").read_text())
     assert meta["version"] == bundle.name
+    assert from_dict(TwoStageConfig, meta["config"]["model"]) == config.model  # the config round-trips
     for key in ("created_at", "data_fingerprint", "config", "metrics", "library_versions", "encoder"):
         assert key in meta
     assert meta["encoder"]["finetuned"] is True and (bundle / "encoder" / "head.safetensors").is_file()
@@ -84,7 +87,9 @@ def test_fit_save_load_gives_identical_scores(
     histories = split.test.train.histories(split.test.users)
     ids, scores = model.recommend(histories, 20)
     model.save(tmp_path / "model")
-    again_ids, again_scores = TwoStage.load(tmp_path / "model").recommend(histories, 20)
+    loaded = TwoStage.load(tmp_path / "model")
+    assert loaded.config == model.config and loaded.report_ == model.report_
+    again_ids, again_scores = loaded.recommend(histories, 20)
     np.testing.assert_array_equal(ids, again_ids)
     np.testing.assert_array_equal(scores, again_scores)
     # never a history item, every list full (the catalogue is large enough)
@@ -106,8 +111,6 @@ def test_recommender_answers_like_the_model(bundle: Path, tables: tuple[pl.DataF
     assert all(r.sources for r in recs) and all(r.title for r in recs)
     # the same history through the offline path gives the same top 10 (fast path == Polars path)
     rows = [recommender._row_of[i] for i in history]
-    from recsys.data.dataset import Histories
-
     offline_ids, offline_scores = model.recommend(Histories.from_lists([rows]), 10)
     assert [r.item_id for r in recs] == [str(recommender._ids[i]) for i in offline_ids[0]]
     np.testing.assert_allclose([r.score for r in recs], offline_scores[0], rtol=1e-5, atol=1e-6)
@@ -143,6 +146,82 @@ def test_recommender_fallbacks_and_filters(bundle: Path, tables: tuple[pl.DataFr
         recommender.similar_items("no-such-item", n=5)
     contributions = recommender.explain([context], popular[0], top=3)
     assert len(contributions) == 3 and all(isinstance(v, float) for _, v in contributions)
+
+
+def test_a_batch_answers_as_one_user_at_a_time(
+    bundle: Path, tables: tuple[pl.DataFrame, pl.DataFrame]
+) -> None:
+    interactions = tables[1]
+    recommender = Recommender.load(bundle)
+    users = interactions.get_column(S.USER_ID).unique(maintain_order=True).to_list()[:12]
+    histories = [
+        interactions.filter(pl.col(S.USER_ID) == u).sort(S.TIMESTAMP).get_column(S.ITEM_ID).to_list()
+        for u in users
+    ]
+    histories += [[], ["no-such-item"], histories[0][-2:]]  # unknown users and a short session
+    category = sorted(recommender.categories())[0]
+    for options in [
+        {},
+        {"exclude_seen": False},
+        {"filters": Filters(categories=(category,), price_max=50.0)},
+    ]:
+        batch = recommender.recommend_batch(histories, n=7, **options)  # type: ignore[arg-type]
+        assert batch == [recommender.recommend(h, n=7, **options) for h in histories]  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="3 histories but 2 user records"):
+        recommender.recommend_batch(histories[:3], n=2, user_features=[None, None])
+
+
+def _similar_reference(model: TwoStage, item: int, n: int) -> list[tuple[int, float, tuple[str, ...]]]:
+    """The merged neighbours by a plain loop: each item's best rank over the sources, then more
+    sources first, then the order in which the sources (in ``SIMILAR_SOURCES`` order) list them."""
+    assert model.generators_ is not None
+    merged: dict[int, tuple[int, list[str]]] = {}
+    for name in SIMILAR_SOURCES:
+        if name in model.generators_:
+            ids, _ = model.generators_[name].similar_items(np.array([item]), n)
+            for rank, i in enumerate(ids[0].tolist()):
+                if i >= 0:
+                    best, sources = merged.get(i, (rank, []))
+                    merged[i] = (min(best, rank), [*sources, name])
+    order = sorted(merged.items(), key=lambda kv: (kv[1][0], -len(kv[1][1])))[:n]
+    return [(i, 1.0 / (1.0 + rank), tuple(sources)) for i, (rank, sources) in order]
+
+
+def test_similar_items_are_one_merged_list(bundle: Path) -> None:
+    """The model, the ``Recommender`` (and so the service) give the same neighbours: the sources'
+    lists merged as the plain reference merges them."""
+    recommender = Recommender.load(bundle)
+    model = recommender.model
+    item_ids = model.items.get_column(S.ITEM_ID).to_list()
+    # one query at a time, as the reference asks: in this tiny model many items share one ALS
+    # direction (cosine 1.0 within float noise), so a batch may order those ties otherwise
+    for item in range(0, len(item_ids), 7):
+        expected = _similar_reference(model, item, 10)
+        ids, scores = model.similar_items(np.array([item]), 10)
+        found = [(i, s) for i, s in zip(ids[0].tolist(), scores[0].tolist(), strict=True) if i >= 0]
+        assert found == [(i, s) for i, s, _ in expected]
+        got = recommender.similar_items(item_ids[item], n=10)
+        assert [(r.item_id, r.score, r.sources) for r in got] == [
+            (item_ids[i], s, sources) for i, s, sources in expected
+        ]
+
+
+def test_a_bundle_written_before_the_sequential_config_was_shared_still_loads(
+    bundle: Path, tmp_path: Path
+) -> None:
+    """Older bundles name the sequential source's text flag ``text_init`` and list fewer of its keys."""
+    old = tmp_path / "model"
+    shutil.copytree(bundle / "model", old)
+    meta = json.loads((old / "two_stage.json").read_text())
+    sequential = meta["config"]["candidates"]["sequential"]
+    kept = ("hidden", "layers", "max_len", "max_epochs", "patience", "time_budget_s", "seed")
+    meta["config"]["candidates"]["sequential"] = {k: sequential[k] for k in kept} | {"text_init": True}
+    (old / "two_stage.json").write_text(json.dumps(meta))
+    loaded, current = TwoStage.load(old), TwoStage.load(bundle / "model")
+    assert loaded.config == current.config
+    histories = Histories.from_lists([[0, 1, 2], [5]])
+    for a, b in zip(loaded.recommend(histories, 5), current.recommend(histories, 5), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_publish_then_load_from_the_model_store(tmp_path: Path, bundle: Path) -> None:

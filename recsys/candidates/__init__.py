@@ -1,1 +1,1 @@
-"""Candidate generators. All follow ``CandidateGenerator`` (see ``base``)."""
+"""Candidate generators. All follow ``CandidateGenerator`` (see ``base``); ``registry`` lists them."""

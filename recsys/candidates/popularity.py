@@ -11,6 +11,8 @@ event counts 1. Every history gets the same ranking, minus its own items.
 >>> ids, scores = model.recommend(Histories.from_lists([[1], []]), 3)
 >>> ids.tolist(), scores.tolist()
 ([[0, 2, 3], [1, 0, 2]], [[1.0, 1.0, 0.0], [2.0, 1.0, 1.0]])
+>>> model.item_scores().tolist()
+[1.0, 2.0, 1.0, 0.0]
 """
 
 from __future__ import annotations
@@ -77,6 +79,14 @@ class Popularity:
         check_fitted(self, "scores_")
         assert self.scores_ is not None
         return len(self.scores_)
+
+    def item_scores(self) -> np.ndarray:
+        """(n_items,) float32 popularity of every item, read-only: what :meth:`recommend` ranks by."""
+        check_fitted(self, "scores_")
+        assert self.scores_ is not None
+        scores = self.scores_.view()
+        scores.flags.writeable = False
+        return scores
 
     def recommend(self, histories: Histories, n: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``n`` most popular items not in each history: ``(ids, scores)`` of shape (batch, n)."""

@@ -172,10 +172,10 @@ def demo(
     import numpy as np
     from rich.console import Console
 
+    from recsys.candidates.registry import source
     from recsys.data.loading import bundled_paths, load_dataset
     from recsys.evaluation.protocol import evaluate_task
     from recsys.pipeline.recommender import Recommender
-    from recsys.pipeline.two_stage import new_source
 
     console = Console()
     started = time.perf_counter()
@@ -191,8 +191,9 @@ def demo(
     rows: dict[str, dict[str, float]] = {}
     # the sequential source is left out here: it alone takes minutes to train on 2 cores
     for name in ("popularity", "als", "itemknn", "cooccurrence", "text"):
-        source = new_source(name, config.model, item_embeddings=embeddings, time_unit="seconds")
-        rows[name] = evaluate_task(source, split.test, ks=list(config.ks)).metrics
+        source_config = config.model.source_config(name, time_unit="seconds")
+        generator = source(name).build(source_config, item_embeddings=embeddings)
+        rows[name] = evaluate_task(generator, split.test, ks=list(config.ks)).metrics
     rows["pipeline"] = meta["metrics"]["test"]
     console.print(_metrics_table(rows, f"test split ({config.protocol}), full ranking, history excluded"))
 

@@ -163,7 +163,9 @@ def _text_build(ctx: EvalContext, config: Any) -> CandidateGenerator:
 
 def _pipeline_grid(ctx: EvalContext, *, text: bool = True) -> list[Any]:
     from feature_store.definitions import FeatureConfig
-    from recsys.pipeline.two_stage import SOURCES, CandidatesConfig, SequentialSourceConfig, TwoStageConfig
+    from recsys.candidates.registry import SOURCES
+    from recsys.candidates.sequential_config import SequentialConfig
+    from recsys.pipeline.two_stage import CandidatesConfig, TwoStageConfig
 
     # the ranker's labels are held out the way the evaluation holds out targets; on clock time,
     # 3 rolling windows of 10% of the events each (chosen on MovieLens validation), and item
@@ -181,9 +183,9 @@ def _pipeline_grid(ctx: EvalContext, *, text: bool = True) -> list[Any]:
     )
     # the run's seed reaches every seeded part: ALS, the sequential model, the ranker's sampling
     candidates = CandidatesConfig(
-        sources=SOURCES if text else tuple(s for s in SOURCES if s != "text"),
+        sources=tuple(s for s in SOURCES if text or s != "text"),
         als=replace(base.candidates.als, seed=ctx.seed),
-        sequential=SequentialSourceConfig(text_init=text, seed=ctx.seed),
+        sequential=SequentialConfig(use_text=text, seed=ctx.seed),
     )
     seeded = replace(base, candidates=candidates, ranker=replace(base.ranker, seed=ctx.seed))
     return [seeded if text else replace(seeded, text_features=False)]

@@ -25,10 +25,13 @@ import polars as pl
 from feature_store import definitions as D
 from feature_store.serving import ServingFeatures
 from recsys.candidates.blend import Candidates
+from recsys.candidates.popularity import Popularity
 from recsys.data import schema as S
 from recsys.data.dataset import Histories
 from recsys.pipeline.two_stage import TwoStage
 from recsys.ranking import features as F
+
+BATCH = 2048  # users scored at once by recommend_batch: bounds the candidate and feature arrays
 
 
 def stable_top(scores: np.ndarray, n: int) -> np.ndarray:
@@ -86,6 +89,13 @@ class Recommender:
             embeddings=model.snapshot_.embeddings,
             features=F.store_features(model.snapshot_.config),
         )
+        popularity = model.generators_.get("popularity")
+        # the fallback ranking; an ablation without the popularity source falls back to all-time counts
+        self._popularity = (
+            popularity.item_scores()
+            if isinstance(popularity, Popularity)
+            else table.get_column("item_pop_all").to_numpy().astype(np.float32)
+        )
         expected = F.feature_names(model.config.candidates.sources, model.snapshot_)
         if model.feature_names_ != expected or model.ranker_.feature_names_ != expected:
             raise ValueError(
@@ -109,11 +119,9 @@ class Recommender:
     def _rows(self, item_ids: Sequence[str]) -> list[int]:
         return [self._row_of[i] for i in item_ids if i in self._row_of]
 
-    def _allowed(self, filters: Filters | None, excluded: set[int]) -> np.ndarray:
-        """(n_items,) bool: the items a request may return."""
+    def _allowed(self, filters: Filters | None) -> np.ndarray:
+        """(n_items,) bool: the items a request's filters let through."""
         ok = np.ones(len(self._ids), dtype=bool)
-        if excluded:
-            ok[list(excluded)] = False
         if filters is None:
             return ok
         if filters.categories is not None:
@@ -132,67 +140,123 @@ class Recommender:
         rows = self._rows(list(history) + list(context))
         return list(dict.fromkeys(reversed(rows)))[::-1]
 
-    def _now(self, record: dict[str, Any] | None) -> int:
+    def _now(self, record: dict[str, Any]) -> int:
         """The features' as-of time: the model's snapshot time, or later if the user acted since.
 
         Using the wall clock would put every user of a historical catalogue years past anything the
         ranker saw in training; live events move the clock forward for that user.
         """
-        last = (record or {}).get(D.LAST_TS)
+        last = record.get(D.LAST_TS)
         return max(self._snapshot.now, int(last) + 1) if last is not None else self._snapshot.now
 
-    def _record(self, rows: list[int], record: dict[str, Any] | None) -> dict[str, Any]:
-        """The store's record, or one built from the history rows (anonymous sessions)."""
-        if record is not None and record.get(D.N_EVENTS):
-            return record
-        history = Histories.from_lists([rows])
-        states = F.states_from_histories(
-            history,
-            self.model.items,
-            self._ids.astype(str),
-            config=self._snapshot.config,
-            now=self._snapshot.now,
-        )
-        from feature_store.record import frame_to_records
+    def _records(
+        self, rows: list[list[int]], records: Sequence[dict[str, Any] | None]
+    ) -> list[dict[str, Any]]:
+        """Each history's record from the store, or one built from its rows (anonymous sessions)."""
+        out = [r if r is not None and r.get(D.N_EVENTS) else None for r in records]
+        missing = [u for u, record in enumerate(out) if record is None]
+        if missing:
+            from feature_store.record import frame_to_records
 
-        return frame_to_records(states)[1][0]
+            states = F.states_from_histories(
+                Histories.from_lists([rows[u] for u in missing]),
+                self.model.items,
+                self._ids.astype(str),
+                config=self._snapshot.config,
+                now=self._snapshot.now,
+            )
+            for u, record in zip(missing, frame_to_records(states)[1], strict=True):
+                out[u] = record
+        return [r for r in out if r is not None]
 
-    def _matrix(self, candidates: Candidates, last: int, record: dict[str, Any]) -> np.ndarray:
-        """The ranker's feature rows of one history's valid candidates, in ``feature_names_`` order."""
+    def _matrix(self, candidates: Candidates, last: np.ndarray, records: list[dict[str, Any]]) -> np.ndarray:
+        """The ranker's feature rows of every valid candidate (row-major), in ``feature_names_`` order.
+
+        ``last`` is each history's last item row (-1: none), ``records`` each history's user record.
+        """
         assert self.model.generators_ is not None
         retriever, rows, cols = F.retriever_features(candidates)
         item_rows = candidates.ids[rows, cols]
-        sequence = self.model.last_item_features(
-            self.model.generators_, np.full(len(item_rows), last), item_rows
-        )
-        store = self._features(record, item_rows, now=self._now(record))
-        return np.column_stack(
-            [retriever, sequence, *(store[name].astype(np.float32) for name in self._features.features)]
-        )
+        sequence = self.model.last_item_features(self.model.generators_, last[rows], item_rows)
+        bounds = np.searchsorted(rows, np.arange(len(records) + 1))  # each history's feature rows
+        store = [
+            self._features(record, item_rows[a:b], now=self._now(record))
+            for record, a, b in zip(records, bounds[:-1], bounds[1:], strict=True)
+        ]
+        columns = [np.concatenate([part[name] for part in store]) for name in self._features.features]
+        return np.column_stack([retriever, sequence, *(c.astype(np.float32) for c in columns)])
 
-    def _score(self, candidates: Candidates, last: int, record: dict[str, Any]) -> np.ndarray:
-        """Ranker scores of one history's candidates (row 0), -inf where there is none."""
+    def _scored(
+        self, rows: list[list[int]], records: Sequence[dict[str, Any] | None]
+    ) -> tuple[Candidates, np.ndarray]:
+        """The candidates of each (non-empty) history and their ranker scores, -inf where there is none."""
         assert self.model.ranker_ is not None
-        rows, cols = np.nonzero(candidates.ids >= 0)
-        X = self._matrix(candidates, last, record)
+        candidates = self.model.candidates(Histories.from_lists(rows))
+        last = np.array([r[-1] for r in rows], dtype=np.int64)
+        X = self._matrix(candidates, last, self._records(rows, records))
         scores = np.full(candidates.ids.shape, -np.inf, dtype=np.float32)
-        scores[rows, cols] = self.model.ranker_.predict(X, num_threads=1)
-        return scores
+        scores[candidates.ids >= 0] = self.model.ranker_.predict(X, num_threads=1)
+        return candidates, scores
 
     def _popular(self, allowed: np.ndarray, n: int) -> list[Recommendation]:
-        assert self.model.generators_ is not None
-        popularity = self.model.generators_.get("popularity")
-        if popularity is None:  # an ablation without the popularity source: fall back to counts
-            counts = self._snapshot.table.get_column("item_pop_all").to_numpy().astype(np.float32)
-        else:
-            counts = popularity.scores_  # type: ignore[attr-defined]
-        scores = np.where(allowed, counts, -np.inf)
+        scores = np.where(allowed, self._popularity, -np.inf)
         top = stable_top(scores, n)
         return [
             Recommendation(str(self._ids[i]), float(scores[i]), self._titles[i], ("popularity",))
             for i in top
             if np.isfinite(scores[i])
         ]
+
+    def _top(
+        self, candidates: Candidates, scores: np.ndarray, row: int, allowed: np.ndarray, n: int
+    ) -> list[Recommendation]:
+        """The ``n`` best allowed candidates of history ``row``, filled with popular allowed items."""
+        ids = candidates.ids[row]
+        ok = (ids >= 0) & np.isfinite(scores[row])
+        ok[ok] &= allowed[ids[ok]]
+        by_score = np.argsort(-scores[row], kind="stable")
+        order = by_score[ok[by_score]][:n]
+        # which sources proposed each answer (rank NaN: not proposed), as Python bools in one call
+        proposed = (~np.isnan(candidates.ranks[row, order])).tolist()
+        out = [
+            Recommendation(
+                str(self._ids[ids[j]]),
+                float(scores[row, j]),
+                self._titles[ids[j]],
+                tuple(s for s, by in zip(candidates.sources, flags, strict=True) if by),
+            )
+            for j, flags in zip(order.tolist(), proposed, strict=True)
+        ]
+        if len(out) < n:  # filters left too few: fill with popular items that pass them
+            allowed[[self._row_of[r.item_id] for r in out]] = False
+            out += self._popular(allowed, n - len(out))
+        return out
+
+    def _answer(
+        self,
+        rows: list[list[int]],
+        records: Sequence[dict[str, Any] | None],
+        *,
+        n: int,
+        exclude_seen: bool,
+        filters: Filters | None,
+    ) -> list[list[Recommendation]]:
+        """Top ``n`` of each history (item rows, oldest first): every non-empty history's candidates
+        are scored in one pass; an empty history gets recent popularity."""
+        passing = self._allowed(filters)
+        known = [u for u, history in enumerate(rows) if history]
+        scored = self._scored([rows[u] for u in known], [records[u] for u in known]) if known else None
+        row_of = {u: i for i, u in enumerate(known)}
+        out = []
+        for u, history in enumerate(rows):
+            allowed = passing.copy()
+            if exclude_seen:
+                allowed[history] = False
+            if scored is not None and u in row_of:
+                out.append(self._top(*scored, row_of[u], allowed, n))
+            else:
+                out.append(self._popular(allowed, n))
+        return out
 
     def recommend(
         self,
@@ -209,32 +273,7 @@ class Recommender:
         ``user_features`` is the online store's record of the user (None or empty for unknown users).
         """
         rows = self._history_rows(history, context_item_ids)
-        excluded = set(rows) if exclude_seen else set()
-        allowed = self._allowed(filters, excluded)
-        if not rows:
-            return self._popular(allowed, n)
-        candidates = self.model.candidates(Histories.from_lists([rows]))
-        scores = self._score(candidates, rows[-1], self._record(rows, user_features))[0]
-        ids = candidates.ids[0]
-        ok = (ids >= 0) & np.isfinite(scores)
-        ok[ok] &= allowed[ids[ok]]
-        by_score = np.argsort(-scores, kind="stable")
-        order = by_score[ok[by_score]][:n]
-        # which sources proposed each answer (rank NaN: not proposed), as Python bools in one call
-        proposed = (~np.isnan(candidates.ranks[0, order])).tolist()
-        out = [
-            Recommendation(
-                str(self._ids[ids[j]]),
-                float(scores[j]),
-                self._titles[ids[j]],
-                tuple(s for s, by in zip(candidates.sources, flags, strict=True) if by),
-            )
-            for j, flags in zip(order.tolist(), proposed, strict=True)
-        ]
-        if len(out) < n:  # filters left too few: fill with popular items that pass them
-            allowed[[self._row_of[r.item_id] for r in out]] = False
-            out += self._popular(allowed, n - len(out))
-        return out
+        return self._answer([rows], [user_features], n=n, exclude_seen=exclude_seen, filters=filters)[0]
 
     def recommend_batch(
         self,
@@ -245,31 +284,32 @@ class Recommender:
         filters: Filters | None = None,
         user_features: Sequence[dict[str, Any] | None] | None = None,
     ) -> list[list[Recommendation]]:
-        """``recommend`` for many users (campaigns)."""
+        """``recommend`` for many users (campaigns), scored in blocks of ``BATCH`` users."""
         records = user_features or [None] * len(histories)
-        return [
-            self.recommend(h, n=n, exclude_seen=exclude_seen, filters=filters, user_features=r)
-            for h, r in zip(histories, records, strict=True)
-        ]
+        if len(records) != len(histories):
+            raise ValueError(f"{len(histories)} histories but {len(records)} user records")
+        rows = [self._history_rows(h, ()) for h in histories]
+        out: list[list[Recommendation]] = []
+        for start in range(0, len(rows), BATCH):
+            block = slice(start, start + BATCH)
+            out += self._answer(rows[block], records[block], n=n, exclude_seen=exclude_seen, filters=filters)
+        return out
 
     def similar_items(self, item_id: str, *, n: int) -> list[Recommendation]:
-        """Neighbours of one item by text embedding, then co-occurrence; KeyError if unknown."""
-        row = self._row_of[item_id]
-        assert self.model.generators_ is not None
-        merged: dict[int, tuple[float, list[str]]] = {}
-        for name in ("text", "cooccurrence", "als", "itemknn"):
-            generator = self.model.generators_.get(name)
-            if generator is None:
-                continue
-            ids, scores = generator.similar_items(np.array([row]), n)
-            for rank, (i, s) in enumerate(zip(ids[0], scores[0], strict=True)):
-                if i >= 0 and np.isfinite(s):
-                    best, sources = merged.get(int(i), (np.inf, []))
-                    merged[int(i)] = (min(best, rank), [*sources, name])
-        order = sorted(merged.items(), key=lambda kv: (kv[1][0], -len(kv[1][1])))[:n]
+        """Neighbours of one item, merged over the item-to-item sources (``TwoStage.neighbours``);
+        KeyError if the item is unknown."""
+        found = self.model.neighbours(np.array([self._row_of[item_id]]), n)
         return [
-            Recommendation(str(self._ids[i]), 1.0 / (1.0 + rank), self._titles[i], tuple(sources))
-            for i, (rank, sources) in order
+            Recommendation(
+                str(self._ids[i]),
+                score,
+                self._titles[i],
+                tuple(s for s, by in zip(found.sources, flags, strict=True) if by),
+            )
+            for i, score, flags in zip(
+                found.ids[0].tolist(), found.scores[0].tolist(), found.found[0].tolist(), strict=True
+            )
+            if i >= 0
         ]
 
     def explain(
@@ -299,5 +339,6 @@ class Recommender:
                 np.full(shape, np.nan, np.float32),
                 np.full(shape, np.nan, np.float32),
             )
-        X = self._matrix(single, rows[-1] if rows else -1, self._record(rows, user_features))
+        last = np.array([rows[-1] if rows else -1])
+        X = self._matrix(single, last, self._records([rows], [user_features]))
         return self.model.ranker_.explain(X, top=top)[0]

@@ -1,1 +1,2 @@
-"""Second stage: the LightGBM LambdaRank ranker and the optional diversity re-rank."""
+"""Second stage: the ranker's training set (``dataset``), its features, the LightGBM LambdaRank ranker
+and the optional diversity re-rank."""
