@@ -1,5 +1,8 @@
 """A small self-attentive sequential next-item model (SASRec, Kang & McAuley 2018) in torch.
 
+Long by design: the model, its training loop and its answers read top to bottom in one file, like
+nanoGPT's; its torch-free twin for serving is ``sequential_numpy.py``, held equal by a test.
+
 The model reads a user's last ``max_len`` items and predicts the next one. Every position of every
 training window is a next-item example, scored against *all* items with a full softmax (the
 catalogues are thousands of items, so sampled losses buy nothing). Item vectors are shared between
