@@ -257,7 +257,7 @@ class Recsys:
     # Validation runs on the event loop. A single user's /recommend is scored there too: it takes a
     # few milliseconds, and handing the scoring to a thread cost more than blocking the loop for that
     # long (server CPU per request at concurrency 16: 19.9-20.5 ms with the hand-off, 15.8-16.1 ms
-    # without, as the loop and the scoring threads fought over the GIL; docs/RESULTS.md, Serving).
+    # without, as the loop and the scoring threads fought over the GIL; docs/studies/serving_threads.md).
     # Its online-store read is not: it is one key and mostly waiting, but a stalled store would
     # block the loop, and /livez and /readyz with it, for the store's whole timeout, so it waits in a
     # thread of its own pool. Batches, explanations, similar items and events run in a small thread

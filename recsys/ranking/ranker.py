@@ -13,7 +13,7 @@ With ``RankerConfig.bags`` > 1 the ranker is a **bag**: each booster holds out i
 (seed ``seed + b``), runs the search and early stopping on them and is refitted on all groups; the
 score is the mean of the boosters' scores. Which groups are held out moves the chosen setting and
 number of rounds a lot (9 to 88 rounds across seeds on amazon), and the bag's mean scored above every
-single booster on each fit measured (docs/RESULTS.md, two-stage pipeline, "Ranker bag").
+single booster on each fit measured (docs/studies/ranker_bag.md).
 
 Saved as LightGBM text models plus JSON (feature names, importance, chosen parameters): loading
 never unpickles. ``explain`` returns each feature's contribution to a candidate's score
@@ -47,7 +47,7 @@ class RankerConfig:
     # a small search over (num_leaves, learning_rate); the best by held-out NDCG@eval_at wins
     search: tuple[tuple[int, float], ...] = ((31, 0.1), (63, 0.05))
     # also try each search entry boosted from the best single source's ranking (module docstring); off
-    # by default: no measured win yet (docs/RESULTS.md, two-stage pipeline, "Ranker prior")
+    # by default: no measured win yet (docs/RESULTS.md, "Tried and not adopted")
     try_prior: bool = False
     # boosters averaged, each searched and early-stopped on its own held-out groups (module docstring)
     bags: int = 5
