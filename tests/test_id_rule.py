@@ -140,6 +140,44 @@ def test_train_on_a_bad_id_exits_2_before_fitting(tmp_path: Path) -> None:
     assert not out.exists()  # nothing fitted, nothing written
 
 
+# --- duplicate column names -------------------------------------------------------------------------
+
+
+def test_duplicate_csv_columns_are_an_error(tmp_path: Path) -> None:
+    items = write(tmp_path / "items.csv", "item_id,title,item_id\nA1,Pen,A2\n")
+    events = write(tmp_path / "events.csv", "user_id,item_id,timestamp\nu,A1,1\n")
+    code, output = cli_validate(items, events)
+    assert code == 2, output
+    assert "items.csv" in output and "'item_id'" in output and "more than once" in output
+
+
+def test_duplicate_jsonl_keys_are_an_error(tmp_path: Path) -> None:
+    items = write(tmp_path / "items.csv", "item_id,title\nA1,Pen\nA2,Ink\nitem_id,Odd\n")
+    lines = [
+        '{"user_id": "u", "item_id": "A1", "timestamp": 1}',
+        '{"user_id": "u", "item_id": "item_id", "timestamp": 2}',  # a value, not a second key
+        '{"user_id": "u", "item_id": "A1", "timestamp": 3, "item_id": "A2"}',
+    ]
+    events = write(tmp_path / "events.jsonl", "\n".join(lines) + "\n")
+    code, output = cli_validate(items, events)
+    assert code == 2, output
+    assert "events.jsonl" in output and "'item_id'" in output and "line 3" in output
+
+
+def test_duplicate_parquet_columns_are_an_error(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    items = tmp_path / "items.parquet"
+    table = pa.table(
+        [pa.array(["A1"]), pa.array(["Pen"]), pa.array(["A2"])], names=["item_id", "title", "item_id"]
+    )
+    pq.write_table(table, items)
+    events = write(tmp_path / "events.csv", "user_id,item_id,timestamp\nu,A1,1\n")
+    code, output = cli_validate(items, events)
+    assert code == 2 and "items.parquet" in output and "'item_id'" in output, output
+
+
 # --- one rule: files, the API's request models and the stores agree on every id --------------------------
 
 
