@@ -48,7 +48,7 @@ ARROW_STATE_SCHEMA = pa.schema(
     ]
 )
 RECORD_FIELDS = [name for name in D.STATE_SCHEMA if name != S.USER_ID]
-SEP = "\x1f"  # joins seen item ids in both backends, so ids must not contain it
+SEP = "\x1f"  # joins seen item ids in both backends: a control character, so the id rule refuses it
 
 
 class StoreUnavailable(Exception):
@@ -59,10 +59,13 @@ class StoreUnavailable(Exception):
 
 
 def check_event(user_id: str, item_id: str, event: str | None) -> None:
-    """Reject ids the stores cannot keep faithfully, naming the field."""
+    """Reject ids the stores cannot keep faithfully, naming the field. The rule is the data
+    contract's (``schema.id_problem``, as in ``serving.schemas.Id``): it refuses control characters,
+    ``SEP`` among them."""
     for name, value in ((S.USER_ID, user_id), (S.ITEM_ID, item_id), (S.EVENT, event)):
-        if value is not None and (not isinstance(value, str) or not value or SEP in value):
-            raise ValueError(f"apply_event: {name}={value!r} must be a non-empty string without \\x1f")
+        problem = S.id_problem(value) if isinstance(value, str) else "is not a string"
+        if problem is not None and not (name == S.EVENT and value is None):
+            raise ValueError(f"apply_event: {name}={value!r} {problem}")
 
 
 def empty_record() -> dict[str, Any]:

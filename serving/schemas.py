@@ -18,15 +18,32 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from recsys.data import schema as S
 
 MAX_N = 500
 MAX_LIST = 1000  # exclude lists, batch users
 MAX_CONTEXT = 100
-MAX_ID_LENGTH = 256
+MAX_ID_LENGTH = S.ID_MAX_LENGTH
 
-# An id is any non-blank string of bounded length: catalogue ids are opaque to the service.
-Id = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LENGTH, pattern=r"\S")]
+
+def _id_rule(value: str) -> str:
+    problem = S.id_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+# Ids are opaque to the service, but follow the one rule of the data contract (schema.id_problem):
+# 1..256 characters, no control character, no surrounding whitespace. A file id that passes
+# ``recsys validate`` is accepted here, and nothing else is. The pattern documents it in the spec.
+Id = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=MAX_ID_LENGTH),
+    AfterValidator(_id_rule),
+    Field(json_schema_extra={"pattern": S.ID_PATTERN}),
+]
 Category = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LENGTH, pattern=r"\S")]
 Price = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 N = Annotated[int, Field(ge=1, le=MAX_N, description=f"How many items to return (1..{MAX_N}).")]

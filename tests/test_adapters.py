@@ -159,6 +159,28 @@ def test_amazon_adapter_output_with_unknown_items_fails_validation(tiny_amazon: 
         contract(*amazon_lcrec(tiny_amazon))
 
 
+def test_movielens_duplicate_columns_are_an_error(tiny_movielens: Path) -> None:
+    # polars would read the second movieId as movieId_duplicated_0 and carry on with the first
+    (tiny_movielens / "ratings.csv").write_text(
+        "userId,movieId,rating,movieId,timestamp\n1,1,4.0,2,5\n", encoding="utf-8"
+    )
+    with pytest.raises(DataFileError, match=r"ratings\.csv: column 'movieId' appears more than once"):
+        movielens(tiny_movielens)
+
+
+def test_amazon_duplicate_keys_are_an_error(tiny_amazon: Path) -> None:
+    # json.loads keeps the last of two equal keys: a user's first sequence would vanish unnoticed
+    (tiny_amazon / "Toy.inter.json").write_text('{"0": [2, 0], "1": [1], "0": [1]}', encoding="utf-8")
+    with pytest.raises(DataFileError, match=r"Toy\.inter\.json: key '0' appears more than once"):
+        amazon_lcrec(tiny_amazon)
+    (tiny_amazon / "Toy.inter.json").write_text('{"0": [2, 0]}', encoding="utf-8")
+    (tiny_amazon / "Toy.item.json").write_text(
+        '{"0": {"title": "A", "title": "B"}, "2": {"title": "C"}}', encoding="utf-8"
+    )
+    with pytest.raises(DataFileError, match=r"Toy\.item\.json: key 'title' appears more than once"):
+        amazon_lcrec(tiny_amazon)
+
+
 def test_adapter_registry_matches_the_cli_choices() -> None:
     from recsys.cli.data import AdapterName
 

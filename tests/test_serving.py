@@ -17,6 +17,8 @@ from typing import Any
 import httpx
 import polars as pl
 import pytest
+from hypothesis import HealthCheck, given, settings
+from id_examples import id_values, validate_accepts
 from serving_fixtures import ADMIN_TOKEN, recsys_server, run_cli, tiny_home
 
 from benchmarks.harness.process import Server
@@ -297,6 +299,12 @@ BAD_REQUESTS = [
     ("/events", {"user_id": "1", "item_id": "1", "timestamp": -5}, 400, "timestamp"),
     ("/events", {"user_id": "1", "item_id": "1", "timestamp": "yesterday"}, 400, "timestamp"),
     ("/events", {"user_id": "1", "item_id": "1", "event": ""}, 400, "event"),
+    # the id rule of the data contract (recsys.data.schema.id_problem): padded, control characters
+    ("/recommend", {"user_id": " A1"}, 400, "user_id"),
+    ("/recommend/batch", {"user_ids": ["ok", "A1 "]}, 400, "user_ids[1]"),
+    ("/similar_items", {"item_id": "line\nbreak"}, 400, "item_id"),
+    ("/events", {"user_id": "u", "item_id": "a\x1fb"}, 400, "item_id"),  # the stores' separator
+    ("/explain", {"user_id": "\u3000u", "item_id": "1"}, 400, "user_id"),
 ]
 
 
@@ -307,6 +315,18 @@ def test_bad_request_is_4xx_naming_the_field(
     response = post(client, route, body)
     assert response.status_code == status, response.text
     assert field in response.json()["error"], response.text
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(value=id_values)
+def test_invalid_ids_are_the_same_for_validate_and_the_api(client: httpx.Client, value: str) -> None:
+    """One id rule: the server takes an id exactly when ``recsys validate`` does, and a refused id
+    is a 400 naming the field, never a 500."""
+    response = post(client, "/similar_items", {"item_id": value, "n": 1})
+    assert response.status_code in (200, 400, 404), response.text
+    assert (response.status_code != 400) == validate_accepts(value), (repr(value), response.text)
+    if response.status_code == 400:
+        assert "item_id" in response.json()["error"], response.text
 
 
 @pytest.mark.parametrize(

@@ -6,12 +6,13 @@ Each returns ``(items, interactions)`` as Polars frames in contract form (see ``
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import polars as pl
 
 from recsys.data import schema as S
-from recsys.data.io import DataFileError
+from recsys.data.io import DataFileError, check_csv_header
 
 
 def _require(folder: Path, *names: str) -> None:
@@ -31,8 +32,17 @@ def _single(folder: Path, pattern: str) -> Path:
 
 
 def _read_json(path: Path) -> dict:
+    """A JSON object; a key that appears twice in one object is an error (``json`` keeps the last)."""
+
+    def unique(pairs: list[tuple[str, object]]) -> dict[str, object]:
+        out = dict(pairs)
+        if len(out) < len(pairs):
+            repeated = next(key for key, count in Counter(key for key, _ in pairs).items() if count > 1)
+            raise DataFileError(f"{path}: key {repeated!r} appears more than once in one object")
+        return out
+
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=unique)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DataFileError(f"{path}: cannot read as JSON: {exc}") from exc
     if not isinstance(data, dict):
@@ -49,6 +59,9 @@ def movielens(folder: str | Path, *, top_tags: int = 5) -> tuple[pl.DataFrame, p
     folder = Path(folder)
     _require(folder, "movies.csv", "ratings.csv")
     try:
+        for name in ("movies.csv", "ratings.csv", "tags.csv"):
+            if (folder / name).is_file():
+                check_csv_header(folder / name)
         return _movielens(folder, top_tags=top_tags)
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise DataFileError(f"{folder}: cannot read the MovieLens files: {exc}") from exc

@@ -7,8 +7,10 @@ import json
 import os
 import shutil
 import tempfile
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
@@ -44,9 +46,56 @@ def read_table(path: str | Path) -> pl.LazyFrame:
                 # another): read every key as text, so validation names the bad rows.
                 frame = pl.scan_ndjson(path, schema=dict.fromkeys(_jsonl_keys(path), pl.String))
         frame.collect_schema()  # fail here, with the file's name, on a corrupt header
+        # Polars renames a repeated CSV column to NAME_duplicated_0 and keeps the first of two equal
+        # JSON keys; either way one of the two values would be dropped unseen. (Parquet refuses.)
+        if kind == "csv":
+            check_csv_header(path)
+        elif kind == "jsonl":
+            _check_jsonl_keys(path, frame.collect_schema().names())
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise DataFileError(f"{path}: cannot read as {kind}: {exc}") from exc
     return frame
+
+
+def check_csv_header(path: Path) -> None:
+    """Raise ``DataFileError`` naming every column that appears more than once in a CSV header."""
+    header = pl.read_csv(path, has_header=False, n_rows=1, infer_schema=False).row(0)
+    repeated = [name for name, count in Counter(header).items() if count > 1]
+    if repeated:
+        names = ", ".join(repr(name) for name in repeated)
+        which = f"column {names} appears" if len(repeated) == 1 else f"columns {names} appear"
+        raise DataFileError(f"{path}: {which} more than once in the header; rename or drop the repeats")
+
+
+def _check_jsonl_keys(path: Path, keys: list[str]) -> None:
+    """Raise ``DataFileError`` naming a key that appears twice in one record, with its line numbers.
+
+    Only lines where a key's quoted name occurs twice are parsed (in Python, to see the keys), so
+    a file without repeats costs one vectorised pass.
+    """
+    lines = pl.scan_lines(path, name="text", row_index_name="line", row_index_offset=1)
+    quoted = [json.dumps(key, ensure_ascii=False) for key in keys]
+    twice = pl.any_horizontal([pl.col("text").str.count_matches(q, literal=True) > 1 for q in quoted])
+    repeated: dict[str, list[int]] = {}
+    for number, text in lines.filter(twice).collect().iter_rows():
+        try:
+            record = json.loads(text, object_pairs_hook=_Pairs)
+        except json.JSONDecodeError:
+            continue  # not this check's business: the reader names bad JSON
+        if not isinstance(record, _Pairs):
+            continue
+        for key, count in Counter(key for key, _ in record).items():
+            if count > 1:
+                repeated.setdefault(key, []).append(int(number))
+    if repeated:
+        key, numbers = next(iter(repeated.items()))
+        noun = "line" if len(numbers) == 1 else "lines"
+        shown = ", ".join(map(str, numbers[:5])) + (", ..." if len(numbers) > 5 else "")
+        raise DataFileError(f"{path}: key {key!r} appears more than once in one record ({noun} {shown})")
+
+
+class _Pairs(list[tuple[str, Any]]):
+    """A JSON object as its (key, value) pairs in order, repeats included."""
 
 
 def _jsonl_keys(path: Path) -> list[str]:

@@ -21,6 +21,8 @@ MAX_EXAMPLES = 5
 _ROW = "__recsys_row"  # 1-based row number carried through validation, dropped before returning
 _RAW = "__recsys_raw_"  # prefix of the as-read copy of a coerced column, for error examples
 _TS_IS_DATETIME = "__recsys_ts_is_datetime"
+_ID_PROBLEM = "__recsys_id_problem_"  # + id column: which part of the id rule a row breaks (0: none)
+_ID_MESSAGES = ("null or empty value", *(f"id {message}" for _, message in S.ID_RULES), f"id {S.ID_TOO_LONG}")
 RESERVED = (S.USER_IDX, S.ITEM_IDX)  # added by ``Dataset.from_tables``; a customer column would clash
 
 # Naive timestamps are read as UTC. Offsets are applied: "...+01:00" and "...Z" both become UTC.
@@ -175,6 +177,45 @@ def _present(raw: str, dtype: pl.DataType) -> pl.Expr:
     return pl.col(raw).is_not_null()
 
 
+def _id_checks(name: str) -> list[_Check]:
+    """The id rule of ``schema`` on the id column ``name``, one check per way to break it.
+
+    Ids are kept as written: a padded id is refused, never stripped, so ``"A1 "`` and ``"A1"`` cannot
+    silently become one. Whitespace alone is a missing id. Each row is counted once, under the first
+    part of the rule it breaks (``_classify_ids`` says which).
+    """
+    code, col = pl.col(_ID_PROBLEM + name), pl.col(name)
+    examples = [None, *[col] * len(S.ID_RULES), col.str.slice(0, 40) + "..."]  # a long id is cut
+    pairs = zip(_ID_MESSAGES, examples, strict=True)
+    return [_Check(name, message, code == k, example) for k, (message, example) in enumerate(pairs, 1)]
+
+
+def _classify_ids(data: pl.DataFrame, name: str) -> pl.DataFrame:
+    """Add ``_ID_PROBLEM + name``: 0 where ``name`` is a valid id, else ``k`` for ``_ID_MESSAGES[k - 1]``.
+
+    One anchored regex (``schema.ID_PATTERN``) and a length test pass the valid ids; only the rows
+    that fail are matched against each part of the rule, so clean data costs one pass.
+    """
+    ids = data.get_column(name)
+    valid = (ids.str.contains(S.ID_PATTERN) & (ids.str.len_chars() <= S.ID_MAX_LENGTH)).fill_null(value=False)
+    code = pl.zeros(data.height, dtype=pl.UInt8, eager=True)
+    failed = (~valid).arg_true()
+    if len(failed):
+        col = pl.col(name)
+        parts = [_strip_to_null(col).is_null(), *(col.str.contains(p) for p, _ in S.ID_RULES)]
+        parts.append(col.str.len_chars() > S.ID_MAX_LENGTH)
+        first = pl.coalesce([pl.when(part).then(pl.lit(k, pl.UInt8)) for k, part in enumerate(parts, 1)])
+        failing = pl.DataFrame({name: ids.gather(failed)})
+        code = code.scatter(failed, failing.select(first.fill_null(0)).to_series())
+    return data.with_columns(code.alias(_ID_PROBLEM + name))
+
+
+def _valid_id(name: str) -> pl.Expr:
+    """Rows whose ``name`` passes the id rule: only those are compared with other ids, so a bad id
+    is reported once, as bad, and not again as unknown or duplicate."""
+    return pl.col(_ID_PROBLEM + name) == 0
+
+
 def _check_table(
     frame: pl.LazyFrame,
     *,
@@ -203,6 +244,7 @@ def _check_table(
     checks: list[_Check] = []
     usable: set[str] = set()
     text_timestamps = False
+    id_columns: list[str] = []
     for name, target in {**required, **optional}.items():
         if name not in schema:
             continue
@@ -234,19 +276,25 @@ def _check_table(
             checks.append(_Check(name, "not a finite number", ~pl.col(name).is_finite(), example))
             checks.append(_Check(name, "negative value", pl.col(name) < 0, example))
         else:
-            strip = name in non_empty or name in (S.EVENT, S.CATEGORY)
+            is_id = name in S.ID_COLUMNS
+            strip = not is_id and (name in non_empty or name in (S.EVENT, S.CATEGORY))
             text = _as_string(name, dtype, strip=strip)
             if text is None:
                 problems.append(_wrong_type(source, name, dtype, "a string (or integer id)"))
                 continue
             exprs.append(text.alias(name))
-            if name in non_empty:
+            if is_id:
+                checks += _id_checks(name)
+                id_columns.append(name)
+            elif name in non_empty:
                 checks.append(_Check(name, "null or empty value", pl.col(name).is_null()))
         usable.add(name)
 
     data = frame.with_row_index(_ROW, offset=1).with_columns(exprs).collect()
     if text_timestamps:
         data = _parse_text_timestamps(data, S.TIMESTAMP)
+    for name in id_columns:
+        data = _classify_ids(data, name)
     if data.height == 0:
         problems.append(Problem(source, None, "table has no rows"))
     return data, checks, usable
@@ -288,7 +336,7 @@ def _run_checks(
 def _finish(data: pl.DataFrame, contract: Iterable[str]) -> pl.DataFrame:
     """Contract columns first, in schema order, then the customer's extra columns as given."""
     contract = [c for c in contract if c in data.columns]
-    internal = [c for c in data.columns if c.startswith(_RAW) or c in (_ROW, _TS_IS_DATETIME)]
+    internal = [c for c in data.columns if c.startswith((_RAW, _ID_PROBLEM)) or c in (_ROW, _TS_IS_DATETIME)]
     extra = [c for c in data.columns if c not in contract and c not in internal]
     return data.select(*contract, *extra)
 
@@ -302,8 +350,9 @@ def validate_tables(
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Check both tables against the data contract; return them normalised, or raise with every problem.
 
-    Normalised means: ids and text as ``String`` (integer ids become their decimal text; ids are
-    stripped of surrounding whitespace), ``price`` and ``weight`` as ``Float64`` (CSV text is parsed),
+    Normalised means: ids and text as ``String`` (integer ids become their decimal text; ids are kept
+    exactly as written, and one that breaks the id rule of ``schema.id_problem`` is a problem),
+    ``price`` and ``weight`` as ``Float64`` (CSV text is parsed),
     ``timestamp`` as ``Int64`` (date-times and ISO-8601 strings become Unix seconds, naive ones read as
     UTC; integers are kept as given, so an order index stays an order index; fractional seconds are
     floored). Extra columns follow the contract columns unchanged. Duplicate (user, item, timestamp)
@@ -329,13 +378,14 @@ def validate_tables(
     (['item_id', 'title', 'colour'], ['1', '2'])
     >>> ev.get_column("timestamp").to_list()
     [1704067200, 1704067210]
-    >>> bad = pl.LazyFrame({"user_id": ["u1", " "], "item_id": ["1", "9"], "timestamp": ["1", "soon"]})
+    >>> bad = pl.LazyFrame({"user_id": [" u1", " "], "item_id": ["1", "9"], "timestamp": ["1", "soon"]})
     >>> try:
     ...     validate_tables(items, bad, items_source="items.csv", interactions_source="events.csv")
     ... except DataValidationError as err:
     ...     for problem in err.problems:
     ...         print(problem)  # doctest: +ELLIPSIS
     events.csv: column 'user_id': null or empty value (1 row; row 2)
+    events.csv: column 'user_id': id has leading or trailing whitespace ... (e.g. ' u1') (1 row; row 1)
     events.csv: column 'item_id': unknown item, not in items.csv (e.g. '9') (1 row; row 2)
     events.csv: column 'timestamp': unparsable timestamp ... (e.g. 'soon') (1 row; row 2)
     """
@@ -350,7 +400,7 @@ def validate_tables(
     )
     if S.ITEM_ID in item_usable:
         # every repeat after the first occurrence is a problem row
-        repeat = pl.col(S.ITEM_ID).is_not_null() & ~pl.col(S.ITEM_ID).is_first_distinct()
+        repeat = _valid_id(S.ITEM_ID) & ~pl.col(S.ITEM_ID).is_first_distinct()
         item_checks.append(_Check(S.ITEM_ID, "duplicate id", repeat, pl.col(S.ITEM_ID)))
     problems += _run_checks(item_data, item_checks, source=items_source, order=item_data.columns)
 
@@ -377,7 +427,7 @@ def validate_tables(
         )
     if S.ITEM_ID in event_usable and S.ITEM_ID in item_usable and item_data.height:
         known = item_data.get_column(S.ITEM_ID).drop_nulls().unique()
-        unknown = pl.col(S.ITEM_ID).is_not_null() & ~pl.col(S.ITEM_ID).is_in(known.implode())
+        unknown = _valid_id(S.ITEM_ID) & ~pl.col(S.ITEM_ID).is_in(known.implode())
         event_checks.append(
             _Check(S.ITEM_ID, f"unknown item, not in {items_source}", unknown, pl.col(S.ITEM_ID))
         )
