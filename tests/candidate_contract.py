@@ -5,8 +5,9 @@ interact with items ``0..9`` ("A"), users ``40..79`` only with items ``10..19`` 
 is never seen in training. A personalised generator must recommend A items to a history of A items
 and call A items similar to an A item; every generator must respect the output contract of
 ``recsys.candidates.base`` (shapes, -1/-inf padding, best first, no history items, no repeats),
-answer a batch exactly as row by row, survive save/load, be deterministic, and handle empty
-histories and bad input.
+give a history its own items back when asked to (``exclude_seen=False``: "buy again"), answer a
+batch exactly as row by row, survive save/load, be deterministic, and handle empty histories and
+bad input.
 
 Every source of ``recsys.candidates.registry`` needs at least one :class:`Factory` in
 :data:`FACTORIES` below (a test says which is missing); ``tests/test_candidates_contract.py`` runs
@@ -141,8 +142,20 @@ def probe_histories(seed: int = 1) -> Histories:
     return Histories.from_lists(rows)
 
 
-def check_output(ids: np.ndarray, scores: np.ndarray, histories: Histories, n: int) -> None:
-    """The output contract of ``CandidateGenerator.recommend`` for one call."""
+def seen_histories(model: CandidateGenerator, *, personalised: bool) -> Histories:
+    """Histories of items that ``model`` scores high for them, so that with ``exclude_seen=False``
+    some must come back: each community's three most popular items (the Zipf head, and one row in
+    another order) for a personalised source; the three items a non-personalised one puts first."""
+    if not personalised:
+        return Histories.from_lists(model.recommend(Histories.from_lists([[]]), 3)[0].tolist())
+    return Histories.from_lists([A_ITEMS[:3].tolist(), B_ITEMS[:3].tolist(), A_ITEMS[[2, 0]].tolist()])
+
+
+def check_output(
+    ids: np.ndarray, scores: np.ndarray, histories: Histories, n: int, *, exclude_seen: bool = True
+) -> None:
+    """The output contract of ``CandidateGenerator.recommend`` for one call (``exclude_seen`` as passed
+    to it: whether the history's own items are barred)."""
     assert ids.shape == (len(histories), n) and scores.shape == (len(histories), n)
     assert np.issubdtype(ids.dtype, np.integer) and np.issubdtype(scores.dtype, np.floating)
     assert ((ids >= -1) & (ids < N_ITEMS)).all()
@@ -156,4 +169,5 @@ def check_output(ids: np.ndarray, scores: np.ndarray, histories: Histories, n: i
     for row in range(len(histories)):
         got = ids[row][ids[row] >= 0]
         assert len(set(got.tolist())) == len(got), f"row {row} repeats an item"
-        assert not set(got.tolist()) & set(histories.sequence(row).tolist()), f"row {row} returns history"
+        if exclude_seen:
+            assert not set(got.tolist()) & set(histories.sequence(row).tolist()), f"row {row} returns history"

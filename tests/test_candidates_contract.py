@@ -19,6 +19,7 @@ from candidate_contract import (
     check_output,
     community_data,
     probe_histories,
+    seen_histories,
 )
 
 from recsys.candidates.base import BLOCK_ROWS, CandidateGenerator, NotFittedError
@@ -73,6 +74,27 @@ def test_output_contract(case: tuple[Factory, CandidateGenerator]) -> None:
         check_output(ids, scores, histories, n)
     ids, _ = model.recommend(histories, N_ITEMS + 3)
     assert (ids[:, N_ITEMS:] == -1).all()
+
+
+def test_exclude_seen_false_gives_the_history_back(case: tuple[Factory, CandidateGenerator]) -> None:
+    """``exclude_seen=False`` ("buy again", replenishment) only skips the masking: a history's own
+    items come back where they score high, and the other items keep their scores."""
+    factory, model = case
+    histories, n = seen_histories(model, personalised=factory.personalised), COMMUNITY_ITEMS
+    ids, scores = model.recommend(histories, n, exclude_seen=False)
+    check_output(ids, scores, histories, n, exclude_seen=False)
+    unseen_ids, unseen_scores = model.recommend(histories, n, exclude_seen=True)
+    check_output(unseen_ids, unseen_scores, histories, n)
+    for row in range(len(histories)):
+        seen = np.isin(ids[row], histories.sequence(row))
+        assert seen.any(), f"row {row} {histories.sequence(row).tolist()} got none of its items: {ids[row]}"
+        # what is left once the history is taken out is the head of the masked list
+        kept = scores[row][~seen]
+        np.testing.assert_allclose(kept, unseen_scores[row][: len(kept)], rtol=1e-5, atol=1e-6)
+    probes = probe_histories()  # repeats, empty and cold histories: the output contract still holds
+    check_output(*model.recommend(probes, 7, exclude_seen=False), probes, 7, exclude_seen=False)
+    default, masked = model.recommend(probes, 7), model.recommend(probes, 7, exclude_seen=True)
+    np.testing.assert_array_equal(default[0], masked[0])  # the default excludes the history
 
 
 def test_a_history_gets_its_own_community(case: tuple[Factory, CandidateGenerator]) -> None:
@@ -140,13 +162,17 @@ def test_the_pipeline_loads_what_answers_alike(
     case: tuple[Factory, CandidateGenerator], tmp_path: Path
 ) -> None:
     """What a loaded pipeline (and the service) answers with: the registry's loader, the sequential
-    model's NumPy twin, equal to the fitted generator within float32 noise."""
+    model's NumPy twin, equal to the fitted generator within float32 noise, history excluded or not."""
     factory, model = case
     model.save(tmp_path / "model")
     loaded = SOURCES[factory.source].load(tmp_path / "model")
     histories, queries = probe_histories(), np.arange(N_ITEMS)
     for (a_ids, a_scores), (b_ids, b_scores) in [
         (model.recommend(histories, 7), loaded.recommend(histories, 7)),
+        (
+            model.recommend(histories, 7, exclude_seen=False),
+            loaded.recommend(histories, 7, exclude_seen=False),
+        ),
         (model.similar_items(queries, 4), loaded.similar_items(queries, 4)),
     ]:
         np.testing.assert_array_equal(a_ids, b_ids)

@@ -32,7 +32,7 @@ from recsys.candidates.als import ALSConfig
 from recsys.candidates.registry import SOURCES
 from recsys.data import schema as S
 from recsys.data.dataset import Histories
-from recsys.pipeline.recommender import Recommender
+from recsys.pipeline.recommender import Filters, Recommender
 from recsys.pipeline.two_stage import CandidatesConfig, TwoStage, TwoStageConfig
 from recsys.ranking.ranker import RankerConfig
 
@@ -118,3 +118,25 @@ def test_a_model_without_the_personalised_sources_does_not_know_the_communities(
     ids, _ = popular.recommend(histories, N)
     with pytest.raises(AssertionError, match="got the other community"):
         _assert_own_community(ids, community_b)
+
+
+def test_exclude_seen_false_ranks_the_history_too(model: TwoStage) -> None:
+    """A history of community A's three most popular items: with ``exclude_seen=False`` ("buy again")
+    the top ten are then exactly A's ten items, history included, offline and through the
+    ``Recommender``, with the request's exclusions still applied; by default none of the three."""
+    seen = A_ITEMS[:3].tolist()
+    histories, n = Histories.from_lists([seen]), COMMUNITY_ITEMS
+    ids, _ = model.recommend(histories, n, exclude_seen=False)
+    assert sorted(ids[0].tolist()) == A_ITEMS.tolist(), ids
+    assert not np.isin(model.recommend(histories, n)[0], seen).any()
+
+    recommender = Recommender(model, {})
+    names = [f"i{i}" for i in seen]
+    again = [r.item_id for r in recommender.recommend(names, n=n, exclude_seen=False)]
+    assert sorted(again) == sorted(f"i{i}" for i in A_ITEMS), again
+    assert not {r.item_id for r in recommender.recommend(names, n=n)} & set(names)
+    batch = recommender.recommend_batch([names, names[:1]], n=n, exclude_seen=False)
+    assert [r.item_id for r in batch[0]] == again
+    barred = Filters(exclude_item_ids=(names[0],))
+    kept = [r.item_id for r in recommender.recommend(names, n=n, exclude_seen=False, filters=barred)]
+    assert names[0] not in kept and set(names[1:]) <= set(kept) and len(kept) == n

@@ -269,9 +269,12 @@ class ALS:
             self._untrained_ = ~np.any(self.item_factors_ != 0, axis=1)
         return self._untrained_
 
-    def recommend(self, histories: Histories, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top ``n`` items per folded-in history, excluding its items: ``(ids, scores)``, (batch, n)."""
-        return ranked(self._score_block, histories, n, self.n_items)
+    def recommend(
+        self, histories: Histories, n: int, *, exclude_seen: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``n`` items per folded-in history, excluding its items unless ``exclude_seen`` is False:
+        ``(ids, scores)``, (batch, n)."""
+        return ranked(self._score_block, histories, n, self.n_items, exclude_seen=exclude_seen)
 
     def similar_items(self, items: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``n`` items with the highest cosine between item factors (never the item itself)."""

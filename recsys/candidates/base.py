@@ -4,7 +4,9 @@ Every generator is fitted on ``Interactions`` and answers for a batch of ``Histo
 sequences), never for user ids: the same call serves offline evaluation, known users whose history
 grew since training, and anonymous sessions. Results are ``(ids, scores)`` arrays of shape
 ``(batch, n)``, best first, padded with id ``-1`` and score ``-inf`` where fewer than ``n`` items
-qualify. Items in a row's history are never returned.
+qualify. Items in a row's history are not returned, unless ``recommend`` is asked for them with
+``exclude_seen=False`` ("buy again", replenishment): then the masking is skipped and every item keeps
+the score the model gives it. The default keeps offline evaluation a full ranking of unseen items.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ BLOCK_ROWS = 1024  # rows scored at once: a (1024, n_items) float32 block stays 
 class CandidateGenerator(Protocol):
     def fit(self, data: Interactions) -> Self: ...
 
-    def recommend(self, histories: Histories, n: int) -> tuple[np.ndarray, np.ndarray]: ...
+    def recommend(
+        self, histories: Histories, n: int, *, exclude_seen: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]: ...
 
     def similar_items(self, items: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]: ...
 
@@ -102,10 +106,20 @@ def mask_history(scores: np.ndarray, histories: Histories) -> np.ndarray:
     return scores
 
 
-def ranked(score_block: ScoreFn, histories: Histories, n: int, n_items: int) -> tuple[np.ndarray, np.ndarray]:
-    """Score histories block by block, mask their own items, and keep the top ``n`` of each row.
+def ranked(
+    score_block: ScoreFn, histories: Histories, n: int, n_items: int, *, exclude_seen: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """Score histories block by block, mask their own items (unless ``exclude_seen`` is False), and
+    keep the top ``n`` of each row.
 
     Every generator's ``recommend`` goes through here, so its arguments are checked here once.
+
+    >>> table = np.array([[0.5, 0.9, 0.1]], dtype=np.float32)
+    >>> history = Histories.from_lists([[1]])
+    >>> ranked(lambda block: table.copy(), history, 2, 3)[0].tolist()
+    [[0, 2]]
+    >>> ranked(lambda block: table.copy(), history, 2, 3, exclude_seen=False)[0].tolist()
+    [[1, 0]]
     """
     check_n(n)
     check_items(histories.items, n_items, "histories.items")
@@ -116,7 +130,8 @@ def ranked(score_block: ScoreFn, histories: Histories, n: int, n_items: int) -> 
         whole = stop - start == len(histories) and histories.indptr[0] == 0
         block = histories if whole else histories.rows(start, stop)
         dense = np.asarray(score_block(block), dtype=np.float32)  # (block, n_items)
-        mask_history(dense, block)
+        if exclude_seen:
+            mask_history(dense, block)
         ids[start:stop], scores[start:stop] = top_k(dense, n)
     return ids, scores
 

@@ -177,9 +177,12 @@ class CoOccurrence:
         base[counts == 0] = -np.inf  # never seen in training: nothing supports it
         return base.astype(np.float32)
 
-    def recommend(self, histories: Histories, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top ``n`` items per history, excluding its items: ``(ids, scores)`` of shape (batch, n)."""
-        return ranked(self._score_block, histories, n, self.n_items)
+    def recommend(
+        self, histories: Histories, n: int, *, exclude_seen: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``n`` items per history, excluding its items unless ``exclude_seen`` is False:
+        ``(ids, scores)`` of shape (batch, n)."""
+        return ranked(self._score_block, histories, n, self.n_items, exclude_seen=exclude_seen)
 
     def similar_items(self, items: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``n`` strongest transition neighbours of each item (never the item itself)."""

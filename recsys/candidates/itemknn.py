@@ -127,9 +127,12 @@ class ItemKNN:
         dense[evidence.row, evidence.col] = evidence.data
         return dense
 
-    def recommend(self, histories: Histories, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top ``n`` neighbours of each history, excluding its items: ``(ids, scores)``, (batch, n)."""
-        return ranked(self._score_block, histories, n, self.n_items)
+    def recommend(
+        self, histories: Histories, n: int, *, exclude_seen: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``n`` neighbours of each history, excluding its items unless ``exclude_seen`` is False:
+        ``(ids, scores)``, (batch, n)."""
+        return ranked(self._score_block, histories, n, self.n_items, exclude_seen=exclude_seen)
 
     def similar_items(self, items: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``n`` most similar items of each item (its similarity row, never the item itself)."""

@@ -3,7 +3,7 @@
 The baseline every personalised model must beat, and the fallback for users with no history. Each
 training event adds ``2 ** (-(t_max - t) / half_life)`` to its item's score, ``t_max`` being the
 latest training timestamp, so an event one half-life old counts half. Without a half-life every
-event counts 1. Every history gets the same ranking, minus its own items.
+event counts 1. Every history gets the same ranking, minus its own items (unless ``exclude_seen=False``).
 
 >>> from recsys.data.dataset import Histories, Interactions
 >>> data = Interactions.from_arrays([0, 0, 1, 2], [0, 1, 1, 2], n_users=3, n_items=4)
@@ -88,12 +88,19 @@ class Popularity:
         scores.flags.writeable = False
         return scores
 
-    def recommend(self, histories: Histories, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """The ``n`` most popular items not in each history: ``(ids, scores)`` of shape (batch, n)."""
+    def recommend(
+        self, histories: Histories, n: int, *, exclude_seen: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The ``n`` most popular items not in each history (any item when ``exclude_seen`` is False):
+        ``(ids, scores)`` of shape (batch, n)."""
         check_fitted(self, "scores_")
         assert self.scores_ is not None
         scores = self.scores_
-        return ranked(lambda block: np.tile(scores, (len(block), 1)), histories, n, self.n_items)
+
+        def score_block(block: Histories) -> np.ndarray:
+            return np.tile(scores, (len(block), 1))
+
+        return ranked(score_block, histories, n, self.n_items, exclude_seen=exclude_seen)
 
     def similar_items(self, items: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``n`` most popular items other than each query item (popularity knows no similarity)."""

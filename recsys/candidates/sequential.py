@@ -326,15 +326,18 @@ class SequentialRecommender:
             scores[empty] = np.log1p(self.item_counts_.astype(np.float32))
         return scores
 
-    def recommend(self, histories: Histories, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top ``n`` next items per history, excluding its items: ``(ids, scores)`` (batch, n)."""
+    def recommend(
+        self, histories: Histories, n: int, *, exclude_seen: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``n`` next items per history, excluding its items unless ``exclude_seen`` is False:
+        ``(ids, scores)`` (batch, n)."""
         check_fitted(self, "model_")
         assert self.model_ is not None
         was_training = self.model_.training
         self.model_.eval()
         try:
             with _threads(self.config.threads):
-                return ranked(self._score_block, histories, n, self.n_items)
+                return ranked(self._score_block, histories, n, self.n_items, exclude_seen=exclude_seen)
         finally:
             self.model_.train(was_training)
 

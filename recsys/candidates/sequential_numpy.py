@@ -123,8 +123,10 @@ class SequentialScorer:
             scores[empty] = np.log1p(self.weights_["item_counts"].astype(np.float32))
         return np.asarray(scores, dtype=np.float32)
 
-    def recommend(self, histories: Histories, n: int) -> tuple[np.ndarray, np.ndarray]:
-        return ranked(self._score_block, histories, n, self.n_items)
+    def recommend(
+        self, histories: Histories, n: int, *, exclude_seen: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
+        return ranked(self._score_block, histories, n, self.n_items, exclude_seen=exclude_seen)
 
     def similar_items(self, items: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``n`` items whose vectors have the highest cosine with each item's (never itself)."""

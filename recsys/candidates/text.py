@@ -133,9 +133,12 @@ class TextRetriever:
             self._columns_ = np.ascontiguousarray(self.item_embeddings_.T)
         return self._columns_
 
-    def recommend(self, histories: Histories, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top ``n`` items by cosine to each history's profile, excluding its items: (batch, n)."""
-        return ranked(self._score_block, histories, n, self.n_items)
+    def recommend(
+        self, histories: Histories, n: int, *, exclude_seen: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``n`` items by cosine to each history's profile, excluding its items unless
+        ``exclude_seen`` is False: ``(ids, scores)``, (batch, n)."""
+        return ranked(self._score_block, histories, n, self.n_items, exclude_seen=exclude_seen)
 
     def similar_items(self, items: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``n`` nearest items of each item by embedding cosine, never the item itself."""

@@ -187,11 +187,12 @@ class Recommender:
         return np.column_stack([retriever, sequence, *(c.astype(np.float32) for c in columns)])
 
     def _scored(
-        self, rows: list[list[int]], records: Sequence[dict[str, Any] | None]
+        self, rows: list[list[int]], records: Sequence[dict[str, Any] | None], *, exclude_seen: bool
     ) -> tuple[Candidates, np.ndarray]:
-        """The candidates of each (non-empty) history and their ranker scores, -inf where there is none."""
+        """The candidates of each (non-empty) history and their ranker scores, -inf where there is none;
+        the history's own items are candidates too when ``exclude_seen`` is False."""
         assert self.model.ranker_ is not None
-        candidates = self.model.candidates(Histories.from_lists(rows))
+        candidates = self.model.candidates(Histories.from_lists(rows), exclude_seen=exclude_seen)
         last = np.array([r[-1] for r in rows], dtype=np.int64)
         X = self._matrix(candidates, last, self._records(rows, records))
         scores = np.full(candidates.ids.shape, -np.inf, dtype=np.float32)
@@ -245,7 +246,11 @@ class Recommender:
         are scored in one pass; an empty history gets recent popularity."""
         passing = self._allowed(filters)
         known = [u for u, history in enumerate(rows) if history]
-        scored = self._scored([rows[u] for u in known], [records[u] for u in known]) if known else None
+        scored = (
+            self._scored([rows[u] for u in known], [records[u] for u in known], exclude_seen=exclude_seen)
+            if known
+            else None
+        )
         row_of = {u: i for i, u in enumerate(known)}
         out = []
         for u, history in enumerate(rows):
@@ -270,7 +275,9 @@ class Recommender:
     ) -> list[Recommendation]:
         """Top ``n`` for one user: ``history`` is the user's item ids, oldest first.
 
-        ``user_features`` is the online store's record of the user (None or empty for unknown users).
+        ``exclude_seen`` False lets the history and context items compete with the rest ("buy
+        again"); ``filters`` apply either way. ``user_features`` is the online store's record of the
+        user (None or empty for unknown users).
         """
         rows = self._history_rows(history, context_item_ids)
         return self._answer([rows], [user_features], n=n, exclude_seen=exclude_seen, filters=filters)[0]

@@ -14,6 +14,11 @@ The sources, and their config ``CandidatesConfig``, come from one table,
 ``recsys.candidates.registry``; this module composes them with the ranker. ``recommend(histories,
 n)`` follows the same path at answer time. The candidate-source ablations (``sources``) and the
 optional MMR diversity re-rank are part of the config.
+
+``recommend(..., exclude_seen=False)`` ("buy again") lets every source propose the history's own
+items too, and the ranker orders them with the rest. The ranker was trained to find *new* items (a
+label is a held-out item, and training candidates never hold the history), so it ranks a repeat item
+by the same evidence as any other; ``ui_seen`` is 0 on every training row and carries no weight.
 """
 
 from __future__ import annotations
@@ -222,9 +227,14 @@ class TwoStage:
 
     # --- answering ---------------------------------------------------------------------------------
     def _candidate_rows(
-        self, generators: Mapping[str, CandidateGenerator], histories: Histories, snapshot: F.ItemSnapshot
+        self,
+        generators: Mapping[str, CandidateGenerator],
+        histories: Histories,
+        snapshot: F.ItemSnapshot,
+        *,
+        exclude_seen: bool = True,
     ) -> CandidateRows:
-        proposals, candidates = self._propose(generators, histories)
+        proposals, candidates = self._propose(generators, histories, exclude_seen=exclude_seen)
         item_ids = snapshot.attrs.get_column(S.ITEM_ID).to_numpy()
         states = F.states_from_histories(
             histories, self.items, item_ids, config=snapshot.config, now=snapshot.now
@@ -247,22 +257,28 @@ class TwoStage:
             embeddings=self.item_embeddings if self.config.text_features else None,
         )
 
-    def candidates(self, histories: Histories) -> Candidates:
-        """The blended candidates of each history (before ranking)."""
+    def candidates(self, histories: Histories, *, exclude_seen: bool = True) -> Candidates:
+        """The blended candidates of each history (before ranking); its own items only when
+        ``exclude_seen`` is False."""
         check_fitted(self, "generators_")
         assert self.generators_ is not None
-        return self._propose(self.generators_, histories)[1]
+        return self._propose(self.generators_, histories, exclude_seen=exclude_seen)[1]
 
     def _propose(
-        self, generators: Mapping[str, CandidateGenerator], histories: Histories
+        self, generators: Mapping[str, CandidateGenerator], histories: Histories, *, exclude_seen: bool = True
     ) -> tuple[Proposals, Candidates]:
         """Each source's ``per_source`` candidates, and their blend."""
         n = self.config.candidates.per_source
-        proposals = {name: g.recommend(histories, n) for name, g in generators.items()}
+        proposals = {
+            name: g.recommend(histories, n, exclude_seen=exclude_seen) for name, g in generators.items()
+        }
         return proposals, blend(proposals, total=self.config.candidates.total, n_items=self.items.height)
 
-    def recommend(self, histories: Histories, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top ``n`` of each history by ranker score (after MMR when ``diversity`` > 0)."""
+    def recommend(
+        self, histories: Histories, n: int, *, exclude_seen: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``n`` of each history by ranker score (after MMR when ``diversity`` > 0), its own
+        items among them when ``exclude_seen`` is False."""
         check_n(n)
         check_fitted(self, "ranker_")
         assert self.ranker_ is not None and self.snapshot_ is not None and self.generators_ is not None
@@ -271,7 +287,9 @@ class TwoStage:
         block = 2048  # bounds the feature matrix: block x total x features floats
         for start in range(0, len(histories), block):
             stop = min(start + block, len(histories))
-            found = self._candidate_rows(self.generators_, histories.rows(start, stop), self.snapshot_)
+            found = self._candidate_rows(
+                self.generators_, histories.rows(start, stop), self.snapshot_, exclude_seen=exclude_seen
+            )
             dense = np.full(found.candidates.ids.shape, -np.inf, dtype=np.float32)
             dense[found.rows, found.cols] = self.ranker_.predict(found.X)
             top_ids, top_scores = _rank(
