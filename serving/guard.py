@@ -8,13 +8,19 @@ guard adds what happens before that, and makes the message readable:
 - a body over ``max_body`` bytes gets 413, whether or not it declares a ``Content-Length``;
 - BentoML's 400 validation responses get an ``error`` that names every offending field
   (``"n: Input should be less than or equal to 500"``), keeping the structured ``detail`` list.
+
+Every answer of its own is a ``schemas.Error``. It also completes the OpenAPI spec BentoML serves
+(``/docs.json``, by ``schemas.openapi``), so that the spec documents these answers too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
+
+from serving import schemas as api
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -22,8 +28,9 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-API_ROUTES = ("/recommend", "/recommend/batch", "/similar_items", "/explain", "/events")
-MAX_BODY = 1 << 20  # 1 MiB: far above the largest valid request (1000 ids of 256 characters)
+API_ROUTES = tuple(api.ROUTES)
+MAX_BODY = api.MAX_BODY
+SPEC_PATH = "/docs.json"
 
 
 def _loc(loc: Iterable[Any]) -> str:
@@ -44,8 +51,15 @@ def field_message(body: dict[str, Any]) -> str:
     return "invalid request: " + "; ".join(parts) if parts else str(body.get("error", "invalid request"))
 
 
-async def _reply(send: Send, status: int, error: str, loc: list[str]) -> None:
-    body = json.dumps({"error": error, "detail": [{"loc": loc, "msg": error, "type": "invalid"}]}).encode()
+def _name_fields(body: Any) -> Any:
+    if isinstance(body, dict) and isinstance(body.get("detail"), list):
+        body["error"] = field_message(body)
+    return body
+
+
+async def _reply(send: Send, status: int, error: str, loc: list[str | int]) -> None:
+    detail = [api.ErrorDetail(loc=loc, msg=error, type="invalid")]
+    body = api.Error(error=error, detail=detail).model_dump_json().encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
@@ -58,6 +72,9 @@ class RequestGuard:
         self.max_body = max_body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "GET" and scope["path"] == SPEC_PATH:
+            await self.app(scope, receive, _RewriteJSON(send, status=200, rewrite=api.openapi))
+            return
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in self.routes:
             await self.app(scope, receive, send)
             return
@@ -101,20 +118,22 @@ class RequestGuard:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
-        await self.app(scope, replay, _RewriteValidation(send))
+        await self.app(scope, replay, _RewriteJSON(send, status=400, rewrite=_name_fields))
 
 
-class _RewriteValidation:
-    """Buffers a 400 response and rewrites its ``error`` to name the fields; passes others through."""
+class _RewriteJSON:
+    """Buffers a JSON response of one status and sends ``rewrite`` of it; passes others through."""
 
-    def __init__(self, send: Send) -> None:
+    def __init__(self, send: Send, *, status: int, rewrite: Callable[[Any], Any]) -> None:
         self.send = send
+        self.status = status
+        self.rewrite = rewrite
         self.start: Message | None = None
         self.chunks: list[bytes] = []
 
     async def __call__(self, message: Message) -> None:
         if message["type"] == "http.response.start":
-            if message["status"] == 400:
+            if message["status"] == self.status:
                 self.start = message
                 return
         elif message["type"] == "http.response.body" and self.start is not None:
@@ -122,13 +141,8 @@ class _RewriteValidation:
             if message.get("more_body", False):
                 return
             body = b"".join(self.chunks)
-            try:
-                data = json.loads(body)
-            except ValueError:
-                data = None
-            if isinstance(data, dict) and isinstance(data.get("detail"), list) and "detail" in data:
-                data["error"] = field_message(data)
-                body = json.dumps(data).encode()
+            with contextlib.suppress(ValueError):  # not JSON: sent as it came
+                body = json.dumps(self.rewrite(json.loads(body))).encode()
             headers = [(k, v) for k, v in self.start["headers"] if k.lower() != b"content-length"]
             headers.append((b"content-length", str(len(body)).encode()))
             await self.send({**self.start, "headers": headers})

@@ -1,4 +1,5 @@
-"""Request and response models of the HTTP API. They are the OpenAPI spec the service publishes.
+"""Request and response models of the HTTP API. They are the OpenAPI spec the service publishes
+(``/docs.json``), completed by ``openapi`` where BentoML's generated spec falls short.
 
 Every request model is strict (``"10"`` is not a number, ``1`` is not a string) and forbids unknown
 fields, so a typo in a field name is a 400 naming that field rather than a silently ignored option.
@@ -22,10 +23,13 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 
 from recsys.data import schema as S
 
+REF = "#/components/schemas/{model}"
+
 MAX_N = 500
 MAX_LIST = 1000  # exclude lists, batch users
 MAX_CONTEXT = 100
 MAX_ID_LENGTH = S.ID_MAX_LENGTH
+MAX_BODY = 1 << 20  # bytes, 1 MiB: far above the largest valid request (1000 ids of 256 characters)
 
 
 def _id_rule(value: str) -> str:
@@ -49,7 +53,25 @@ Price = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 N = Annotated[int, Field(ge=1, le=MAX_N, description=f"How many items to return (1..{MAX_N}).")]
 
 
-class _Strict(BaseModel):
+def _nullable(schema: dict[str, Any]) -> None:
+    """Write each ``X | None`` field the OpenAPI 3.0 way (the version BentoML declares): ``X`` with
+    ``nullable: true``. Pydantic writes ``anyOf: [X, {"type": "null"}]``, and BentoML keeps only the
+    first branch of a request or response field's ``anyOf``, so the null would silently vanish."""
+    null = {"type": "null"}
+    for field in schema.get("properties", {}).values():
+        branches = field.get("anyOf", [])
+        if len(branches) == 2 and null in branches:
+            del field["anyOf"]
+            (inner,) = [branch for branch in branches if branch != null]
+            field.update({"allOf": [inner]} if "$ref" in inner else inner)  # no siblings beside a $ref
+            field["nullable"] = True
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(json_schema_extra=_nullable)
+
+
+class _Strict(_Model):
     model_config = ConfigDict(strict=True, extra="forbid")
 
 
@@ -111,48 +133,48 @@ class EventRequest(_Strict):
     )
 
 
-class Item(BaseModel):
+class Item(_Model):
     item_id: str
     score: float
     title: str
     sources: list[str] = Field(description="Candidate sources that produced the item (e.g. als, popular).")
 
 
-class RecommendResponse(BaseModel):
+class RecommendResponse(_Model):
     user_id: str
     model_version: str
     items: list[Item]
 
 
-class UserItems(BaseModel):
+class UserItems(_Model):
     user_id: str
     items: list[Item]
 
 
-class BatchRecommendResponse(BaseModel):
+class BatchRecommendResponse(_Model):
     model_version: str
     results: list[UserItems]
 
 
-class SimilarItemsResponse(BaseModel):
+class SimilarItemsResponse(_Model):
     item_id: str
     model_version: str
     items: list[Item]
 
 
-class Contribution(BaseModel):
+class Contribution(_Model):
     feature: str
     contribution: float
 
 
-class ExplainResponse(BaseModel):
+class ExplainResponse(_Model):
     user_id: str
     item_id: str
     model_version: str
     contributions: list[Contribution]
 
 
-class EventResponse(BaseModel):
+class EventResponse(_Model):
     user_id: str
     item_id: str
     event: str | None
@@ -160,7 +182,7 @@ class EventResponse(BaseModel):
     n_events: int = Field(description="The user's event count after this event.")
 
 
-class ModelInfo(BaseModel):
+class ModelInfo(_Model):
     tag: str
     version: str
     created_at: str
@@ -169,20 +191,81 @@ class ModelInfo(BaseModel):
     loaded_at: str
 
 
-class ReloadResponse(BaseModel):
+class ReloadResponse(_Model):
     previous: str | None
     current: str
     swapped: bool
 
 
-class ErrorDetail(BaseModel):
-    loc: list[str | int]
+class ErrorDetail(_Model):
+    """One offending part of the request. Validation errors also carry pydantic's ``url``."""
+
+    loc: list[str | int] = Field(description="Where: field names and list indices, or the header.")
     msg: str
     type: str
 
 
-class Error(BaseModel):
-    """The body of every 4xx: ``error`` summarises, ``detail`` names each offending field."""
+class Error(_Model):
+    """The body of every 4xx and 503: ``error`` summarises, ``detail`` names each offending field."""
 
     error: str
-    detail: list[ErrorDetail] = Field(default_factory=list)
+    detail: list[ErrorDetail]
+
+
+# --- the OpenAPI spec ---------------------------------------------------------------------------------
+
+UNKNOWN_ITEM = "The item is not in the served model's catalogue."
+# What every JSON route may answer besides 200 (and BentoML's own 500), each with an ``Error`` body.
+ERRORS = {
+    400: "The body is not JSON, or breaks the request model: `detail` names each offending field.",
+    413: f"The body is over {MAX_BODY} bytes.",
+    415: "The Content-Type is not application/json.",
+    503: "No model is loaded yet, or the online feature store did not answer in time.",
+}
+# The JSON routes (``@bentoml.api``), each with the errors it answers beyond ``ERRORS``.
+ROUTES: dict[str, dict[int, str]] = {
+    "/recommend": {},
+    "/recommend/batch": {},
+    "/similar_items": {404: UNKNOWN_ITEM},
+    "/explain": {404: UNKNOWN_ITEM},
+    "/events": {},
+}
+
+
+def openapi(spec: dict[str, Any]) -> dict[str, Any]:
+    """Complete BentoML's generated spec (the JSON of ``/docs.json``) so that it matches the answers.
+
+    BentoML gives a ``@bentoml.api`` route no way to declare its responses or a required body: it
+    documents each with one fixed 400/404/500 whose ``detail`` is a string (here it is a list), and
+    knows nothing of the guard's 413 and 415 or of the 503. So, in this one place, every JSON route
+    gets a required body and the ``ERRORS`` (plus its own, ``ROUTES``) with the ``Error`` schema,
+    and ``/readyz`` its plain-text 503.
+
+    >>> spec = {"paths": {route: {"post": {"requestBody": {}, "responses": {"200": {}, "400": {}}}}
+    ...                   for route in ROUTES} | {"/readyz": {"get": {"responses": {"200": {}}}}}}
+    >>> explain = openapi(spec)["paths"]["/explain"]["post"]
+    >>> explain["requestBody"]["required"], sorted(explain["responses"])
+    (True, ['200', '400', '404', '413', '415', '503'])
+    >>> explain["responses"]["404"]["content"]["application/json"]["schema"]
+    {'$ref': '#/components/schemas/Error'}
+    """
+    error = Error.model_json_schema(ref_template=REF)
+    schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+    schemas.update(error.pop("$defs"), Error=error)
+    for name in ("InvalidArgument", "NotFound"):  # BentoML's 400 and 404 bodies, replaced below
+        schemas.pop(name, None)
+    for route, own in ROUTES.items():
+        operation = spec["paths"][route]["post"]
+        operation["requestBody"]["required"] = True
+        responses = {"200": operation["responses"]["200"]}
+        for status, description in sorted({**ERRORS, **own}.items()):
+            content = {"application/json": {"schema": {"$ref": REF.format(model="Error")}}}
+            responses[str(status)] = {"description": description, "content": content}
+        if "500" in operation["responses"]:
+            responses["500"] = operation["responses"]["500"]
+        operation["responses"] = responses
+    spec["paths"]["/readyz"]["get"]["responses"]["503"] = {
+        "description": "Not ready: no model loaded yet, or the online feature store does not answer.",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    }
+    return spec
