@@ -33,10 +33,13 @@ unit: setup
 	$(VENV)/bin/pytest
 
 # Serves the current bundle (2 workers: one per core of a 2-core machine, docs/RESULTS.md, Serving);
-# trains the demo one first when nothing is published yet.
+# trains the demo one first when nothing is published yet. Local only: `make serve SERVE_HOST=0.0.0.0`
+# exposes it on every interface (set RECSYS_EVENTS_TOKEN then).
+# (not HOST: csh exports HOST as the machine's name)
+SERVE_HOST ?= 127.0.0.1
 serve: setup
 	$(VENV)/bin/recsys models current >/dev/null 2>&1 || $(VENV)/bin/recsys demo
-	$(VENV)/bin/recsys serve --port 3000 --workers 2
+	$(VENV)/bin/recsys serve --host $(SERVE_HOST) --port 3000 --workers 2
 
 # The Redis tests need a real redis-server binary; install it where we can (root with apt-get).
 redis:

@@ -4,8 +4,8 @@ A *record* is a user's state (``definitions.STATE_SCHEMA`` less the id) as plain
 form the service reads per request, and the one ``apply_to_record`` updates in place. The backends
 (``sqlite_store``, ``redis_store``) encode it their own way; this module holds what they must agree
 on: the empty record, the incremental update, the conversions to and from Arrow and Polars, the
-reserved separator ``SEP`` and the id check that guards it, and the error a store raises when it does
-not answer (``StoreUnavailable``).
+reserved separator ``SEP`` and the id check that guards it, the bound on the seen list
+(``seen_cap``), and the error a store raises when it does not answer (``StoreUnavailable``).
 
 >>> record = empty_record()
 >>> apply_to_record(record, item_id="a", event="view", timestamp=5, category="x", price=2.0, last_n=2)
@@ -19,7 +19,8 @@ not answer (``StoreUnavailable``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -49,6 +50,10 @@ ARROW_STATE_SCHEMA = pa.schema(
 )
 RECORD_FIELDS = [name for name in D.STATE_SCHEMA if name != S.USER_ID]
 SEP = "\x1f"  # joins seen item ids in both backends: a control character, so the id rule refuses it
+# A user's seen list keeps at most this many items (the oldest first seen go first), so one busy or
+# abusive user id cannot grow its record, and every read of it, without bound.
+DEFAULT_MAX_SEEN = 10_000
+ENV_MAX_SEEN = "RECSYS_MAX_SEEN"
 
 
 class StoreUnavailable(Exception):
@@ -56,6 +61,20 @@ class StoreUnavailable(Exception):
 
     The service answers it with a 503 (and ``/readyz`` says it), never a 500 or a hang.
     """
+
+
+def seen_cap(value: int | None = None, *, env: Mapping[str, str] | None = None) -> int:
+    """The seen cap: ``value`` when given, else ``$RECSYS_MAX_SEEN``, else ``DEFAULT_MAX_SEEN``.
+
+    >>> seen_cap(env={}), seen_cap(env={"RECSYS_MAX_SEEN": "50"}), seen_cap(7, env={"RECSYS_MAX_SEEN": "50"})
+    (10000, 50, 7)
+    """
+    raw = str(value) if value is not None else (os.environ if env is None else env).get(ENV_MAX_SEEN, "")
+    if not raw:
+        return DEFAULT_MAX_SEEN
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"{ENV_MAX_SEEN} (max_seen) must be a whole number >= 1, got {raw!r}")
+    return int(raw)
 
 
 def check_event(user_id: str, item_id: str, event: str | None) -> None:
@@ -91,16 +110,20 @@ def apply_to_record(
     category: str | None,
     price: float | None,
     last_n: int,
+    max_seen: int = DEFAULT_MAX_SEEN,
 ) -> None:
     """The incremental form of ``compute.user_states``: add one event to ``record`` in place.
 
     Events are appended in arrival order; the last-items list is exact when they arrive in time
-    order, as live events do.
+    order, as live events do. The seen list keeps the ``max_seen`` items seen last for the first
+    time; an item dropped from it that comes back counts as a new item in ``n_items``.
     """
     record[D.N_EVENTS] += 1
-    if item_id not in record[D.SEEN]:
-        record[D.SEEN].append(item_id)
+    seen = record[D.SEEN]
+    if item_id not in seen:
+        seen.append(item_id)
         record[D.N_ITEMS] += 1
+        del seen[: max(0, len(seen) - max_seen)]
     last = record[D.LAST_TS]
     record[D.LAST_TS] = timestamp if last is None else max(int(last), timestamp)
     if event is not None:
@@ -139,8 +162,11 @@ def records_to_arrow(user_ids: Sequence[str], records: Sequence[dict[str, Any] |
     return pa.Table.from_pydict(columns, schema=ARROW_STATE_SCHEMA)
 
 
-def frame_to_records(states: pl.DataFrame) -> tuple[list[str], list[dict[str, Any]]]:
-    """Rows of a state frame (``STATE_SCHEMA`` columns) as ids and records."""
+def frame_to_records(
+    states: pl.DataFrame, *, max_seen: int = DEFAULT_MAX_SEEN
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """Rows of a state frame (``STATE_SCHEMA`` columns) as ids and records, each seen list cut to
+    its last ``max_seen`` items."""
     bad = states.filter(pl.col(D.SEEN).list.eval(pl.element().str.contains(SEP, literal=True)).list.any())
     if bad.height:
         raise ValueError(f"user {bad.item(0, S.USER_ID)!r}: an item id contains the reserved character \\x1f")
@@ -150,7 +176,7 @@ def frame_to_records(states: pl.DataFrame) -> tuple[list[str], list[dict[str, An
         for name in (D.EVENTS, D.CATEGORIES):
             row[name] = {entry[D.MAP_KEY]: int(entry[D.MAP_COUNT]) for entry in row[name] or []}
         row[D.LAST_ITEMS] = list(row[D.LAST_ITEMS] or [])
-        row[D.SEEN] = list(row[D.SEEN] or [])
+        row[D.SEEN] = list(row[D.SEEN] or [])[-max_seen:]
         records.append(row)
     return ids, records
 

@@ -51,6 +51,7 @@ from feature_store.record import (
     frame_to_records,
     online_items,
     records_to_arrow,
+    seen_cap,
 )
 from recsys.data import schema as S
 
@@ -70,7 +71,7 @@ local function current(p)
   end
   return v
 end
-local function apply(p, v, user, item, event, ts)
+local function apply(p, v, user, item, event, ts, max_seen)
   local base = p .. ':' .. v
   local key = base .. ':r:' .. user
   local raw = redis.call('GET', key)
@@ -86,6 +87,12 @@ local function apply(p, v, user, item, event, ts)
   if not string.find(r.seen .. SEP, SEP .. item .. SEP, 1, true) then
     r.seen = r.seen .. SEP .. item
     r.n_items = r.n_items + 1
+    local _, n_seen = string.gsub(r.seen, SEP, '')
+    while n_seen > max_seen do  -- drop the oldest: the seen list is bounded (record.seen_cap)
+      local second = string.find(r.seen, SEP, 2, true)
+      r.seen = string.sub(r.seen, second)
+      n_seen = n_seen - 1
+    end
   end
   if r.last_ts == nil or tonumber(ts) > tonumber(r.last_ts) then r.last_ts = ts end
   if event ~= '' then r.events[event] = (r.events[event] or 0) + 1 end
@@ -107,7 +114,7 @@ _APPLY_EVENT = (
     + """
 local p = ARGV[1]
 local v = current(p)
-apply(p, v, ARGV[2], ARGV[3], ARGV[4], ARGV[5])
+apply(p, v, ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6]))
 redis.call('RPUSH', p .. ':events', cjson.encode({ARGV[2], ARGV[3], ARGV[4], ARGV[5]}))
 return v
 """
@@ -123,7 +130,7 @@ redis.call('DEL', p .. ':events')
 for _, raw in ipairs(log) do
   local e = cjson.decode(raw)
   if tonumber(e[4]) >= cutoff then
-    apply(p, new, e[1], e[2], e[3], e[4])
+    apply(p, new, e[1], e[2], e[3], e[4], tonumber(ARGV[4]))
     redis.call('RPUSH', p .. ':events', raw)
   end
 end
@@ -169,6 +176,8 @@ class RedisStore:
         Seconds a call waits to connect and for each reply (``socket_timeout`` in the URL wins).
     retries
         Retries of a read that timed out or lost its connection; state changes are never retried.
+    max_seen
+        Items a user's seen list keeps (``record.seen_cap``: default ``$RECSYS_MAX_SEEN`` or 10,000).
     """
 
     def __init__(
@@ -178,8 +187,10 @@ class RedisStore:
         prefix: str = "fs",
         timeout: float = DEFAULT_TIMEOUT,
         retries: int = DEFAULT_RETRIES,
+        max_seen: int | None = None,
     ) -> None:
         self.url = url
+        self.max_seen = seen_cap(max_seen)
         self.prefix = prefix
         parts = urlsplit(url)
         options = parse_qsl(parts.query)
@@ -253,11 +264,12 @@ class RedisStore:
         check_event(user_id, item_id, event)
         with self._answering():
             self._apply_event(
-                args=[self.prefix, str(user_id), str(item_id), event or "", int(timestamp)], client=self._once
+                args=[self.prefix, str(user_id), str(item_id), event or "", int(timestamp), self.max_seen],
+                client=self._once,
             )
 
     def _write_users(self, version: int, states: pl.DataFrame, *, chunk: int = 1000) -> None:
-        ids, records = frame_to_records(states)
+        ids, records = frame_to_records(states, max_seen=self.max_seen)
         pipe = self._redis.pipeline(transaction=False)
         for n, (user_id, record) in enumerate(zip(ids, records, strict=True), start=1):
             pipe.set(self._key(version, "r", user_id), _encode(record))
@@ -299,7 +311,7 @@ class RedisStore:
         self._write_items(version, online_items(snapshot))
         bulk = self._client(timeout=LOAD_TIMEOUT, retries=0)  # the switch must run once, however long
         try:
-            old = self._switch(args=[self.prefix, version, snapshot.cutoff], client=bulk)
+            old = self._switch(args=[self.prefix, version, snapshot.cutoff, self.max_seen], client=bulk)
         finally:
             bulk.close()
         self._redis.set(self._key("cutoff"), snapshot.cutoff)

@@ -32,6 +32,7 @@ from feature_store.record import (
     frame_to_records,
     online_items,
     records_to_arrow,
+    seen_cap,
 )
 from recsys.data import schema as S
 
@@ -64,10 +65,13 @@ class SQLiteStore:
         ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``.
     timeout
         Seconds a writer waits for the lock before failing.
+    max_seen
+        Items a user's seen list keeps (``record.seen_cap``: default ``$RECSYS_MAX_SEEN`` or 10,000).
     """
 
-    def __init__(self, url: str, *, timeout: float = 30.0) -> None:
+    def __init__(self, url: str, *, timeout: float = 30.0, max_seen: int | None = None) -> None:
         self.url = url
+        self.max_seen = seen_cap(max_seen)
         self.path = sqlite_path(url)
         self.timeout = timeout
         self._local = threading.local()
@@ -206,7 +210,14 @@ class SQLiteStore:
         ).fetchone()
         category, price = item if item is not None else (None, None)
         apply_to_record(
-            record, item_id=item_id, event=event, timestamp=ts, category=category, price=price, last_n=last_n
+            record,
+            item_id=item_id,
+            event=event,
+            timestamp=ts,
+            category=category,
+            price=price,
+            last_n=last_n,
+            max_seen=self.max_seen,
         )
         self._upsert(db, version, [user_id], [record])
 
@@ -235,7 +246,7 @@ class SQLiteStore:
         with self._write() as db:
             version = int(self._meta(db, "version") or 0)
             if users is not None:
-                ids, records = frame_to_records(users)
+                ids, records = frame_to_records(users, max_seen=self.max_seen)
                 self._upsert(db, version, ids, records)
             if items is not None:
                 self._put_items(db, version, items)
@@ -247,7 +258,7 @@ class SQLiteStore:
             version = int(self._meta(db, "next_version") or 1)
             self._set_meta(db, next_version=version + 1)
             self._create_version(db, version)
-        ids, records = frame_to_records(states)
+        ids, records = frame_to_records(states, max_seen=self.max_seen)
         with self._write() as db:  # bulk copy; readers still use the old version
             self._upsert(db, version, ids, records)
             self._put_items(db, version, items)

@@ -12,12 +12,17 @@ when it changes, so ``recsys train`` publishing a version or ``recsys models rol
 within about a second, with no restart and no dropped request. A pinned tag is never swapped.
 A version that fails to load or to answer a smoke test is not swapped in: the service keeps the
 model it has (or stays not ready) and logs why.
+
+Each worker dies with its parent (``die_with_parent``): BentoML's arbiter starts the workers in
+sessions of their own, so nothing else would stop them when the arbiter is killed.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +43,11 @@ ENV_ADMIN_TOKEN = "RECSYS_ADMIN_TOKEN"
 ENV_POLL_SECONDS = "RECSYS_POLL_SECONDS"
 ENV_WORKERS = "RECSYS_WORKERS"
 ENV_THREADS = "RECSYS_THREADS"
+ENV_EVENTS_TOKEN = "RECSYS_EVENTS_TOKEN"
+ENV_EVENTS_MAX_SKEW = "RECSYS_EVENTS_MAX_SKEW_S"
+ENV_SERVER_PID = "RECSYS_SERVER_PID"  # the arbiter's pid: ``recsys serve`` becomes the arbiter (execve)
+DEFAULT_EVENTS_MAX_SKEW_S = 300.0
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def default_store_url() -> str:
@@ -60,19 +70,14 @@ class Settings:
     model_tag: str | None = None
     store_url: str | None = None
     admin_token: str | None = None
+    events_token: str | None = None  # when set, POST /events needs it as a bearer token
+    events_max_skew_s: float = DEFAULT_EVENTS_MAX_SKEW_S  # how far in the future an event may be
     poll_seconds: float = 1.0
     threads: int = 2  # batch/explain/similar/events requests run at once per worker (thread pool)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
         env = dict(os.environ) if env is None else env
-        raw_poll = env.get(ENV_POLL_SECONDS, "1")
-        try:
-            poll = float(raw_poll)
-        except ValueError:
-            poll = -1.0
-        if not poll >= 0:
-            raise ValueError(f"{ENV_POLL_SECONDS} must be a number of seconds >= 0, got {raw_poll!r}")
         raw_threads = env.get(ENV_THREADS, "2")
         if not raw_threads.isdigit() or int(raw_threads) < 1:
             raise ValueError(f"{ENV_THREADS} must be a whole number >= 1, got {raw_threads!r}")
@@ -81,8 +86,60 @@ class Settings:
             model_tag=env.get(ENV_MODEL_TAG) or None,
             store_url=env.get(ENV_STORE_URL) or None,
             admin_token=env.get(ENV_ADMIN_TOKEN) or None,
-            poll_seconds=poll,
+            events_token=env.get(ENV_EVENTS_TOKEN) or None,
+            events_max_skew_s=_seconds(env, ENV_EVENTS_MAX_SKEW, DEFAULT_EVENTS_MAX_SKEW_S),
+            poll_seconds=_seconds(env, ENV_POLL_SECONDS, 1.0),
         )
+
+
+def _seconds(env: dict[str, str], name: str, default: float) -> float:
+    raw = env.get(name) or str(default)
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:  # also NaN
+        raise ValueError(f"{name} must be a number of seconds >= 0, got {raw!r}")
+    return value
+
+
+def die_with_parent(*, parent_pid: int | None = None) -> bool:
+    """Have the kernel SIGKILL this process when its parent dies; return whether it could (Linux only).
+
+    BentoML's arbiter starts each worker in a session of its own (circus calls ``setsid``), so when
+    the arbiter is killed (SIGKILL, the OOM killer) neither its death nor a kill of its process group
+    reaches the workers: they would go on answering on the port, unsupervised, and a restart would
+    find it taken. ``prctl(PR_SET_PDEATHSIG)`` makes the kernel send the signal instead. SIGKILL,
+    not SIGTERM: a worker whose arbiter died uncleanly should not wait for requests in flight (an
+    event is acknowledged only after its store write committed, so none acknowledged is lost).
+
+    The setting belongs to the calling thread, and the signal comes when the thread that started
+    this process exits (the arbiter's main thread): call it from the worker's main thread, which
+    lives as long as the worker. A parent that died before the call is caught by comparing
+    ``os.getppid()`` with ``parent_pid``. Elsewhere than on Linux nothing is set: a supervisor must
+    stop the arbiter with SIGTERM or SIGINT (it then stops its workers), or kill its whole process tree.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    if threading.current_thread() is not threading.main_thread():
+        logger.warning("die_with_parent() called off the main thread: the worker would outlive it")
+        return False
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        logger.warning("prctl(PR_SET_PDEATHSIG) failed: %s", os.strerror(ctypes.get_errno()))
+        return False
+    if parent_pid is not None and os.getppid() != parent_pid:
+        logger.error("the server process %d is gone before this worker started: exiting", parent_pid)
+        os.kill(os.getpid(), signal.SIGKILL)
+    return True
+
+
+def server_pid(env: dict[str, str] | None = None) -> int | None:
+    """The arbiter's pid as ``recsys serve`` recorded it (``None`` under a plain ``bentoml serve``)."""
+    raw = (os.environ if env is None else env).get(ENV_SERVER_PID, "")
+    return int(raw) if raw.isdigit() else None
 
 
 @dataclass(frozen=True)

@@ -129,7 +129,11 @@ class EventRequest(_Strict):
     item_id: Id
     event: Id | None = Field(None, description="Event type (e.g. view, cart, purchase); the model's types.")
     timestamp: int | None = Field(
-        None, ge=0, le=2**53, description="Unix seconds; the server's clock when omitted."
+        None,
+        ge=0,
+        le=2**53,
+        description="Unix seconds; the server's clock when omitted. At most RECSYS_EVENTS_MAX_SKEW_S "
+        "(default 300) seconds ahead of the server's clock, else 400.",
     )
 
 
@@ -228,7 +232,7 @@ ROUTES: dict[str, dict[int, str]] = {
     "/recommend/batch": {},
     "/similar_items": {404: UNKNOWN_ITEM},
     "/explain": {404: UNKNOWN_ITEM},
-    "/events": {},
+    "/events": {401: "RECSYS_EVENTS_TOKEN is set and the request has no `Authorization: Bearer` with it."},
 }
 
 

@@ -11,8 +11,10 @@ The service is thin: it validates requests (``serving.schemas``), reads the user
 online store and calls the loaded ``recsys.pipeline.recommender.Recommender``. It imports neither
 torch nor transformers: item embeddings were computed offline and live in the bundle.
 
-Endpoints: ``POST /recommend``, ``/recommend/batch``, ``/similar_items``, ``/explain``, ``/events``;
-``GET /model``; ``POST /admin/reload`` (``Authorization: Bearer $RECSYS_ADMIN_TOKEN``); and BentoML's
+Endpoints: ``POST /recommend``, ``/recommend/batch``, ``/similar_items``, ``/explain``, ``/events``
+(``Authorization: Bearer $RECSYS_EVENTS_TOKEN`` when that is set; timestamps at most
+``$RECSYS_EVENTS_MAX_SKEW_S``, default 300, seconds ahead of the server's clock); ``GET /model``;
+``POST /admin/reload`` (``Authorization: Bearer $RECSYS_ADMIN_TOKEN``); and BentoML's
 ``/livez``, ``/readyz`` (503 until a model is loaded, or while the online store does not answer),
 ``/metrics`` and ``/docs.json`` (OpenAPI). Every bad request gets a 4xx whose ``error`` names the
 offending field (``serving.guard``); a store that does not answer in time gets a 503 naming it.
@@ -38,7 +40,16 @@ from starlette.responses import JSONResponse, Response
 
 from serving import schemas as api
 from serving.guard import API_ROUTES, RequestGuard
-from serving.runtime import ENV_WORKERS, Loaded, ModelHolder, Settings, default_store_url
+from serving.runtime import (
+    ENV_EVENTS_MAX_SKEW,
+    ENV_WORKERS,
+    Loaded,
+    ModelHolder,
+    Settings,
+    default_store_url,
+    die_with_parent,
+    server_pid,
+)
 
 if TYPE_CHECKING:
     from feature_store.online import OnlineStore
@@ -90,9 +101,38 @@ def answers(
         try:
             return await func(*args, **kwargs)
         except RequestError as err:
+            context = kwargs.get("ctx")
+            if isinstance(context, bentoml.Context):  # BentoML sets the status from it, not the response
+                context.response.status_code = err.status
             return err.response()
 
     return wrapper
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, or ``None``.
+
+    The scheme is case-insensitive (RFC 7235) and whitespace around the parts is tolerated; a bare
+    token, another scheme or anything after the token is no bearer token.
+
+    >>> bearer_token("Bearer abc"), bearer_token("  bearer   abc "), bearer_token("BEARER abc")
+    ('abc', 'abc', 'abc')
+    >>> bearer_token("abc"), bearer_token("Basic abc"), bearer_token("Bearer"), bearer_token(None)
+    (None, None, None, None)
+    """
+    parts = (authorization or "").split()
+    if len(parts) != 2 or parts[0].lower() != "bearer":
+        return None
+    return parts[1]
+
+
+def check_token(authorization: str | None, token: str, *, name: str) -> None:
+    """401 unless the header carries ``token`` as a bearer token (compared in constant time)."""
+    given = bearer_token(authorization)
+    if given is None or not hmac.compare_digest(given.encode(), token.encode()):
+        raise RequestError(
+            401, f"missing or wrong {name} token", loc=["header", "authorization"], kind="unauthorized"
+        )
 
 
 def _items(recommendations: Sequence[Recommendation]) -> list[api.Item]:
@@ -157,11 +197,7 @@ async def admin_reload(authorization: str | None = Header(default=None)) -> Any:
     try:
         if token is None:
             raise RequestError(403, "admin reload is disabled: set RECSYS_ADMIN_TOKEN", kind="forbidden")
-        given = (authorization or "").removeprefix("Bearer ").strip()
-        if not hmac.compare_digest(given.encode(), token.encode()):
-            raise RequestError(
-                401, "missing or wrong admin token", loc=["header", "authorization"], kind="unauthorized"
-            )
+        check_token(authorization, token, name="admin")
         try:
             previous, current, swapped = await anyio.to_thread.run_sync(service.models.refresh)
         except Exception as exc:
@@ -184,6 +220,7 @@ class Recsys:
     def __init__(self) -> None:
         from feature_store.online import open_store
 
+        die_with_parent(parent_pid=server_pid())  # BentoML runs __init__ in the worker's main thread
         self.settings = Settings.from_env()
         self.store: OnlineStore = open_store(self.settings.store_url or default_store_url())
         self.models = ModelHolder(pinned_tag=self.settings.model_tag, poll_seconds=self.settings.poll_seconds)
@@ -362,13 +399,28 @@ class Recsys:
             ],
         )
 
+    def _check_event(self, request: api.EventRequest, authorization: str | None, now: float) -> None:
+        if self.settings.events_token is not None:
+            check_token(authorization, self.settings.events_token, name="events")
+        skew = self.settings.events_max_skew_s
+        if request.timestamp is not None and request.timestamp > now + skew:
+            raise RequestError(
+                400,
+                f"{request.timestamp} is more than {skew:g} s ahead of the server's clock ({int(now)}); "
+                f"the bound is {ENV_EVENTS_MAX_SKEW}",
+                loc=["timestamp"],
+                kind="future_timestamp",
+            )
+
     @bentoml.api(route="/events", input_spec=api.EventRequest, output_spec=api.EventResponse)
     @answers
-    async def events(self, **fields: Any) -> api.EventResponse | Response:
+    async def events(self, ctx: bentoml.Context, **fields: Any) -> api.EventResponse | Response:
         """Record one user event in the online store; the user's next ``/recommend`` reflects it.
         Items the served model does not know yet (new catalogue items) are recorded too."""
         request = api.EventRequest.model_construct(**fields)
-        timestamp = int(time.time()) if request.timestamp is None else request.timestamp
+        now = time.time()
+        self._check_event(request, ctx.request.headers.get("authorization"), now)
+        timestamp = int(now) if request.timestamp is None else request.timestamp
 
         def run() -> dict[str, Any]:
             with _store_answers():

@@ -2,6 +2,11 @@
 
 The tests (``tests/serving_fixtures.py``, ``tests/test_serving_swap.py``) and ``benchmarks.serving``
 start servers the same way, through this module.
+
+A server runs in a session of its own, and ``Server.stop`` signals its whole process group. That
+does not reach BentoML's workers: the arbiter starts each in a session of its own (circus calls
+``setsid``), and once the arbiter is gone they are no longer its children. So the server remembers
+its descendants while it can see them, and ``stop`` kills any that outlived it.
 """
 
 from __future__ import annotations
@@ -17,8 +22,9 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository: ``bentoml serve`` imports targets from it
 
@@ -64,6 +70,7 @@ class Server:
     url: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    descendants: list[Any] = field(default_factory=list)  # psutil.Process: the workers seen so far
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -75,6 +82,7 @@ class Server:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()[-4000:]}")
             if http_status(self.url + path) == status:
+                self.remember_descendants()
                 return
             time.sleep(0.2)
         raise TimeoutError(f"{self.url}{path} did not answer {status} in {timeout} s:\n{self.log()[-4000:]}")
@@ -90,15 +98,43 @@ class Server:
                 total += int(proc.memory_info().rss)
         return total
 
+    def remember_descendants(self) -> None:
+        """Note the processes the server started (BentoML's workers, respawned ones included)."""
+        import psutil
+
+        with contextlib.suppress(psutil.Error):
+            for child in psutil.Process(self.process.pid).children(recursive=True):
+                if child not in self.descendants:  # psutil compares pid and start time
+                    self.descendants.append(child)
+
     def stop(self, *, timeout: float = 15.0) -> None:
-        if self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)  # the group: BentoML's arbiter and its workers
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout)
+        """SIGTERM the server's group (the arbiter stops its workers), SIGKILL it after ``timeout``,
+        then kill every remembered descendant that is still running."""
+        import psutil
+
+        if self.process.poll() is None:
+            self.remember_descendants()
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout)
+        left = [p for p in self.descendants if _running(p)]
+        for proc in left:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+        psutil.wait_procs([p for p in left if _running(p)], timeout=timeout)
+
+
+def _running(proc: Any) -> bool:
+    """``proc`` (a ``psutil.Process``) still runs: not exited, not a zombie, its pid not reused since."""
+    import psutil
+
+    try:
+        return bool(proc.is_running()) and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 @contextlib.contextmanager

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -11,11 +12,34 @@ import typer
 
 from recsys.cli.app import app
 
+# BentoML's rule for a tag's version (its name is always the registry's model name here)
+_VERSION = re.compile(r"^[a-z0-9]([-._a-z0-9]*[a-z0-9])?$", re.IGNORECASE)
+
+
+def pinned_tag(model: str, *, name: str) -> str:
+    """``--model`` as a full tag: ``VERSION`` or ``NAME:VERSION``; anything else is a ``ValueError``.
+
+    >>> pinned_tag("v1", name="recsys-bundle"), pinned_tag("recsys-bundle:v1", name="recsys-bundle")
+    ('recsys-bundle:v1', 'recsys-bundle:v1')
+    >>> pinned_tag("a:b:c", name="recsys-bundle")
+    Traceback (most recent call last):
+    ...
+    ValueError: --model 'a:b:c': expected recsys-bundle:VERSION or VERSION (letters, digits, '-', '_', '.')
+    """
+    given_name, _, version = model.rpartition(":")
+    if given_name in ("", name) and _VERSION.match(version) and len(version) <= 63:
+        return f"{name}:{version}"
+    raise ValueError(
+        f"--model {model!r}: expected {name}:VERSION or VERSION (letters, digits, '-', '_', '.')"
+    )
+
 
 @app.command()
 def serve(
     port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port to listen on.")] = 3000,
-    host: Annotated[str, typer.Option("--host", help="Interface to bind (0.0.0.0: all).")] = "0.0.0.0",
+    host: Annotated[
+        str, typer.Option("--host", help="Interface to bind; 0.0.0.0 exposes the service on every interface.")
+    ] = "127.0.0.1",
     model: Annotated[
         str | None,
         typer.Option(
@@ -48,17 +72,19 @@ def serve(
     """Serve recommendations over HTTP from the BentoML model store ($BENTOML_HOME).
 
     The service follows `recsys models` (a newly published or rolled-back version is swapped in
-    without a restart) unless --model pins a version. POST /admin/reload needs $RECSYS_ADMIN_TOKEN.
+    without a restart) unless --model pins a version. It listens on 127.0.0.1 only unless --host says
+    otherwise. POST /admin/reload needs $RECSYS_ADMIN_TOKEN; POST /events needs $RECSYS_EVENTS_TOKEN
+    when that is set.
     """
+    from bentoml.exceptions import BentoMLException
+
     from recsys.pipeline import registry
     from serving import runtime
 
-    tag = None
-    if model is not None:
-        tag = model if ":" in model else f"{registry.MODEL_NAME}:{model}"
     try:
+        tag = None if model is None else pinned_tag(model, name=registry.MODEL_NAME)
         version = registry.get(tag) if tag else registry.current()
-    except registry.RegistryError as err:
+    except (ValueError, registry.RegistryError, BentoMLException) as err:
         typer.echo(f"Cannot serve: {err}", err=True)
         raise typer.Exit(2) from None
     typer.echo(
@@ -80,6 +106,8 @@ def serve(
     if store:
         env[runtime.ENV_STORE_URL] = store
     # BentoML's own server (arbiter + workers) replaces this process, so signals reach it directly.
+    # Its workers check that they still have this parent once they set their parent-death signal.
+    env[runtime.ENV_SERVER_PID] = str(os.getpid())
     root = str(Path(__file__).resolve().parents[2])
     argv = [
         sys.executable, "-m", "bentoml", "serve", "serving.service:Recsys",
