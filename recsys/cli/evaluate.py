@@ -21,6 +21,9 @@ is judged on more (user, period) pairs.
 Adding a model: add one entry to ``MODELS`` in :mod:`recsys.experiments.models` (its docstring shows
 how); ``--models NAME`` then works here with no change to this module.
 
+Every run is recorded in the runs folder (``recsys runs``; ``--runs-dir``, ``--tensorboard``,
+``--mlflow``: :mod:`recsys.cli.runs`).
+
 Exit codes: 0 success; 2 invalid data (a problem table is printed) or an invalid option (unknown
 model, bad ``--k`` or ``--protocol``: the message names the option and the allowed values).
 """
@@ -28,6 +31,7 @@ model, bad ``--k`` or ``--protocol``: the message names the option and the allow
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -35,6 +39,7 @@ import typer
 
 from recsys.cli._errors import data_errors
 from recsys.cli.app import app
+from recsys.cli.runs import MlflowOption, RunsDirOption, TensorBoardOption, check_exporters, finish_run
 from recsys.experiments.evaluate import EvaluationError, SplitProtocol
 
 if TYPE_CHECKING:
@@ -157,6 +162,7 @@ PairedOption = Annotated[
 
 @app.command(name="evaluate")
 def evaluate_command(
+    ctx: typer.Context,
     items: Annotated[Path, typer.Option("--items", help="Items table (Parquet, CSV or JSON lines).")],
     interactions: Annotated[Path, typer.Option("--interactions", help="Interactions table.")],
     protocol: ProtocolOption = SplitProtocol.LEAVE_LAST_OUT,
@@ -180,14 +186,19 @@ def evaluate_command(
         typer.Option("--per-user", help="Write every model's per-user test metrics here (Parquet)."),
     ] = None,
     windows: WindowsOption = 1,
+    runs_dir: RunsDirOption = None,
+    tensorboard: TensorBoardOption = None,
+    mlflow: MlflowOption = False,
 ) -> None:
     """Tune on validation, report test metrics of each model (full ranking, history excluded)."""
+    started = time.perf_counter()
     from rich.console import Console
     from rich.progress import Progress
 
     from recsys.data.io import atomic_path
     from recsys.data.loading import load_dataset
     from recsys.experiments.evaluate import EvaluationOptions, evaluate
+    from recsys.experiments.runs import Invocation, dataset_facts, evaluation_record
 
     options = EvaluationOptions(
         models=[name for group in models for name in group],
@@ -206,6 +217,7 @@ def evaluate_command(
         options.check(spell=_option)  # before the data is read
     except EvaluationError as exc:
         raise _fail(str(exc)) from None
+    check_exporters(tensorboard=tensorboard, mlflow=mlflow)
     with data_errors():
         dataset = load_dataset(items, interactions)
     embeddings = _read_embeddings(item_embeddings) if item_embeddings is not None else None
@@ -223,6 +235,17 @@ def evaluate_command(
         with atomic_path(json_out) as tmp:
             tmp.write_text(report.to_json())
         Console().print(f"wrote {json_out}", highlight=False)
+    record = evaluation_record(
+        report,
+        options=options,
+        data=dataset_facts(dataset, items=items, interactions=interactions),
+        run=Invocation(
+            options=ctx.params,
+            outputs={"json": json_out, "per_user": per_user},
+            seconds=time.perf_counter() - started,
+        ),
+    )
+    finish_run(record, runs_dir=runs_dir, tensorboard=tensorboard, mlflow=mlflow)
 
 
 def _option(field: str) -> str:

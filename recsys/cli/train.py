@@ -10,6 +10,7 @@ import typer
 
 from recsys.cli._errors import data_errors
 from recsys.cli.app import app
+from recsys.cli.runs import MlflowOption, RunsDirOption, TensorBoardOption, check_exporters, finish_run
 
 if TYPE_CHECKING:
     from recsys.pipeline.train import TrainConfig
@@ -48,7 +49,8 @@ def _metrics_table(rows: dict[str, dict[str, float]], title: str) -> Any:
 
 def _train_and_publish(
     items: Path, interactions: Path, config: TrainConfig, out: Path, *, publish: bool
-) -> tuple[Path, dict[str, Any]]:
+) -> tuple[Path, dict[str, Any], str | None]:
+    """The bundle, its metadata and its tag in the model store (``None`` unless published)."""
     import json
 
     from rich.console import Console
@@ -71,14 +73,16 @@ def _train_and_publish(
     for task, metrics in meta["metrics"].items():
         console.print(_metrics_table({"pipeline": metrics}, f"two-stage pipeline, {task} split"))
     console.print(f"bundle written: {bundle}")
+    tag = None
     if publish:
-        published = publish_bundle(bundle)
-        console.print(f"published [bold]{published.tag}[/bold] (current) to the BentoML model store")
-    return bundle, meta
+        tag = publish_bundle(bundle).tag
+        console.print(f"published [bold]{tag}[/bold] (current) to the BentoML model store")
+    return bundle, meta, tag
 
 
 @app.command()
 def train(
+    ctx: typer.Context,
     items: Annotated[Path, typer.Option("--items", help="Items table (Parquet, CSV or JSON lines).")],
     interactions: Annotated[Path, typer.Option("--interactions", help="Interactions table.")],
     config: Annotated[Path | None, typer.Option("--config", help="Pipeline config (TOML).")] = None,
@@ -89,9 +93,29 @@ def train(
     publish: Annotated[
         bool, typer.Option("--publish/--no-publish", help="Publish to the BentoML model store.")
     ] = True,
+    runs_dir: RunsDirOption = None,
+    tensorboard: TensorBoardOption = None,
+    mlflow: MlflowOption = False,
 ) -> None:
     """Fit encoder, retrievers and ranker; evaluate on validation and test; publish the bundle."""
-    _train_and_publish(items, interactions, _load_config(config, finetune=finetune), out, publish=publish)
+    import time
+
+    from recsys.experiments.runs import Invocation, data_files, training_record
+
+    started = time.perf_counter()
+    settings = _load_config(config, finetune=finetune)
+    check_exporters(tensorboard=tensorboard, mlflow=mlflow)
+    bundle, meta, tag = _train_and_publish(items, interactions, settings, out, publish=publish)
+    record = training_record(
+        meta,
+        data={"files": data_files(items=items, interactions=interactions)},
+        run=Invocation(
+            options=ctx.params,
+            outputs={"bundle": bundle, "bundle_tag": tag},
+            seconds=time.perf_counter() - started,
+        ),
+    )
+    finish_run(record, runs_dir=runs_dir, tensorboard=tensorboard, mlflow=mlflow)
 
 
 @app.command()
@@ -182,7 +206,7 @@ def demo(
     items, interactions = bundled_paths()
     config = _load_config(DEMO_CONFIG, finetune=True)
     console.rule("two-stage pipeline (demo budget: see recsys/configs/demo.toml)")
-    bundle, meta = _train_and_publish(items, interactions, config, out, publish=True)
+    bundle, meta, _ = _train_and_publish(items, interactions, config, out, publish=True)
 
     console.rule("each candidate source alone vs the pipeline, same split")
     dataset = load_dataset(items, interactions)

@@ -80,7 +80,8 @@ def data_fingerprint(items: pl.DataFrame, interactions: pl.DataFrame) -> str:
     return digest.hexdigest()[:16]
 
 
-def _versions() -> dict[str, str]:
+def library_versions() -> dict[str, str]:
+    """Python's version and each installed library of ``LIBRARIES`` (bundles and run records)."""
     out = {"python": platform.python_version()}
     for name in LIBRARIES:
         try:
@@ -223,7 +224,7 @@ def train_bundle(
             "fit_reports": reports | {"served": served.report_},
             "encoder": encoder_record,
             "config": to_dict(config),
-            "library_versions": _versions(),
+            "library_versions": library_versions(),
             "seconds": timings | {"total": time.perf_counter() - started},
         }
         (tmp / "metadata.json").write_text(json.dumps(meta, indent=2, default=_json_default))
