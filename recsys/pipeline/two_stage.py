@@ -249,9 +249,20 @@ class TwoStage:
 
     def candidates(self, histories: Histories) -> Candidates:
         """The blended candidates of each history (before ranking)."""
+        return self.proposals(histories)[1]
+
+    def proposals(self, histories: Histories) -> tuple[Proposals, Candidates]:
+        """Each source's candidates of each history, and their blend (what the ranker orders):
+        the evaluation measures each source's candidate recall on them."""
         check_fitted(self, "generators_")
         assert self.generators_ is not None
-        return self._propose(self.generators_, histories)[1]
+        return self._propose(self.generators_, histories)
+
+    def feature_importance(self) -> dict[str, float]:
+        """The ranker's total gain per feature, largest first (``LambdaRanker.feature_importance``)."""
+        check_fitted(self, "ranker_")
+        assert self.ranker_ is not None
+        return self.ranker_.feature_importance()
 
     def _propose(
         self, generators: Mapping[str, CandidateGenerator], histories: Histories
