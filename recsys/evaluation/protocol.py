@@ -94,9 +94,11 @@ def evaluate_task(
 ) -> TaskResult:
     """Fit ``model`` on ``task.train`` and score its full-catalogue top-``max(ks)`` lists.
 
-    ``depth`` > ``max(ks)`` asks for longer lists (metric curves over deeper cut-offs): a second,
-    ``depth``-long ranking extends each list (:func:`extend_lists`), so that the first ``max(ks)``
-    items, and every metric, are what they are without it; only the first ranking is timed.
+    ``depth`` > ``max(ks)`` asks for longer lists (metric curves over deeper cut-offs), whose first
+    ``max(ks)`` items, and so every metric, are what they are without it. Two rankings of the same
+    scores may order tied items differently (a top-k partition depends on k), so where a row's top
+    ``max(ks) + 1`` scores hold a tie, its ``max(ks)``-long list is ranked too and extended
+    (:func:`extend_lists`); elsewhere the prefix is that list, since a model's n items are its n best.
     """
     if not len(task.users):
         raise ValueError(f"the {task.name} task has no evaluated users: nothing to score")
@@ -105,25 +107,27 @@ def evaluate_task(
     model.fit(task.train)
     fit_seconds = time.perf_counter() - start
 
-    start, deeper_seconds = time.perf_counter(), 0.0
+    start = time.perf_counter()
     recommended = np.full((len(task.users), max(n, depth)), -1, dtype=np.int32)
     bar = progress.add_task(f"{label} recommend", total=len(task.users)) if progress else None
     for lo in range(0, len(task.users), RECOMMEND_CHUNK):
         users = task.users[lo : lo + RECOMMEND_CHUNK]
-        histories = task.train.histories(users)
-        ids, _ = model.recommend(histories, n)
+        ids, scores = model.recommend(task.train.histories(users), max(n, depth))
         if depth > n:
-            deeper_start = time.perf_counter()
-            ids = extend_lists(ids, model.recommend(histories, depth)[0])
-            deeper_seconds += time.perf_counter() - deeper_start
+            top = scores[:, : n + 1]
+            tied = ((top[:, 1:] == top[:, :-1]) & np.isfinite(top[:, 1:])).any(axis=1)
+            if tied.any():
+                ids[tied] = extend_lists(model.recommend(task.train.histories(users[tied]), n)[0], ids[tied])
         recommended[lo : lo + len(users)] = ids
         if progress is not None and bar is not None:
             progress.advance(bar, len(users))
     if progress is not None and bar is not None:
         progress.remove_task(bar)
-    recommend_seconds = time.perf_counter() - start - deeper_seconds
+    recommend_seconds = time.perf_counter() - start
 
-    metrics = ranking_metrics(recommended, task.targets, ks=ks, information=item_information(task.train))
+    metrics = ranking_metrics(
+        recommended[:, :n], task.targets, ks=ks, information=item_information(task.train)
+    )  # the lists of max(ks) items: their metrics are those of the longer lists, at less cost
     return TaskResult(metrics, recommended, fit_seconds, recommend_seconds)
 
 

@@ -176,12 +176,15 @@ def slice_metrics(
 
     ``lists[model]`` holds the model's test lists of each seed, rows as in ``rows`` (per-row values
     are averaged over the seeds); ``clusters`` (one label per row) resamples a user's periods together.
+    All slices share one bootstrap of all the rows, each slice's statistic over the members a
+    resample holds: the size of a slice varies between resamples as it would between samples.
     """
     cut = max(ks)
     n_rel = np.diff(rows.targets.indptr)
     entry_row = np.repeat(np.arange(len(n_rel)), n_rel)
     hits = {name: [hit_matrix(r[:, :cut], rows.targets) for r in runs] for name, runs in lists.items()}
     out: dict[str, Any] = {}
+    columns: list[tuple[dict[str, Any], str, str, np.ndarray]] = []  # (slice, model, metric, rows)
     for family in families(rows):
         if family.rows is not None:  # user slices: a subset of the rows, with all their targets
             whole = _per_model(hits, None, n_rel, ks=ks)
@@ -189,6 +192,10 @@ def slice_metrics(
             assert family.items is not None
             items = family.items
             code = items[rows.period[entry_row], rows.targets.indices]
+            listed_codes = {  # the slice of each listed item (padding's is never looked at: no hit)
+                name: [items[rows.period[:, None], np.maximum(r[:, :cut], 0)] for r in runs]
+                for name, runs in lists.items()
+            }
         found = []
         for index, slice_name in enumerate(family.names):
             if family.rows is not None:
@@ -201,20 +208,29 @@ def slice_metrics(
             if family.rows is not None:
                 per_model = whole
             else:  # only the hits on the slice's items count, against the slice's targets
-                inside = {
-                    name: [items[rows.period[:, None], np.maximum(r[:, :cut], 0)] == index for r in runs]
-                    for name, runs in lists.items()
-                }
+                inside = {name: [listed == index for listed in runs] for name, runs in listed_codes.items()}
                 per_model = _per_model(hits, inside, in_slice, ks=ks)
-            found.append(
-                {
-                    "name": slice_name,
-                    "users": int(members.sum()),
-                    "targets": int(in_slice[members].sum()),
-                    "models": _intervals(per_model, members, clusters, seed=seed, resamples=resamples),
-                }
-            )
+            entry: dict[str, Any] = {
+                "name": slice_name,
+                "users": int(members.sum()),
+                "targets": int(in_slice[members].sum()),
+                "models": {name: {} for name in per_model},
+            }
+            columns += [
+                (entry, name, metric, np.where(members, values, np.nan))
+                for name, by_metric in per_model.items()
+                for metric, values in by_metric.items()
+            ]
+            found.append(entry)
         out[family.name] = {"definition": DEFINITIONS[family.name], "slices": found}
+    spans = intervals(
+        {str(j): values for j, (_, _, _, values) in enumerate(columns)},
+        clusters=clusters,
+        resamples=resamples,
+        seed=seed,
+    )
+    for j, (entry, name, metric, _) in enumerate(columns):
+        entry["models"][name][metric] = spans[str(j)]
     return out
 
 
@@ -238,26 +254,4 @@ def _per_model(
             for metric in SLICE_METRICS
             for k in sorted(set(ks))
         }
-    return out
-
-
-def _intervals(
-    per_model: Mapping[str, Mapping[str, np.ndarray]],
-    members: np.ndarray,
-    clusters: np.ndarray | None,
-    *,
-    seed: int,
-    resamples: int,
-) -> dict[str, dict[str, dict[str, float]]]:
-    """``{model: {metric: {"mean", "ci_low", "ci_high"}}}`` over the ``members`` rows."""
-    keys = [(name, metric) for name, values in per_model.items() for metric in values]
-    found = intervals(
-        {str(j): per_model[name][metric][members] for j, (name, metric) in enumerate(keys)},
-        clusters=None if clusters is None else np.asarray(clusters)[members],
-        resamples=resamples,
-        seed=seed,
-    )
-    out: dict[str, dict[str, dict[str, float]]] = {name: {} for name in per_model}
-    for j, (name, metric) in enumerate(keys):
-        out[name][metric] = found[str(j)]
     return out

@@ -31,7 +31,11 @@ from typing import Any
 
 import numpy as np
 
-RESAMPLES = 10_000
+# 2,000 resamples: the ends of a 95% percentile interval then move by a few hundredths of its width
+# from one seed to another, and the smallest p-value, 2 / 2001 = 0.001, still lets Holm resolve all 45
+# pairs of 10 models at 0.05; it keeps the analysis of a run to about a second on 10,000 users
+# (``metrics.paired_difference`` keeps its 10,000, and its figures).
+RESAMPLES = 2000
 CONFIDENCE = 0.95
 ALPHA = 0.05  # family-wise error rate of the Holm-corrected pairwise tests
 BLOCK = 1000  # resamples drawn at once: bounds memory at BLOCK x clusters weights
@@ -82,13 +86,19 @@ def bootstrap_means(
     if n_clusters == 0:
         return np.full((resamples, vals.shape[1]), np.nan)
     width = vals.shape[1]
-    totals = np.zeros((n_clusters, 2 * width))  # each cluster's numerators, then its denominators
-    np.add.at(totals, labels, np.hstack([nums, dens]))
+    # columns often share their denominators (every metric defined for every user, a slice's rows):
+    # each distinct one is weighted once
+    first: dict[bytes, int] = {}  # a denominator column's bytes -> its first column
+    which = np.array([first.setdefault(dens[:, j].tobytes(), len(first)) for j in range(width)])
+    shared = dens[:, np.unique(which, return_index=True)[1]]  # the first column of each
+    totals = np.zeros((n_clusters, width + shared.shape[1]))  # each cluster's numerators, denominators
+    np.add.at(totals, labels, np.hstack([nums, shared]))
     rng = np.random.default_rng(seed)
     out = np.empty((resamples, width))
     for start in range(0, resamples, BLOCK):
         count = min(BLOCK, resamples - start)
-        picks = rng.integers(0, n_clusters, size=(count, n_clusters))
+        # int32: the same draws as the default int64 (one 32-bit draw each below 2**32), 4x faster
+        picks = rng.integers(0, n_clusters, size=(count, n_clusters), dtype=np.int32)
         weights = np.empty((count, n_clusters))  # draws of each cluster in each resample
         # one bincount per resample: its counters stay in cache, where one bincount over the whole
         # block (count x n_clusters counters) misses it on every draw and is ~10x slower
@@ -96,7 +106,7 @@ def bootstrap_means(
             weights[row] = np.bincount(picks[row], minlength=n_clusters)
         with np.errstate(divide="ignore", invalid="ignore"):
             drawn = weights @ totals
-            out[start : start + count] = drawn[:, :width] / drawn[:, width:]
+            out[start : start + count] = drawn[:, :width] / drawn[:, width + which]
     return out
 
 

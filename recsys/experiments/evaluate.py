@@ -357,7 +357,7 @@ def _mean_per_user(
     """Each test user's accuracy metrics, averaged over the runs (seeds) of one model."""
     from recsys.evaluation.metrics import mean_accuracy_per_user
 
-    return mean_accuracy_per_user([r.recommended for r in model_runs], targets, ks=ks)
+    return mean_accuracy_per_user([r.recommended[:, : max(ks)] for r in model_runs], targets, ks=ks)
 
 
 def _each_seed(runs: dict[str, list[ModelResult]], seeds: list[int]) -> dict[str, Any]:
