@@ -8,9 +8,11 @@
 The run is :func:`recsys.experiments.evaluate.evaluate` (its docstring says what is tuned, tested,
 repeated over seeds and pooled over test periods); ``--json`` writes its
 :meth:`~recsys.experiments.evaluate.EvaluationReport.to_json` atomically, a stable interface that
-scripts rely on, and ``--per-user`` its per-user table as Parquet. This module parses the options
-and prints the tables. ``--k`` and ``--models`` take a comma-separated list, or the option repeated
-(``--k 10 --k 50``).
+scripts rely on (``docs/evaluation_json.md`` describes it key by key), and ``--per-user`` its
+per-user table as Parquet. This module parses the options and prints the tables: the test metrics,
+their bootstrap 95% intervals, and the paired NDCG differences of every pair of models with Holm's
+correction, besides the per-seed, per-period and ``--paired-against`` tables when asked for.
+``--k`` and ``--models`` take a comma-separated list, or the option repeated (``--k 10 --k 50``).
 
 With 27 test users (MovieLens, temporal) a whole-table difference of a few hundredths of NDCG is
 within noise; ``--paired-against`` says which differences the users resolve, and ``--per-user``

@@ -41,6 +41,16 @@ SAMPLE_HISTORY = 5  # the sample's most recent history items
 SAMPLE_TOP = 10
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 PAIRWISE_METRICS = ("ndcg", "recall")
+SECTIONS = (  # the JSON keys, in order
+    "intervals",
+    "pairwise",
+    "slices",
+    "beyond_accuracy",
+    "curves",
+    "popularity_bias",
+    "samples",
+    "pipeline_diagnostics",
+)
 
 
 def analyse(
@@ -79,6 +89,7 @@ def analyse(
             name: model_runs[0].diagnostics for name, model_runs in runs.items() if model_runs[0].diagnostics
         },
     }  # fmt: skip
+    assert tuple(sections) == SECTIONS
     out = {}
     for name, compute in sections.items():
         out[name] = compute()

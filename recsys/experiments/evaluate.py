@@ -19,6 +19,12 @@ each period's choice and metrics; the per-user table gains a ``window`` column (
 paired intervals resample users with all their periods (a cluster bootstrap), since one user's periods
 are not independent.
 
+Every run also reports what ``recsys report`` draws (:mod:`recsys.experiments.analysis`): intervals
+of every metric, Holm-corrected paired tests of every pair of models, slices, beyond-accuracy
+figures, NDCG and recall curves to k = 100 (the test lists are ranked that deep; the metrics still
+see exactly the ``max(ks)``-long lists), popularity bias, sample users and the pipeline's
+diagnostics.
+
 >>> import polars as pl
 >>> from recsys.data.dataset import Dataset
 >>> dataset = Dataset.from_tables(
@@ -200,7 +206,7 @@ def evaluate(
     ``progress`` shows bars and a line per fitted model. Options that cannot work (an unknown model,
     a split the data cannot make, ...) raise :class:`EvaluationError` before any fit.
     """
-    from recsys.experiments.analysis import analyse
+    from recsys.experiments.analysis import SECTIONS, analyse
     from recsys.experiments.models import EvalContext
 
     names, cuts, windows = options.check(), sorted(set(options.ks)), options.windows
@@ -225,7 +231,7 @@ def evaluate(
     test_users, test_targets = _test_rows(splits)
     per_user = {name: _mean_per_user(model_runs, test_targets, cuts) for name, model_runs in runs.items()}
     clusters = test_users if windows > 1 else None  # one user's test periods are resampled together
-    bar = progress.add_task("analysis", total=8) if progress is not None else None
+    bar = progress.add_task("analysis", total=len(SECTIONS)) if progress is not None else None
     analysis = analyse(
         dataset,
         runs,
