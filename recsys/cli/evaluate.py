@@ -368,9 +368,10 @@ def _print_pairwise(pairwise: dict[str, Any], metric: str) -> None:
     from rich.table import Table
 
     names = pairwise["models"]
+    pairs = len(names) * (len(names) - 1) // 2
     table = Table(
-        title=f"paired {metric} differences, row minus column; * = significant after Holm's correction "
-        f"(adjusted p < {pairwise['alpha']}, {len(names) * (len(names) - 1) // 2} pairs)",
+        title=f"paired {metric} differences, row - column; * = Holm-adjusted p < {pairwise['alpha']} "
+        f"over {pairs} pair{'s' if pairs > 1 else ''}",
         title_justify="left",
     )
     table.add_column("model")
