@@ -12,12 +12,17 @@ from hypothesis import strategies as st
 
 from recsys.evaluation.metrics import (
     ACCURACY,
+    accuracy_curves,
     accuracy_per_user,
     coverage,
+    exposure_gini,
     hit_matrix,
     intra_list_diversity,
+    intra_list_diversity_per_list,
     novelty,
+    novelty_per_list,
     paired_difference,
+    popularity_lift,
     ranking_metrics,
     self_information,
 )
@@ -109,6 +114,36 @@ def test_coverage_novelty_and_diversity_by_hand() -> None:
     m = ranking_metrics(rec, _relevance([[0], [2]], 4), ks=[2], information=info, embeddings=emb)
     assert {"novelty@2", "ild@2", "coverage@2"} <= set(m)
     assert "ild@2" not in ranking_metrics(rec, _relevance([[0], [2]], 4), ks=[2])
+
+
+def test_per_list_novelty_and_diversity_make_the_catalogue_figures() -> None:
+    rec = np.array([[0, 1, -1], [0, 2, 1], [3, -1, -1]])
+    info = self_information(np.array([3, 1, 0, 0]), 3)
+    bits, lengths = novelty_per_list(rec, info, k=3)
+    assert bits.tolist() == [1.0, 3.0, 2.0] and lengths.tolist() == [2.0, 3.0, 1.0]
+    assert bits.sum() / lengths.sum() == pytest.approx(novelty(rec, info, k=3))
+    emb = np.array([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0], [5.0, 5.0]])
+    per_list = intra_list_diversity_per_list(rec, emb, k=3)
+    assert per_list[0] == pytest.approx(1.0) and math.isnan(per_list[2])  # one item: no pair
+    assert np.nanmean(per_list) == pytest.approx(intra_list_diversity(rec, emb, k=3))
+
+
+def test_exposure_gini_by_hand() -> None:
+    # exposure [2, 1, 1, 0] sorted [0, 1, 1, 2]: (-3*0 - 1*1 + 1*1 + 3*2) / (4 * 4)
+    assert exposure_gini(np.array([[0, 1], [0, 2]]), 4, k=2) == 0.375
+    assert exposure_gini(np.array([[0, 1], [2, 3]]), 4, k=2) == 0.0  # every item shown once
+    assert exposure_gini(np.array([[0, -1], [0, -1]]), 4, k=2) == pytest.approx(3 / 4)  # (n - 1) / n
+    assert exposure_gini(np.array([[0, 1], [2, 3]]), 4, k=1) == pytest.approx(0.5)  # [1, 0, 1, 0]
+    assert math.isnan(exposure_gini(np.array([[-1, -1]]), 4, k=2))
+
+
+def test_popularity_lift_by_hand() -> None:
+    popularity = np.array([100.0, 10.0, 1.0, 0.0])
+    # recommended 0, 1, 0, 2 (padding ignored): mean 52.75; histories 1, 2, 2, 3: mean 3
+    rec = np.array([[0, 1, -1], [0, 2, 3]])
+    assert popularity_lift(rec, np.array([1, 2, 2, 3]), popularity, k=2) == pytest.approx(52.75 / 3)
+    assert popularity_lift(np.array([[1]]), np.array([1]), popularity, k=1) == 1.0
+    assert math.isnan(popularity_lift(rec, np.array([3]), popularity, k=2))  # histories of popularity 0
 
 
 @pytest.mark.parametrize(
@@ -240,3 +275,19 @@ def test_paired_difference_resamples_a_cluster_as_a_whole() -> None:
     assert with_nan["clusters"] == 20 and with_nan["users"] == 60
     with pytest.raises(ValueError, match="clusters has 3 labels for 60 rows"):
         paired_difference(rows, np.zeros(60), clusters=np.arange(3))
+
+
+@settings(max_examples=100, deadline=None)
+@given(_cases())
+def test_curves_are_the_metrics_at_every_cut_off(
+    case: tuple[np.ndarray, sp.csr_matrix, list[list[int]], list[int]],
+) -> None:
+    rec, rel, _, _ = case
+    curves = accuracy_curves(rec, rel, max_k=100)
+    assert len(curves["recall"]) == rec.shape[1]  # no deeper than the lists
+    m = ranking_metrics(rec, rel, ks=list(range(1, rec.shape[1] + 1)))
+    for k in range(1, rec.shape[1] + 1):
+        assert curves["recall"][k - 1] == pytest.approx(m[f"recall@{k}"])
+        assert curves["ndcg"][k - 1] == pytest.approx(m[f"ndcg@{k}"])
+    assert (np.diff(curves["recall"]) >= -1e-12).all()
+    assert len(accuracy_curves(rec, rel, max_k=1)["ndcg"]) == 1

@@ -8,9 +8,11 @@
 The run is :func:`recsys.experiments.evaluate.evaluate` (its docstring says what is tuned, tested,
 repeated over seeds and pooled over test periods); ``--json`` writes its
 :meth:`~recsys.experiments.evaluate.EvaluationReport.to_json` atomically, a stable interface that
-scripts rely on, and ``--per-user`` its per-user table as Parquet. This module parses the options
-and prints the tables. ``--k`` and ``--models`` take a comma-separated list, or the option repeated
-(``--k 10 --k 50``).
+scripts rely on (``docs/evaluation_json.md`` describes it key by key), and ``--per-user`` its
+per-user table as Parquet. This module parses the options and prints the tables: the test metrics,
+their bootstrap 95% intervals, and the paired NDCG differences of every pair of models with Holm's
+correction, besides the per-seed, per-period and ``--paired-against`` tables when asked for.
+``--k`` and ``--models`` take a comma-separated list, or the option repeated (``--k 10 --k 50``).
 
 With 27 test users (MovieLens, temporal) a whole-table difference of a few hundredths of NDCG is
 within noise; ``--paired-against`` says which differences the users resolve, and ``--per-user``
@@ -264,14 +266,20 @@ def _read_embeddings(path: Path) -> np.ndarray:
 
 
 def _print_report(report: EvaluationReport) -> None:
-    """The tables: test metrics, then each seed, each test period and the paired differences."""
+    """The tables: test metrics and their intervals, then each seed, each test period, the paired
+    differences against the reference, and the Holm-corrected matrix of every pair."""
     _print_table(report)
+    if "intervals" in report.analysis:
+        _print_intervals(report.analysis["intervals"], report.k)
     if report.repeats is not None:
         _print_seeds(report.repeats, report.k[0])
     if "windows" in report.split:
         _print_windows(report, report.k[0])
     if report.paired is not None:
         _print_paired(report.paired)
+    pairwise = report.analysis.get("pairwise")
+    if pairwise is not None and len(pairwise["models"]) > 1:
+        _print_pairwise(pairwise, f"ndcg@{report.k[0]}")
 
 
 def _print_table(report: EvaluationReport) -> None:
@@ -353,6 +361,63 @@ def _print_paired(paired: dict[str, Any]) -> None:
                 f"{d['wins']} / {d['losses']} / {d['ties']}",
             )
     Console(width=max(100, Console().width)).print(table)
+
+
+def _print_intervals(intervals: dict[str, Any], ks: list[int]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    unit = f"{intervals['rows']:,} users"
+    if intervals["clusters"] != intervals["rows"]:
+        unit = f"{intervals['clusters']:,} users ({intervals['rows']:,} user, period pairs)"
+    table = Table(
+        title=f"test metrics with bootstrap {intervals['confidence']:.0%} intervals, resampling {unit}",
+        title_justify="left",
+    )
+    table.add_column("model")
+    table.add_column("k", justify="right")
+    for metric in ("recall", "ndcg"):
+        table.add_column(f"{metric} [95% interval]", justify="right")
+    for name, by_metric in intervals["models"].items():
+        for cut in ks:
+            table.add_row(
+                name, str(cut), *(_interval(by_metric.get(f"{m}@{cut}")) for m in ("recall", "ndcg"))
+            )
+    Console(width=max(100, Console().width)).print(table)
+
+
+def _print_pairwise(pairwise: dict[str, Any], metric: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    names = pairwise["models"]
+    pairs = len(names) * (len(names) - 1) // 2
+    table = Table(
+        title=f"paired {metric} differences, row - column; * = Holm-adjusted p < {pairwise['alpha']} "
+        f"over {pairs} pair{'s' if pairs > 1 else ''}",
+        title_justify="left",
+    )
+    table.add_column("model")
+    for name in names:
+        table.add_column(name, justify="right")
+    cells = {(name, name): "" for name in names}
+    for test in pairwise["metrics"][metric]:
+        for row, column, sign in ((test["a"], test["b"], 1), (test["b"], test["a"], -1)):
+            mark = "*" if test["significant"] else " "
+            p = "p<0.001" if test["p_holm"] < 0.001 else f"p={test['p_holm']:.3f}"
+            cells[row, column] = f"{sign * test['mean_diff']:+.4f}{mark} {p}"
+    for row in names:
+        table.add_row(row, *(cells[row, column] for column in names))
+    Console(width=max(100, Console().width)).print(table)
+
+
+def _interval(value: dict[str, float | None] | None) -> str:
+    if value is None:
+        return "-"
+    low, high = value["ci_low"], value["ci_high"]
+    if low is None or high is None:
+        return _cell(value["mean"])
+    return f"{_cell(value['mean'])} [{low:.4f}, {high:.4f}]"
 
 
 def _cell(value: float | None) -> str:

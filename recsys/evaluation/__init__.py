@@ -1,6 +1,7 @@
-"""Offline evaluation: ranking metrics (``metrics``) and the tune-then-test protocol (``protocol``).
+"""Offline evaluation: ranking metrics (``metrics``), the tune-then-test protocol (``protocol``), the
+bootstrap intervals and Holm-corrected paired tests (``stats``) and metrics by slice (``slices``).
 
-Both sit low, beside the candidate contract: they import nothing above
+All sit low, beside the candidate contract: they import nothing above
 ``recsys.candidates.base`` and ``recsys.data``. The table of evaluable models and the run of
 ``recsys evaluate`` live above the pipeline, in :mod:`recsys.experiments`.
 """

@@ -32,10 +32,12 @@ cosine distance between the item embeddings of a list, over lists with at least 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import scipy.sparse as sp
+
+from recsys.evaluation.stats import bootstrap_means
 
 ACCURACY = ("recall", "ndcg", "hitrate", "mrr", "map", "precision")
 ILD_BLOCK_ROWS = 512  # lists per block: (512, K, K) similarity and (512, K, dim) embeddings at once
@@ -104,8 +106,21 @@ def accuracy_per_user(
     averages can leave them out explicitly.
     """
     recommended = _check_inputs(recommended, relevant, ks)
-    hits = hit_matrix(recommended, relevant).astype(np.float64)  # (n_users, K)
-    n_rel = np.diff(sp.csr_matrix(relevant).indptr).astype(np.float64)
+    n_relevant = np.diff(sp.csr_matrix(relevant).indptr)
+    return accuracy_from_hits(hit_matrix(recommended, relevant), n_relevant, ks=ks)
+
+
+def accuracy_from_hits(
+    hits: np.ndarray, n_relevant: np.ndarray, *, ks: Sequence[int]
+) -> dict[str, np.ndarray]:
+    """:func:`accuracy_per_user` from a (n_users, K) :func:`hit_matrix` and each user's number of
+    relevant items: a slice of the targets is its hits masked and its own counts, with no new ranking.
+
+    >>> accuracy_from_hits(np.array([[False, True], [False, False]]), np.array([1, 0]), ks=[2])["recall@2"]
+    array([ 1., nan])
+    """
+    hits = np.asarray(hits, dtype=np.float64)  # (n_users, K)
+    n_rel = np.asarray(n_relevant, dtype=np.float64)
     defined = n_rel > 0
     ranks = np.arange(1, hits.shape[1] + 1, dtype=np.float64)
     discounts = 1.0 / np.log2(ranks + 1.0)
@@ -134,6 +149,15 @@ def accuracy_per_user(
     return out
 
 
+def mean_accuracy_per_user(
+    lists: Sequence[np.ndarray], relevant: sp.spmatrix, *, ks: Sequence[int]
+) -> dict[str, np.ndarray]:
+    """:func:`accuracy_per_user` of each of ``lists`` (one model's runs with several seeds, the same
+    users), averaged per user over the runs."""
+    per_run = [accuracy_per_user(recommended, relevant, ks=ks) for recommended in lists]
+    return {key: np.mean([values[key] for values in per_run], axis=0) for key in per_run[0]}
+
+
 def coverage(recommended: np.ndarray, n_items: int, *, k: int) -> float:
     """Share of the ``n_items`` catalogue that appears in at least one top-``k`` list."""
     top = np.asarray(recommended)[:, :k]
@@ -157,6 +181,87 @@ def novelty(recommended: np.ndarray, information: np.ndarray, *, k: int) -> floa
     return float(information[top[valid]].mean()) if valid.any() else float("nan")
 
 
+def novelty_per_list(
+    recommended: np.ndarray, information: np.ndarray, *, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each top-``k`` list's summed self-information and its number of items (padding ignored):
+    :func:`novelty` is the ratio of their totals, and a bootstrap resamples both.
+
+    >>> novelty_per_list(np.array([[0, 1], [1, -1]]), np.array([1.0, 3.0]), k=2)
+    (array([4., 3.]), array([2., 1.]))
+    """
+    top = np.asarray(recommended)[:, :k]
+    valid = top >= 0
+    bits = np.where(valid, np.asarray(information, dtype=np.float64)[np.where(valid, top, 0)], 0.0)
+    return bits.sum(axis=1), valid.sum(axis=1).astype(np.float64)
+
+
+def exposure_gini(recommended: np.ndarray, n_items: int, *, k: int) -> float:
+    """Gini index of item exposure in the top-``k`` lists, over the whole catalogue.
+
+    ``x_i`` is how many lists show item ``i`` (0 for items never shown); with ``x`` sorted ascending
+    and indexed ``i = 1..n``, ``G = sum_i (2i - n - 1) x_i / (n sum_i x_i)``. 0: every item shown
+    equally often; ``(n - 1) / n``: one item takes all the exposure. NaN when nothing is shown.
+
+    >>> exposure_gini(np.array([[0, 1], [0, 2]]), 4, k=2)  # exposure [2, 1, 1, 0]: 6 / (4 * 4)
+    0.375
+    """
+    top = np.asarray(recommended)[:, :k]
+    exposure = np.sort(np.bincount(top[top >= 0], minlength=n_items)).astype(np.float64)
+    if not n_items or exposure.sum() == 0:
+        return float("nan")
+    rank = np.arange(1, n_items + 1, dtype=np.float64)
+    return float(((2 * rank - n_items - 1) * exposure).sum() / (n_items * exposure.sum()))
+
+
+def popularity_lift(
+    recommended: np.ndarray, history_items: np.ndarray, popularity: np.ndarray, *, k: int
+) -> float:
+    """Mean training popularity of the recommended items over that of the history items.
+
+    ``popularity[i]`` is item ``i``'s number of training interactions; the numerator averages it over
+    every (list, position) of the top-``k`` lists (padding ignored), the denominator over every
+    history event of the same users. Above 1: the lists lean to more popular items than the users
+    chose themselves. NaN when either side is empty or the histories' mean is 0.
+
+    >>> popularity_lift(np.array([[0, 1]]), np.array([1, 2, 2]), np.array([9.0, 3.0, 0.0]), k=2)
+    6.0
+    """
+    top = np.asarray(recommended)[:, :k]
+    pop = np.asarray(popularity, dtype=np.float64)
+    shown, chosen = pop[top[top >= 0]], pop[np.asarray(history_items)]
+    if not len(shown) or not len(chosen) or chosen.mean() == 0:
+        return float("nan")
+    return float(shown.mean() / chosen.mean())
+
+
+def accuracy_curves(recommended: np.ndarray, relevant: sp.spmatrix, *, max_k: int) -> dict[str, np.ndarray]:
+    """``{"recall": (K,), "ndcg": (K,)}`` at every cut-off ``k = 1..K``, ``K = min(max_k, list length)``,
+    averaged over users with relevant items: the values :func:`ranking_metrics` gives at each ``k``,
+    from one hit matrix (prefix sums), not one ranking per cut-off.
+
+    >>> import scipy.sparse as sp
+    >>> rel = sp.csr_matrix(np.array([[1, 0, 1], [0, 1, 0]], dtype=np.float32))
+    >>> curves = accuracy_curves(np.array([[2, 1, 0], [0, 1, 2]]), rel, max_k=5)
+    >>> curves["recall"].tolist()  # user 1: 1/2, 1/2, 2/2; user 2: 0, 1, 1
+    [0.25, 0.75, 1.0]
+    """
+    width = min(max_k, np.asarray(recommended).shape[1])
+    recommended = _check_inputs(recommended, relevant, [width])[:, :width]
+    n_rel = np.diff(sp.csr_matrix(relevant).indptr).astype(np.float64)
+    defined = n_rel > 0
+    hits = hit_matrix(recommended, relevant)[defined].astype(np.float64)  # (users, K)
+    n_rel = n_rel[defined]
+    discounts = 1.0 / np.log2(np.arange(2, width + 2, dtype=np.float64))
+    cuts = np.arange(1, width + 1)
+    ideal = np.cumsum(discounts)[np.minimum(n_rel[:, None], cuts[None, :]).astype(np.int64) - 1]
+    recall = np.cumsum(hits, axis=1) / n_rel[:, None]
+    ndcg = np.cumsum(hits * discounts, axis=1) / ideal
+    if not len(hits):
+        return {"recall": np.full(width, np.nan), "ndcg": np.full(width, np.nan)}
+    return {"recall": recall.mean(axis=0), "ndcg": ndcg.mean(axis=0)}
+
+
 def intra_list_diversity(recommended: np.ndarray, embeddings: np.ndarray, *, k: int) -> float:
     """Mean over lists of the mean pairwise cosine distance (1 - cos) between their items.
 
@@ -166,11 +271,34 @@ def intra_list_diversity(recommended: np.ndarray, embeddings: np.ndarray, *, k: 
     >>> intra_list_diversity(np.array([[0, 1, 2]]), emb, k=3)  # distances 1, 0, 1
     0.6666666666666666
     """
+    total, lists = 0.0, 0
+    for _, per_list, ok in _ild_blocks(recommended, embeddings, k=k):
+        total += float(per_list[ok].sum())
+        lists += int(ok.sum())
+    return total / lists if lists else float("nan")
+
+
+def intra_list_diversity_per_list(recommended: np.ndarray, embeddings: np.ndarray, *, k: int) -> np.ndarray:
+    """(n_lists,) each list's :func:`intra_list_diversity`, NaN for lists with fewer than two items.
+
+    >>> emb = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    >>> intra_list_diversity_per_list(np.array([[0, 1, 2], [1, -1, -1]]), emb, k=3).round(4).tolist()
+    [0.6667, nan]
+    """
+    out = np.full(len(recommended), np.nan)
+    for start, per_list, ok in _ild_blocks(recommended, embeddings, k=k):
+        out[start : start + len(ok)] = np.where(ok, per_list, np.nan)
+    return out
+
+
+def _ild_blocks(
+    recommended: np.ndarray, embeddings: np.ndarray, *, k: int
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """Per block of ``ILD_BLOCK_ROWS`` lists: its first row, each list's ILD, and which lists have one."""
     top = np.asarray(recommended)[:, :k]
     emb = np.asarray(embeddings, dtype=np.float32)
     norms = np.linalg.norm(emb, axis=1, keepdims=True)
     unit = emb / np.where(norms > 0, norms, 1.0)
-    total, lists = 0.0, 0
     for start in range(0, len(top), ILD_BLOCK_ROWS):
         block = top[start : start + ILD_BLOCK_ROWS]
         valid = block >= 0  # (rows, k)
@@ -182,9 +310,8 @@ def intra_list_diversity(recommended: np.ndarray, embeddings: np.ndarray, *, k: 
         diag = np.einsum("rii->r", sims)
         dist_sum = pairs - (sims.sum(axis=(1, 2)) - diag) / 2
         ok = n >= 2
-        total += float((dist_sum[ok] / pairs[ok]).sum())
-        lists += int(ok.sum())
-    return total / lists if lists else float("nan")
+        with np.errstate(divide="ignore", invalid="ignore"):
+            yield start, dist_sum / pairs, ok
 
 
 def ranking_metrics(
@@ -232,7 +359,8 @@ def paired_difference(
 
     ``clusters`` (one label per row) makes it a cluster bootstrap: rows that share a label (the same
     user in several test periods) are resampled together, since they are not independent; the
-    interval is then over clusters and the standard error is left out (NaN).
+    interval is then over clusters and the standard error is left out (NaN). The resampling is
+    :func:`recsys.evaluation.stats.bootstrap_means`.
 
     >>> d = paired_difference(np.array([1.0, 0.5, 0.0, np.nan]), np.array([0.0, 0.5, 0.0, 1.0]))
     >>> d["users"], d["mean_diff"], d["wins"], d["losses"], d["ties"]
@@ -248,19 +376,9 @@ def paired_difference(
         nan = float("nan")
         return {"users": 0, "clusters": 0, "mean_diff": nan, "se": nan, "ci_low": nan, "ci_high": nan,
                 "wins": 0, "losses": 0, "ties": 0}  # fmt: skip
-    if clusters is None:
-        labels = np.arange(n)
-    else:
-        labels = np.unique(np.asarray(clusters)[defined], return_inverse=True)[1]
-    n_clusters = int(labels.max()) + 1
-    sums = np.bincount(labels, weights=diff, minlength=n_clusters)
-    counts = np.bincount(labels, minlength=n_clusters).astype(np.float64)
-    rng = np.random.default_rng(seed)
-    means = np.empty(resamples)
-    for start in range(0, resamples, 1000):  # bounded memory on large user sets
-        count = min(1000, resamples - start)
-        picks = rng.integers(0, n_clusters, size=(count, n_clusters))
-        means[start : start + count] = sums[picks].sum(axis=1) / counts[picks].sum(axis=1)
+    kept = None if clusters is None else np.asarray(clusters)[defined]
+    n_clusters = n if kept is None else len(np.unique(kept))
+    means = bootstrap_means(diff, clusters=kept, resamples=resamples, seed=seed)[:, 0]
     low, high = np.percentile(means, [2.5, 97.5])
     independent = clusters is None and n > 1
     return {

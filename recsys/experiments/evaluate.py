@@ -19,6 +19,12 @@ each period's choice and metrics; the per-user table gains a ``window`` column (
 paired intervals resample users with all their periods (a cluster bootstrap), since one user's periods
 are not independent.
 
+Every run also reports what ``recsys report`` draws (:mod:`recsys.experiments.analysis`): intervals
+of every metric, Holm-corrected paired tests of every pair of models, slices, beyond-accuracy
+figures, NDCG and recall curves to k = 100 (the test lists are ranked that deep; the metrics still
+see exactly the ``max(ks)``-long lists), popularity bias, sample users and the pipeline's
+diagnostics.
+
 >>> import polars as pl
 >>> from recsys.data.dataset import Dataset
 >>> dataset = Dataset.from_tables(
@@ -42,7 +48,7 @@ import functools
 import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -73,7 +79,8 @@ class EvaluationError(ValueError):
 class EvaluationReport:
     """Test metrics of every model, with how each was chosen, and the split they were measured on.
 
-    :meth:`to_json` is a stable interface that scripts rely on (``recsys evaluate --json``)::
+    :meth:`to_json` is a stable interface that scripts rely on (``recsys evaluate --json``); the whole
+    shape, key by key, is in ``docs/evaluation_json.md``::
 
         {"protocol": "leave-last-out",
          "dataset": {"users": .., "items": .., "interactions": ..},
@@ -84,10 +91,14 @@ class EvaluationReport:
                     "models": {"als": {"ndcg@10": {"mean_diff": .., "ci_low": .., "ci_high": ..,
                                                    "wins": .., "losses": .., "ties": .., ...}}}},
          "repeats": {"seeds": [0, 1, 2],                                # only with repeats > 1
-                     "models": {"als": [{"metrics": {..}, "params": {..}, ...}, ...]}}}
+                     "models": {"als": [{"metrics": {..}, "params": {..}, ...}, ...]}},
+         # what the report shows (recsys.experiments.analysis), always present:
+         "intervals": .., "pairwise": .., "slices": .., "beyond_accuracy": .., "curves": ..,
+         "popularity_bias": .., "samples": [..], "pipeline_diagnostics": {..}}
 
     ``per_user`` is not in the JSON: one row per (model, test user[, test period ``window``]), the
-    user's external id and every accuracy metric (averaged over the seeds).
+    user's external id and every accuracy metric (averaged over the seeds). ``analysis`` holds the
+    sections after ``paired``, in that order.
     """
 
     protocol: str
@@ -100,6 +111,7 @@ class EvaluationReport:
     repeats: dict[str, Any] | None
     paired: dict[str, Any] | None
     per_user: pl.DataFrame
+    analysis: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         """The report as indented JSON; undefined metrics (NaN) become ``null``."""
@@ -116,6 +128,7 @@ class EvaluationReport:
             out["repeats"] = self.repeats
         if self.paired is not None:
             out["paired"] = self.paired
+        out.update(self.analysis)
         return json.dumps(_finite(out), indent=2) + "\n"
 
 
@@ -193,6 +206,7 @@ def evaluate(
     ``progress`` shows bars and a line per fitted model. Options that cannot work (an unknown model,
     a split the data cannot make, ...) raise :class:`EvaluationError` before any fit.
     """
+    from recsys.experiments.analysis import SECTIONS, analyse
     from recsys.experiments.models import EvalContext
 
     names, cuts, windows = options.check(), sorted(set(options.ks)), options.windows
@@ -217,6 +231,17 @@ def evaluate(
     test_users, test_targets = _test_rows(splits)
     per_user = {name: _mean_per_user(model_runs, test_targets, cuts) for name, model_runs in runs.items()}
     clusters = test_users if windows > 1 else None  # one user's test periods are resampled together
+    bar = progress.add_task("analysis", total=len(SECTIONS)) if progress is not None else None
+    analysis = analyse(
+        dataset,
+        runs,
+        [s.test for s in splits],
+        per_user,
+        ks=cuts,
+        seed=options.seed,
+        embeddings=ctx.item_embeddings,
+        step=lambda _: progress.advance(bar) if progress is not None and bar is not None else None,
+    )
     return EvaluationReport(
         protocol=options.protocol.value,
         dataset=dataset.summary(),
@@ -241,6 +266,7 @@ def evaluate(
         if options.paired_against is None
         else _paired(per_user, options.paired_against, cut=cuts[0], seed=options.seed, clusters=clusters),
         per_user=_per_user_frame(dataset, per_user, splits, test_users),
+        analysis=analysis,
     )
 
 
@@ -274,6 +300,7 @@ def _run(
 ) -> dict[str, list[ModelResult]]:
     """Each model's result for each seed, in seed order; its test periods pooled into one result."""
     from recsys.evaluation.protocol import pool_windows, tune_and_test
+    from recsys.experiments.analysis import CURVE_DEPTH
     from recsys.experiments.models import MODELS
 
     runs: dict[str, list[ModelResult]] = {name: [] for name in names}
@@ -285,7 +312,18 @@ def _run(
             grid, build = list(spec.grid(ctx)), functools.partial(spec.build, ctx)
             results = []
             for split in splits:
-                results.append(tune_and_test(build, grid, split, ks=ks, progress=progress, label=name))
+                results.append(
+                    tune_and_test(
+                        build,
+                        grid,
+                        split,
+                        ks=ks,
+                        depth=CURVE_DEPTH,  # the report's curves: one ranking, cut at every k
+                        diagnose=spec.diagnose,
+                        progress=progress,
+                        label=name,
+                    )
+                )
                 if progress is not None and overall is not None:
                     progress.advance(overall)
             runs[name].append(pool_windows(results, splits) if len(splits) > 1 else results[0])
@@ -323,12 +361,9 @@ def _mean_per_user(
     model_runs: list[ModelResult], targets: sp.csr_matrix, ks: list[int]
 ) -> dict[str, np.ndarray]:
     """Each test user's accuracy metrics, averaged over the runs (seeds) of one model."""
-    import numpy as np
+    from recsys.evaluation.metrics import mean_accuracy_per_user
 
-    from recsys.evaluation.metrics import accuracy_per_user
-
-    per_run = [accuracy_per_user(r.recommended, targets, ks=ks) for r in model_runs]
-    return {key: np.mean([values[key] for values in per_run], axis=0) for key in per_run[0]}
+    return mean_accuracy_per_user([r.recommended[:, : max(ks)] for r in model_runs], targets, ks=ks)
 
 
 def _each_seed(runs: dict[str, list[ModelResult]], seeds: list[int]) -> dict[str, Any]:

@@ -45,10 +45,13 @@ from recsys.candidates.itemknn import ItemKNN, ItemKNNConfig
 from recsys.candidates.popularity import Popularity, PopularityConfig
 from recsys.data import schema as S
 from recsys.data.dataset import Dataset
+from recsys.data.splits import EvalTask
+from recsys.evaluation.protocol import Diagnose
 
 T = TypeVar("T")
 
 DAY = 86_400.0
+DIAGNOSE_BLOCK = 2048  # test users per candidate pass of the pipeline's diagnostics: bounds memory
 
 
 @dataclass
@@ -82,11 +85,13 @@ class EvalContext:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One row of the model table: how to list the configurations and how to build one."""
+    """One row of the model table: how to list the configurations and how to build one, and what
+    to report about the fitted test model besides its lists (``diagnose``, optional)."""
 
     grid: Callable[[EvalContext], Sequence[Any]]
     build: Callable[[EvalContext, Any], CandidateGenerator]
     description: str
+    diagnose: Diagnose | None = None
 
 
 def _popularity_grid(ctx: EvalContext) -> list[PopularityConfig]:
@@ -197,6 +202,32 @@ def _pipeline_build(ctx: EvalContext, config: Any) -> CandidateGenerator:
     return TwoStage(config, items=ctx.dataset.items, item_embeddings=_text_embeddings(ctx))
 
 
+def _pipeline_diagnose(model: CandidateGenerator, task: EvalTask) -> dict[str, Any]:
+    """The fitted pipeline on its test task: the share of test targets among each source's
+    candidates and among the blend (what the ranker can at best find), the ranker's feature
+    importance, and the fit's own report (its label groups, inner candidate recall, seconds)."""
+    from recsys.evaluation.metrics import hit_matrix
+    from recsys.pipeline.two_stage import TwoStage
+
+    assert isinstance(model, TwoStage), f"pipeline diagnostics of a {type(model).__name__}"
+    hits: dict[str, int] = {}
+    for lo in range(0, len(task.users), DIAGNOSE_BLOCK):
+        users = task.users[lo : lo + DIAGNOSE_BLOCK]
+        proposals, blended = model.proposals(task.train.histories(users))
+        targets = task.targets[lo : lo + len(users)]
+        for name, ids in [*((name, ids) for name, (ids, _) in proposals.items()), ("blended", blended.ids)]:
+            hits[name] = hits.get(name, 0) + int(hit_matrix(ids, targets).sum())
+    n_targets = max(int(task.targets.nnz), 1)
+    candidates = model.config.candidates
+    return {
+        "candidate_recall": {name: count / n_targets for name, count in hits.items()},
+        "candidates": {"per_source": candidates.per_source, "total": candidates.total},
+        "feature_importance": model.feature_importance(),
+        "importance_type": "gain",
+        "fit_report": model.report_,
+    }
+
+
 def _cooccurrence_grid(ctx: EvalContext) -> list[Any]:
     from recsys.candidates.cooccurrence import CoOccurrenceConfig
 
@@ -251,12 +282,16 @@ MODELS: dict[str, ModelSpec] = {
         _sequential_grid, _sequential_text_build, "SASRec-style, item vectors + text embeddings (--encoder)"
     ),
     "pipeline": ModelSpec(
-        _pipeline_grid, _pipeline_build, "two-stage: all retrievers blended, LightGBM LambdaRank (--encoder)"
+        _pipeline_grid,
+        _pipeline_build,
+        "two-stage: all retrievers blended, LightGBM LambdaRank (--encoder)",
+        _pipeline_diagnose,
     ),
     "pipeline-notext": ModelSpec(
         lambda ctx: _pipeline_grid(ctx, text=False),
         _pipeline_build,
         "ablation: the two-stage pipeline without any text-embedding source, init or feature",
+        _pipeline_diagnose,
     ),
 }
 

@@ -260,9 +260,20 @@ class TwoStage:
     def candidates(self, histories: Histories, *, exclude_seen: bool = True) -> Candidates:
         """The blended candidates of each history (before ranking); its own items only when
         ``exclude_seen`` is False."""
+        return self.proposals(histories, exclude_seen=exclude_seen)[1]
+
+    def proposals(self, histories: Histories, *, exclude_seen: bool = True) -> tuple[Proposals, Candidates]:
+        """Each source's candidates of each history, and their blend (what the ranker orders):
+        the evaluation measures each source's candidate recall on them."""
         check_fitted(self, "generators_")
         assert self.generators_ is not None
-        return self._propose(self.generators_, histories, exclude_seen=exclude_seen)[1]
+        return self._propose(self.generators_, histories, exclude_seen=exclude_seen)
+
+    def feature_importance(self) -> dict[str, float]:
+        """The ranker's total gain per feature, largest first (``LambdaRanker.feature_importance``)."""
+        check_fitted(self, "ranker_")
+        assert self.ranker_ is not None
+        return self.ranker_.feature_importance()
 
     def _propose(
         self, generators: Mapping[str, CandidateGenerator], histories: Histories, *, exclude_seen: bool = True
