@@ -16,6 +16,7 @@ model it has (or stays not ready) and logs why.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import threading
@@ -103,6 +104,22 @@ def _load_bundle(path: Path) -> Recommender:
     return Recommender.load(path)
 
 
+def settle_heap() -> None:
+    """Take every object alive now (the modules, the model just loaded) out of the garbage
+    collector's sight, after one full collection (which frees the previous model's cycles, unless
+    a request still holds it: then the next swap does).
+
+    A full collection walks every tracked object with the GIL held. In the service, where one batch
+    allocates tens of thousands of small objects, those collections stopped every thread, the
+    event loop and ``/events`` included, for 0.2-0.25 s each (demo bundle, a 250-user batch at
+    n=100). The model lives until the next swap, so the collector has nothing to find in it; this
+    costs one such pause per swap instead.
+    """
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+
+
 def smoke_test(recommender: Recommender) -> None:
     """Answer one request of each kind before serving a model: a bundle that loads but cannot
     answer (e.g. written by an incompatible version) must never replace a working one. It also
@@ -178,7 +195,10 @@ class ModelHolder:
             self._marker = marker
             self.last_error = None
             logger.info("serving model %s (was %s)", version.tag, previous.tag if previous else "nothing")
-            return (previous.tag if previous else None), version.tag, True
+            previous_tag = previous.tag if previous else None
+            del previous, recommender  # so that settle_heap can collect the old model's cycles
+            settle_heap()
+            return previous_tag, version.tag, True
 
     def _try_refresh(self) -> None:
         try:
