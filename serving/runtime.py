@@ -62,7 +62,7 @@ class Settings:
     store_url: str | None = None
     admin_token: str | None = None
     poll_seconds: float = 1.0
-    threads: int = 2  # batch/explain/similar/events requests run at once per worker (thread pool)
+    threads: int = 2  # batch/explain/similar requests scored at once per worker (events have their own)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
