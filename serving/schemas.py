@@ -31,9 +31,10 @@ from pydantic import (
 MAX_N = 500
 MAX_LIST = 1000  # exclude lists
 # What one /recommend/batch may ask for, so that no batch holds a scoring thread for long: scoring
-# costs about 5-6 ms per user and building the JSON about 15 us per item (demo bundle, in process,
-# 2 busy cores). The largest batch, 250 users at n=100, took 1.9-2.6 s alone and S s with two at
-# once through the server (docs/RESULTS.md, Serving: the server's timeout is 30 s).
+# costs about 5-6 ms per user and the JSON about 15 us per item (demo bundle, in process, 2 busy
+# cores; 1000 users took 5-7 s). The largest batch, 250 users at n=100, took 1.9-2.6 s alone, and
+# 2.6-3.2 s (median; 5.7 s at most) with two clients sending it back to back through the server,
+# against its 30 s timeout (benchmarks/events_under_load.py; docs/RESULTS.md, Serving).
 MAX_BATCH_USERS = 250
 MAX_BATCH_ITEMS = 25_000  # users x n
 MAX_CONTEXT = 100

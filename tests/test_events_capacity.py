@@ -29,14 +29,11 @@ BATCH_CLIENTS = 2
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    return tiny_home(tmp_path_factory.mktemp("capacity-home"))
-
-
-@pytest.fixture(scope="module")
-def server(home: Any) -> Iterator[Server]:
-    with recsys_server(home.path, home.store_url) as running_server:
-        yield running_server
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Any]]:
+    """A real server of the tiny bundle, and the facts about its data."""
+    home = tiny_home(tmp_path_factory.mktemp("capacity-home"))
+    with recsys_server(home.path, home.store_url) as server:
+        yield server, home
 
 
 def largest_batch(home: Any) -> dict[str, Any]:
@@ -47,7 +44,8 @@ def largest_batch(home: Any) -> dict[str, Any]:
     return {"user_ids": users, "n": MAX_BATCH_ITEMS // MAX_BATCH_USERS}
 
 
-def test_batches_over_the_budget_are_400_naming_the_field_and_the_limit(server: Server, home: Any) -> None:
+def test_batches_over_the_budget_are_400_naming_the_field_and_the_limit(served: tuple[Server, Any]) -> None:
+    server, home = served
     body = largest_batch(home)
     overs = [
         # the largest batch the schema allowed before the budget: tens of seconds of scoring
@@ -68,7 +66,8 @@ def test_batches_over_the_budget_are_400_naming_the_field_and_the_limit(server: 
         assert client.post("/recommend/batch", json=body).status_code == 200
 
 
-def test_events_answer_while_the_largest_batches_run(server: Server, home: Any) -> None:
+def test_events_answer_while_the_largest_batches_run(served: tuple[Server, Any]) -> None:
+    server, home = served
     body = largest_batch(home)
     stop = threading.Event()
     batches: list[tuple[int, float]] = []  # (status, seconds)
@@ -102,5 +101,5 @@ def test_events_answer_while_the_largest_batches_run(server: Server, home: Any) 
             thread.join(timeout=300)
 
     assert len(batches) >= BATCH_CLIENTS and all(status == 200 for status, _ in batches), batches
-    # and they did not queue behind a batch: the slowest event is well under a typical batch
+    # and no event queued behind a batch: the slowest is faster than a typical batch
     assert max(events) < statistics.median(s for _, s in batches), (events, batches)
