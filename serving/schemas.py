@@ -19,14 +19,30 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Self
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from recsys.data import schema as S
 
 REF = "#/components/schemas/{model}"
 
 MAX_N = 500
-MAX_LIST = 1000  # exclude lists, batch users
+MAX_LIST = 1000  # exclude lists
+# What one /recommend/batch may ask for, so that no batch holds a scoring thread for long: scoring
+# costs about 5-6 ms per user and the JSON about 15 us per item (demo bundle, in process, 2 busy
+# cores; 1000 users took 5-7 s). The largest batch, 250 users at n=100, took 1.9-2.6 s alone, and
+# 2.6-3.2 s (median; 5.7 s at most) with two clients sending it back to back through the server,
+# against its 30 s timeout (benchmarks/events_under_load.py; docs/RESULTS.md, Serving).
+MAX_BATCH_USERS = 250
+MAX_BATCH_ITEMS = 25_000  # users x n
 MAX_CONTEXT = 100
 MAX_ID_LENGTH = S.ID_MAX_LENGTH
 MAX_BODY = 1 << 20  # bytes, 1 MiB: far above the largest valid request (1000 ids of 256 characters)
@@ -107,10 +123,38 @@ class RecommendRequest(_Strict):
 
 
 class BatchRecommendRequest(_Strict):
-    user_ids: list[Id] = Field(min_length=1, max_length=MAX_LIST, description="Users to recommend for.")
-    n: N = 10
+    """Top-N for many users: at most ``MAX_BATCH_USERS`` users, and ``len(user_ids) * n`` at most
+    ``MAX_BATCH_ITEMS``.
+
+    >>> from pydantic import ValidationError
+    >>> try:
+    ...     BatchRecommendRequest.model_validate({"user_ids": ["u"] * 200, "n": 500})
+    ... except ValidationError as err:
+    ...     print(err.errors()[0]["loc"])
+    ...     for part in err.errors()[0]["msg"].split(": "):
+    ...         print(part)
+    ('n',)
+    Value error, 200 user_ids x n=500 = 100,000 items is over the 25,000 one batch may ask for
+    split the users into batches of at most 50 at n=500
+    """
+
+    user_ids: list[Id] = Field(
+        min_length=1, max_length=MAX_BATCH_USERS, description="Users to recommend for (split larger lists)."
+    )
+    n: N = Field(10, validate_default=True)
     exclude_seen: bool = True
     filters: Filters | None = None
+
+    @field_validator("n")
+    @classmethod
+    def _within_budget(cls, n: int, info: ValidationInfo) -> int:
+        users = len(info.data.get("user_ids") or ())  # absent when user_ids itself was invalid
+        if users * n > MAX_BATCH_ITEMS:
+            raise ValueError(
+                f"{users} user_ids x n={n} = {users * n:,} items is over the {MAX_BATCH_ITEMS:,} one batch "
+                f"may ask for: split the users into batches of at most {MAX_BATCH_ITEMS // n} at n={n}"
+            )
+        return n
 
 
 class SimilarItemsRequest(_Strict):

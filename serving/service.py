@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import hmac
+import json
 import logging
 import math
 import os
@@ -57,6 +58,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("recsys.serving")
 STORE_READERS = 16  # /recommend store reads in flight per worker, each bounded by the store's timeout
+EVENT_WRITERS = 4  # /events store writes in flight per worker: a pool of their own, never behind scoring
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -227,6 +229,7 @@ class Recsys:
         self.models.start()
         self._limiter = anyio.CapacityLimiter(self.settings.threads)
         self._store_reads = anyio.CapacityLimiter(STORE_READERS)
+        self._event_writes = anyio.CapacityLimiter(EVENT_WRITERS)
 
     def __is_ready__(self) -> bool:
         """Ready once a model is loaded, and while the online store answers.
@@ -297,8 +300,10 @@ class Recsys:
     # without, as the loop and the scoring threads fought over the GIL; docs/studies/serving_threads.md).
     # Its online-store read is not: it is one key and mostly waiting, but a stalled store would
     # block the loop, and /livez and /readyz with it, for the store's whole timeout, so it waits in a
-    # thread of its own pool. Batches, explanations, similar items and events run in a small thread
-    # pool, so /livez, /readyz and /metrics answer at once even while a large batch is being scored.
+    # thread of its own pool. Batches, explanations and similar items run in a small scoring pool, so
+    # /livez, /readyz and /metrics answer at once even while a large batch is being scored; a batch
+    # also builds and serialises its response there, not on the loop. Events write in a pool of their
+    # own: an event never queues behind scoring (benchmarks/events_under_load.py).
 
     async def _run(self, func: Callable[[], T]) -> T:
         return await anyio.to_thread.run_sync(func, limiter=self._limiter)
@@ -340,24 +345,27 @@ class Recsys:
         loaded = self.loaded()
         filters = self._filters(loaded, request.filters)
 
-        def run() -> list[list[Recommendation]]:
+        def run() -> Response:
             histories, records = self._users(request.user_ids)
-            return loaded.recommender.recommend_batch(
+            results = loaded.recommender.recommend_batch(  # one call: every user scored in blocks
                 histories,
                 n=request.n,
                 exclude_seen=request.exclude_seen,
                 filters=filters,
                 user_features=records,
             )
-
-        results = await self._run(run)
-        return api.BatchRecommendResponse.model_construct(
-            model_version=loaded.version,
-            results=[
-                api.UserItems.model_construct(user_id=u, items=_items(r))
+            # The JSON is written here, in the scoring thread, and user by user: one model_dump_json
+            # of the whole answer holds the GIL until it returns (up to MAX_BATCH_ITEMS items), and
+            # the loop and /events would wait that long; between two users' parts they get the GIL.
+            parts = [
+                api.UserItems.model_construct(user_id=u, items=_items(r)).model_dump_json()
                 for u, r in zip(request.user_ids, results, strict=True)
-            ],
-        )
+            ]
+            version = json.dumps(loaded.version, ensure_ascii=False)
+            body = f'{{"model_version":{version},"results":[{",".join(parts)}]}}'  # BatchRecommendResponse
+            return Response(body, media_type="application/json")
+
+        return await self._run(run)
 
     @bentoml.api(
         route="/similar_items", input_spec=api.SimilarItemsRequest, output_spec=api.SimilarItemsResponse
@@ -427,7 +435,7 @@ class Recsys:
                 self.store.apply_event(request.user_id, request.item_id, request.event, timestamp)
             return self._users([request.user_id])[1][0]
 
-        record = await self._run(run)
+        record = await anyio.to_thread.run_sync(run, limiter=self._event_writes)
         return api.EventResponse.model_construct(
             user_id=request.user_id,
             item_id=request.item_id,

@@ -51,7 +51,7 @@ def serve(
     threads: Annotated[
         int,
         typer.Option(
-            "--threads", min=1, help="Batch, explain, similar and event requests handled at once per worker."
+            "--threads", min=1, help="Batch, explain and similar-items requests scored at once per worker."
         ),
     ] = 2,
     store: Annotated[
