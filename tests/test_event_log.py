@@ -14,6 +14,7 @@ import polars as pl
 import pytest
 from redis_server import redis_server, redis_url  # noqa: F401 - fixtures
 from test_feature_store_offline import CONFIG, random_world
+from test_feature_store_online import store  # noqa: F401 - fixture: SQLite and Redis
 
 from feature_store import open_store, write_snapshot
 from feature_store.compute import user_states
@@ -23,18 +24,6 @@ from feature_store.record import StaleSnapshot, UnknownVersion
 from recsys.data import schema as S
 
 USERS = [f"u{k}" for k in range(6)]
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OnlineStore]:
-    url = (
-        f"sqlite:///{tmp_path / 'online.db'}"
-        if request.param == "sqlite"
-        else request.getfixturevalue("redis_url")
-    )
-    opened = open_store(url)
-    yield opened
-    opened.close()
 
 
 def snapshot(folder: Path, cutoff: int, interactions: pl.DataFrame, items: pl.DataFrame) -> Snapshot:
@@ -58,7 +47,10 @@ def truth_of(user: str, interactions: pl.DataFrame, items: pl.DataFrame) -> dict
     return user_states(interactions, items, keys, config=CONFIG).to_dicts()[0]
 
 
-def test_a_late_event_survives_every_later_snapshot(store: OnlineStore, tmp_path: Path) -> None:
+def test_a_late_event_survives_every_later_snapshot(
+    store: OnlineStore,  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
     """An event accepted with a timestamp before the next snapshot's cutoff (late or backfilled), when
     that snapshot was built from files without the service's log, is still in the user's state after
     one load and after two."""
@@ -80,7 +72,8 @@ def log_frame(table: Any, like: pl.DataFrame) -> pl.DataFrame:
 
 
 def test_a_snapshot_that_contains_the_log_through_n_replays_only_the_rest(
-    store: OnlineStore, tmp_path: Path
+    store: OnlineStore,  # noqa: F811 - the fixture
+    tmp_path: Path,
 ) -> None:
     """What the nightly job does: read the log, train on it, publish a snapshot with
     ``events_through=N``. Events up to N are not counted twice, later ones are replayed, and pruning
@@ -121,7 +114,8 @@ def test_a_snapshot_that_contains_the_log_through_n_replays_only_the_rest(
 
 
 def test_a_load_changes_nothing_readers_of_other_versions_see_and_events_reach_every_live_version(
-    store: OnlineStore, tmp_path: Path
+    store: OnlineStore,  # noqa: F811 - the fixture
+    tmp_path: Path,
 ) -> None:
     items, interactions, _ = random_world(14)
     base = interactions.filter(pl.col(S.TIMESTAMP) < 50)
@@ -158,15 +152,11 @@ def _event(user: str, item: str, event: str | None, ts: int) -> dict[str, Any]:
     return {S.USER_ID: user, S.ITEM_ID: item, S.EVENT: event, S.TIMESTAMP: ts}
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-def small_chunks(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OnlineStore]:
-    """A store whose loads copy and replay a few rows per transaction, so they interleave with events."""
-    url = (
-        f"sqlite:///{tmp_path / 'online.db'}"
-        if request.param == "sqlite"
-        else request.getfixturevalue("redis_url")
-    )
-    opened = open_store(url, chunk=3)
+@pytest.fixture
+def small_chunks(store: OnlineStore) -> Iterator[OnlineStore]:  # noqa: F811 - the fixture
+    """The same store, opened so that its loads copy and replay a few rows per transaction (script),
+    so they interleave with events."""
+    opened = open_store(store.url, chunk=3)
     yield opened
     opened.close()
 
@@ -174,27 +164,26 @@ def small_chunks(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Onl
 def test_events_accepted_during_loads_reach_every_version_exactly_once(
     small_chunks: OnlineStore, tmp_path: Path
 ) -> None:
-    store = small_chunks
     items, interactions, _ = random_world(15)
     snap = snapshot(tmp_path / "s", 50, interactions.filter(pl.col(S.TIMESTAMP) < 50), items)
-    store.load(snap, name="first")
+    small_chunks.load(snap, name="first")
     for k in range(10):  # a log to replay, several chunks long
-        store.apply_event("hot", f"i{k % 10}", "view", 100 + k)
+        small_chunks.apply_event("hot", f"i{k % 10}", "view", 100 + k)
     stop = threading.Event()
     sent: list[int] = []
 
     def write() -> None:
         while not stop.is_set():
-            sent.append(store.apply_event("hot", f"i{len(sent) % 10}", "cart", 200 + len(sent)))
+            sent.append(small_chunks.apply_event("hot", f"i{len(sent) % 10}", "cart", 200 + len(sent)))
 
     writer = threading.Thread(target=write)
     writer.start()
-    names = [store.load(snap, name=f"v{k}") for k in range(4)]
+    names = [small_chunks.load(snap, name=f"v{k}") for k in range(4)]
     stop.set()
     writer.join()
     assert sent, "no event ran during the loads"
     total = 10 + len(sent)
     for name in ["first", *names]:
-        (record,) = store.get_records(["hot"], version=name)
+        (record,) = small_chunks.get_records(["hot"], version=name)
         assert record["n_events"] == total, name
         assert record["events"] == {"view": 10, "cart": len(sent)}, name
