@@ -47,14 +47,21 @@ def _metrics_table(rows: dict[str, dict[str, float]], title: str) -> Any:
 
 
 def _train_and_publish(
-    items: Path, interactions: Path, config: TrainConfig, out: Path, *, publish: bool
+    items: Path,
+    interactions: Path,
+    config: TrainConfig,
+    out: Path,
+    *,
+    publish: bool,
+    store: str | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     import json
 
     from rich.console import Console
 
     from recsys.data.loading import load_dataset
-    from recsys.pipeline.train import publish_bundle, train_bundle
+    from recsys.pipeline.publish import PublishError, publish_bundle
+    from recsys.pipeline.train import train_bundle
 
     console = Console()
     with data_errors():
@@ -72,7 +79,11 @@ def _train_and_publish(
         console.print(_metrics_table({"pipeline": metrics}, f"two-stage pipeline, {task} split"))
     console.print(f"bundle written: {bundle}")
     if publish:
-        published = publish_bundle(bundle)
+        try:
+            published = publish_bundle(bundle, store_url=store)
+        except PublishError as err:
+            Console(stderr=True).print(f"[bold red]Not published:[/] {err}", highlight=False)
+            raise typer.Exit(1) from None
         console.print(f"published [bold]{published.tag}[/bold] (current) to the BentoML model store")
     return bundle, meta
 
@@ -89,9 +100,22 @@ def train(
     publish: Annotated[
         bool, typer.Option("--publish/--no-publish", help="Publish to the BentoML model store.")
     ] = True,
+    store: Annotated[
+        str | None,
+        typer.Option(
+            "--store",
+            help="Online store to load the features into (sqlite:///path.db or redis://host:port/db); "
+            "default $RECSYS_ONLINE_STORE_URL or sqlite in $BENTOML_HOME/recsys/online.db.",
+        ),
+    ] = None,
 ) -> None:
-    """Fit encoder, retrievers and ranker; evaluate on validation and test; publish the bundle."""
-    _train_and_publish(items, interactions, _load_config(config, finetune=finetune), out, publish=publish)
+    """Fit encoder, retrievers and ranker; evaluate on validation and test; publish the bundle.
+
+    Publishing loads the bundle's features into the online store first and makes the model current
+    only once that worked: if it fails (exit 1), the previous model and its features keep serving.
+    """
+    settings = _load_config(config, finetune=finetune)
+    _train_and_publish(items, interactions, settings, out, publish=publish, store=store)
 
 
 @app.command()
