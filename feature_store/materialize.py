@@ -8,7 +8,7 @@
 >>> snap, version = materialize(interactions=inter, items=items, cutoff=3, snapshots=root / "snaps",
 ...                             url=url, config=FeatureConfig(time_unit="steps"))
 >>> snap.path.name, version
-('cutoff-3', 2)
+('cutoff-3', '2')
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ def materialize(
     snapshots: str | Path,
     url: str,
     config: FeatureConfig,
-) -> tuple[Snapshot, int]:
+) -> tuple[Snapshot, str]:
     """Write the snapshot of ``cutoff`` under ``snapshots/cutoff-<cutoff>`` and load it into ``url``.
 
-    Returns the snapshot and the online version readers now use.
+    Returns the snapshot and the name of its online version (the newest, which readers use by default).
     """
     snapshot = write_snapshot(
         Path(snapshots) / f"cutoff-{cutoff}",

@@ -3,7 +3,8 @@
 ``build_features`` gives each training row ``(user_id, item_id, cutoff)`` the user, item and
 user×item features computed only from events strictly before ``cutoff`` (the label time), all rows
 at once. ``write_snapshot`` materialises the tables of one cutoff into a folder, atomically; the
-online store is loaded from such a folder.
+online store is loaded from such a folder. A snapshot also says how much of the online store's event
+log its interactions contain (``events_through``), so that a load replays exactly the rest.
 
 >>> import polars as pl
 >>> inter = pl.DataFrame({"user_id": ["u", "u", "v"], "item_id": ["a", "b", "a"],
@@ -110,11 +111,18 @@ def build_features(
 
 @dataclass(frozen=True)
 class Snapshot:
-    """A materialised feature folder: the tables of every user and item as of ``cutoff``."""
+    """A materialised feature folder: the tables of every user and item as of ``cutoff``.
+
+    ``events_through`` is the highest sequence number of the online store's event log that the
+    snapshot's interactions contain (``OnlineStore.events_after`` reads the log), or ``None`` when
+    they were read from files that hold none of it, as ``recsys train``'s are. A load replays every
+    logged event above it, whatever its timestamp.
+    """
 
     path: Path
     cutoff: int
     config: FeatureConfig
+    events_through: int | None = None
 
     @classmethod
     def open(cls, path: str | Path) -> Snapshot:
@@ -126,7 +134,13 @@ class Snapshot:
         config_data = dict(manifest["config"])
         for name in ("windows", "event_types"):
             config_data[name] = tuple(config_data[name])
-        return cls(path=path, cutoff=int(manifest["cutoff"]), config=from_dict(FeatureConfig, config_data))
+        through = manifest.get("events_through")
+        return cls(
+            path=path,
+            cutoff=int(manifest["cutoff"]),
+            config=from_dict(FeatureConfig, config_data),
+            events_through=None if through is None else int(through),
+        )
 
     def user_states(self) -> pl.DataFrame:
         return pl.read_parquet(self.path / USER_STATES)
@@ -150,11 +164,16 @@ def write_snapshot(
     items: pl.DataFrame,
     cutoff: int,
     config: FeatureConfig,
+    events_through: int | None = None,
 ) -> Snapshot:
     """Materialise the features of every user and item as of ``cutoff`` into ``folder``, atomically.
 
     Readers see either no folder or the complete one; an existing folder is replaced whole.
+    ``events_through``: the last event of the online store's log that ``interactions`` contain
+    (``Snapshot.events_through``); ``None`` when they contain none of it.
     """
+    if events_through is not None and events_through < 0:
+        raise ValueError(f"events_through must be a sequence number >= 0, got {events_through}")
     users = interactions.select(pl.col(S.USER_ID).cast(pl.String).unique(maintain_order=True))
     states = C.user_states(
         interactions, items, users.with_columns(pl.lit(cutoff).alias(D.NOW)), config=config
@@ -163,6 +182,7 @@ def write_snapshot(
     item_feats = C.item_features(interactions, items, item_keys, config=config).drop(D.NOW)
     manifest: dict[str, Any] = {
         "cutoff": int(cutoff),
+        "events_through": events_through,
         "config": config.to_json(),
         "features": D.feature_schema(config),
         "users": states.height,
@@ -176,7 +196,7 @@ def write_snapshot(
         item_feats.write_parquet(tmp / ITEM_FEATURES)
         C.item_attributes(items).write_parquet(tmp / ITEM_ATTRIBUTES)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=_json_default))
-    return Snapshot(path=Path(folder), cutoff=int(cutoff), config=config)
+    return Snapshot(path=Path(folder), cutoff=int(cutoff), config=config, events_through=events_through)
 
 
 def _json_default(value: object) -> object:

@@ -10,14 +10,26 @@ the features from it with the same expressions as training, at the request time.
 updates the state in one atomic step, so a later read sees the event and concurrent events never
 overwrite each other.
 
-Snapshots are loaded under a new version; readers switch to it in one atomic step, live events that
-happened at or after the snapshot's cutoff are replayed onto it in that same step, and the previous
-version is deleted afterwards.
+Versions. A snapshot is loaded under a *version* of its own, named by the caller (a published
+bundle names its store version after itself): the load changes nothing that readers of other
+versions see, and readers name the version they read, so the service, which reads the version of
+the bundle it serves, switches model and features together when the registry's pointer moves
+(``recsys.pipeline.publish``). ``version=None`` reads the newest version, for a store used on its
+own. ``retain`` drops the versions no longer needed.
+
+The event log. ``apply_event`` appends every event to a log ordered by arrival (a sequence number
+that only grows) and applies it to every live version in the same atomic step. A load copies the
+snapshot, then in one atomic step replays every logged event above the snapshot's
+``events_through`` (whatever its timestamp: a late or backfilled event is kept) and makes the version
+live, so each event reaches the new version exactly once, by the replay or live. The log is pruned
+(``prune_events``) only through the ``events_through`` of a published snapshot, whose training data
+contains those events; a snapshot older than the pruned log is refused (``record.StaleSnapshot``).
+``events_after`` reads the log, for a job that adds it to the training data.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from urllib.parse import urlparse
 
@@ -38,31 +50,67 @@ class OnlineStore(Protocol):
 
     url: str
 
-    def get_user(self, user_ids: Sequence[str]) -> pa.Table:
-        """User states (``record.ARROW_STATE_SCHEMA``), one row per id in order; unknown users are empty."""
+    def get_user(self, user_ids: Sequence[str], *, version: str | None = None) -> pa.Table:
+        """User states (``record.ARROW_STATE_SCHEMA``), one row per id in order; unknown users are empty.
+
+        Every read takes ``version`` (default: the newest) and raises ``record.UnknownVersion`` when
+        the store holds no live version of that name.
+        """
         ...
 
-    def get_records(self, user_ids: Sequence[str]) -> list[dict[str, Any]]:
+    def get_records(self, user_ids: Sequence[str], *, version: str | None = None) -> list[dict[str, Any]]:
         """The same states as plain records (maps as dicts): the cheapest form for ``ServingFeatures``."""
         ...
 
-    def get_items(self, item_ids: Sequence[str]) -> pa.Table:
+    def get_items(self, item_ids: Sequence[str], *, version: str | None = None) -> pa.Table:
         """Online item rows (``record.online_items``) in order; unknown items are all-null but the id."""
         ...
 
-    def put(self, *, users: pl.DataFrame | None = None, items: pl.DataFrame | None = None) -> None:
-        """Upsert user states and/or online item rows into the current version."""
+    def put(
+        self,
+        *,
+        users: pl.DataFrame | None = None,
+        items: pl.DataFrame | None = None,
+        version: str | None = None,
+    ) -> None:
+        """Upsert user states and/or online item rows into a version (default: the newest)."""
         ...
 
-    def apply_event(self, user_id: str, item_id: str, event: str | None, timestamp: int) -> None:
-        """Add one event to the user's state, atomically; visible to every later read."""
+    def apply_event(self, user_id: str, item_id: str, event: str | None, timestamp: int) -> int:
+        """Log one event and add it to the user's state in every live version, atomically; visible to
+        every later read. Returns its sequence number in the log."""
         ...
 
-    def load(self, snapshot: Snapshot) -> int:
-        """Copy ``snapshot`` under a new version, switch readers to it atomically; return the version."""
+    def load(self, snapshot: Snapshot, *, name: str | None = None) -> str:
+        """Copy ``snapshot`` under the version ``name`` (default: a new number), replay the log above
+        its ``events_through`` and make it live, atomically; return the name.
+
+        Readers of other versions see no change; a live version of the same name is replaced in the
+        same step. Raises ``record.StaleSnapshot`` when the log was pruned past the snapshot.
+        """
         ...
 
-    def version(self) -> int | None: ...
+    def version(self) -> str | None:
+        """The newest live version, or ``None``."""
+        ...
+
+    def versions(self) -> list[str]:
+        """Every live version, oldest first."""
+        ...
+
+    def retain(self, names: Collection[str]) -> list[str]:
+        """Drop every version not in ``names``, and what an unfinished load left; return the dropped
+        live versions. Not while another process loads into this store (publishing takes a lock)."""
+        ...
+
+    def events_after(self, seq: int) -> tuple[pa.Table, int]:
+        """The logged events above sequence number ``seq`` (``record.EVENT_LOG_SCHEMA``, in arrival
+        order) and the last sequence number returned (``seq`` when there is none)."""
+        ...
+
+    def prune_events(self, *, through: int) -> None:
+        """Delete the logged events up to ``through``: a published snapshot's training data holds them."""
+        ...
 
     def close(self) -> None: ...
 
@@ -74,6 +122,7 @@ def open_store(url: str, **options: Any) -> OnlineStore:
     >>> path = pathlib.Path(tempfile.mkdtemp()) / "f.db"
     >>> store = open_store(f"sqlite:///{path}")
     >>> store.apply_event("u1", "a", "view", 10)
+    1
     >>> store.get_user(["u1"]).column("n_events").to_pylist()
     [1]
     >>> store.close()

@@ -5,7 +5,8 @@ form the service reads per request, and the one ``apply_to_record`` updates in p
 (``sqlite_store``, ``redis_store``) encode it their own way; this module holds what they must agree
 on: the empty record, the incremental update, the conversions to and from Arrow and Polars, the
 reserved separator ``SEP`` and the id check that guards it, the bound on the seen list
-(``seen_cap``), and the error a store raises when it does not answer (``StoreUnavailable``).
+(``seen_cap``), the errors a store raises (``StoreUnavailable``, ``UnknownVersion``,
+``StaleSnapshot``), and the event log's table and replay order.
 
 >>> record = empty_record()
 >>> apply_to_record(record, item_id="a", event="view", timestamp=5, category="x", price=2.0, last_n=2)
@@ -56,6 +57,18 @@ DEFAULT_MAX_SEEN = 10_000
 ENV_MAX_SEEN = "RECSYS_MAX_SEEN"
 
 
+EVENT_LOG_SCHEMA = pa.schema(
+    [
+        ("seq", pa.int64()),
+        (S.USER_ID, pa.string()),
+        (S.ITEM_ID, pa.string()),
+        (S.EVENT, pa.string()),
+        (S.TIMESTAMP, pa.int64()),
+    ]
+)
+LogEvent = tuple[int, str, str, str | None, int]  # (seq, user_id, item_id, event, timestamp)
+
+
 class StoreUnavailable(Exception):
     """The store did not answer in time, or could not be reached; the message names the store.
 
@@ -75,6 +88,55 @@ def seen_cap(value: int | None = None, *, env: Mapping[str, str] | None = None) 
     if not raw.isdigit() or int(raw) < 1:
         raise ValueError(f"{ENV_MAX_SEEN} (max_seen) must be a whole number >= 1, got {raw!r}")
     return int(raw)
+
+
+class UnknownVersion(StoreUnavailable):
+    """The store holds no live version of that name (never loaded, or dropped since): a 503 too."""
+
+
+class StaleSnapshot(ValueError):
+    """A snapshot older than the event log: events it does not contain were already pruned."""
+
+
+def check_fresh(snapshot: Snapshot, *, pruned_through: int, store: str) -> None:
+    """Refuse ``snapshot`` when the log was pruned past what it contains: loading it would lose events.
+
+    >>> from types import SimpleNamespace
+    >>> check_fresh(SimpleNamespace(events_through=None, path="f"), pruned_through=0, store="s")
+    >>> check_fresh(SimpleNamespace(events_through=None, path="f"), pruned_through=7, store="s")
+    ... # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    feature_store.record.StaleSnapshot: s: cannot load the snapshot f: the event log was pruned ...
+    """
+    through = snapshot.events_through or 0
+    if pruned_through > through:
+        contains = f"contains it only through event {through}" if through else "contains none of the log"
+        raise StaleSnapshot(
+            f"{store}: cannot load the snapshot {snapshot.path}: the event log was pruned through event "
+            f"{pruned_through} (events a published model was trained on), but the snapshot {contains}; "
+            f"train on data that includes the log through event {pruned_through} or later"
+        )
+
+
+def replay_order(events: Sequence[LogEvent]) -> list[LogEvent]:
+    """Logged events in the order a load applies them: by timestamp, ties by arrival.
+
+    The log is kept in arrival order, so a late event is never lost; where order matters (the
+    last-N items) the replay puts it back in time order among the replayed events.
+
+    >>> replay_order([(1, "u", "a", None, 9), (2, "u", "b", None, 3), (3, "u", "c", None, 3)])
+    [(2, 'u', 'b', None, 3), (3, 'u', 'c', None, 3), (1, 'u', 'a', None, 9)]
+    """
+    return sorted(events, key=lambda e: (e[4], e[0]))
+
+
+def log_table(events: Sequence[LogEvent]) -> pa.Table:
+    """Logged events as a table of ``EVENT_LOG_SCHEMA``."""
+    columns = list(zip(*events, strict=True)) if events else [()] * len(EVENT_LOG_SCHEMA)
+    return pa.Table.from_arrays(
+        [pa.array(c, type=f.type) for c, f in zip(columns, EVENT_LOG_SCHEMA, strict=True)],
+        schema=EVENT_LOG_SCHEMA,
+    )
 
 
 def check_event(user_id: str, item_id: str, event: str | None) -> None:

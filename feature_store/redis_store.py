@@ -1,14 +1,19 @@
 """Redis online store (``redis://host:port/db``) through redis-py.
 
-Keys, for a prefix ``p`` and version ``v``: ``p:version`` (the pointer readers follow),
-``p:v:r:<user>`` (the user's whole state as one JSON record), ``p:v:i:<item>`` (hash: category, price,
-JSON row), ``p:v:meta`` and ``p:events`` (the live event log).
+Keys, for a prefix ``p`` and a version id ``v``: ``p:names`` (hash: live version name -> id, which
+readers resolve), ``p:ids`` (every id not dropped yet, live or still loading), ``p:v:r:<user>`` (the
+user's whole state as one JSON record), ``p:v:i:<item>`` (hash: category, price, JSON row),
+``p:v:meta`` (name, last-N); the event log ``p:log`` (a sorted set scored by the sequence number
+``p:seq`` hands out, so ordered by arrival) and ``p:pruned`` (the last sequence number pruned).
 
 A user's state is one string, so a read is one GET of one bulk string: a reply of many hashes and
 lists costs the pure-Python parser far more than the round trip (0.42 ms against 0.16 ms for a plain
-GET, MovieLens users). Reads and event updates are Lua scripts: each resolves the pointer and reads
-or rewrites the record in one atomic step and one round trip, so readers never see half a snapshot
-or half an event, and concurrent events never lose updates. Single-node Redis (scripts touch keys
+GET, MovieLens users). Reads and event updates are Lua scripts: a read resolves the version's name
+and reads the records, an event is logged and applied to every live version, each in one atomic
+step and one round trip, so readers never see half a snapshot or half an event, and concurrent
+events never lose updates. A load copies the snapshot with pipelines, then replays the log in
+scripts of ``CHUNK`` events; the script that finds less than a chunk left also makes the version
+live, so no event falls between the replay and the switch. Single-node Redis (scripts touch keys
 they derive).
 
 In the record, ``last_ts`` and ``price_sum`` are strings (exact integers and ``%.17g`` doubles:
@@ -22,7 +27,7 @@ retries per call, in 8.x).
 Reads are retried ``retries`` times with a short exponential backoff (redis-py's ``Retry``), then
 raise ``StoreUnavailable`` naming the store. Scripts that change state are never retried: a reply
 that times out may come from a script that ran, and running ``apply_event`` twice would count the
-event twice. ``load`` is a batch job whose switch replays the event log in one script, so it waits
+event twice. ``load`` is a batch job whose replay scripts may take long, so it waits
 ``LOAD_TIMEOUT`` instead. ``?socket_timeout=S`` (and ``socket_connect_timeout``) in the URL set the
 serving timeouts, as in redis-py.
 """
@@ -30,9 +35,9 @@ serving timeouts, as in redis-py.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import polars as pl
@@ -42,125 +47,29 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from feature_store import definitions as D
+from feature_store import redis_scripts as lua
 from feature_store.offline import Snapshot
 from feature_store.record import (
     SEP,
+    LogEvent,
     StoreUnavailable,
+    UnknownVersion,
     check_event,
+    check_fresh,
     empty_record,
     frame_to_records,
+    log_table,
     online_items,
     records_to_arrow,
     seen_cap,
 )
 from recsys.data import schema as S
 
-DEFAULT_LAST_N = D.FeatureConfig().last_n
 DEFAULT_TIMEOUT = 1.0  # seconds; a read takes well under a millisecond on a healthy server
 DEFAULT_RETRIES = 1
-LOAD_TIMEOUT = 600.0  # the switch replays every live event since the cutoff in one script
+LOAD_TIMEOUT = 600.0  # seconds a load's bulk writes and replay scripts may take each
+CHUNK = 5000  # logged events per replay script: the server answers nothing else while one runs
 _TIMEOUT_OPTIONS = ("socket_timeout", "socket_connect_timeout")
-
-# Lua: the incremental state update, shared by apply_event and the replay inside the switch.
-_APPLY = """
-local function current(p)
-  local v = redis.call('GET', p .. ':version')
-  if not v then
-    v = tostring(redis.call('INCR', p .. ':next_version'))
-    redis.call('SET', p .. ':version', v)
-  end
-  return v
-end
-local function apply(p, v, user, item, event, ts, max_seen)
-  local base = p .. ':' .. v
-  local key = base .. ':r:' .. user
-  local raw = redis.call('GET', key)
-  local r
-  if raw then
-    r = cjson.decode(raw)
-  else
-    r = {n_events = 0, n_items = 0, price_sum = '0', price_n = 0, events = {}, categories = {},
-         last_items = {}, seen = ''}
-  end
-  local last_n = tonumber(redis.call('HGET', base .. ':meta', 'last_n') or 'DEFAULT_LAST_N')
-  r.n_events = r.n_events + 1
-  if not string.find(r.seen .. SEP, SEP .. item .. SEP, 1, true) then
-    r.seen = r.seen .. SEP .. item
-    r.n_items = r.n_items + 1
-    local _, n_seen = string.gsub(r.seen, SEP, '')
-    while n_seen > max_seen do  -- drop the oldest: the seen list is bounded (record.seen_cap)
-      local second = string.find(r.seen, SEP, 2, true)
-      r.seen = string.sub(r.seen, second)
-      n_seen = n_seen - 1
-    end
-  end
-  if r.last_ts == nil or tonumber(ts) > tonumber(r.last_ts) then r.last_ts = ts end
-  if event ~= '' then r.events[event] = (r.events[event] or 0) + 1 end
-  local meta = redis.call('HMGET', base .. ':i:' .. item, 'category', 'price')
-  if meta[1] then r.categories[meta[1]] = (r.categories[meta[1]] or 0) + 1 end
-  if meta[2] then
-    r.price_sum = string.format('%.17g', tonumber(r.price_sum) + tonumber(meta[2]))
-    r.price_n = r.price_n + 1
-  end
-  local last = r.last_items
-  last[#last + 1] = item
-  while #last > last_n do table.remove(last, 1) end
-  redis.call('SET', key, cjson.encode(r))
-end
-""".replace("DEFAULT_LAST_N", str(DEFAULT_LAST_N)).replace("SEP", "'\\031'")
-
-_APPLY_EVENT = (
-    _APPLY
-    + """
-local p = ARGV[1]
-local v = current(p)
-apply(p, v, ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6]))
-redis.call('RPUSH', p .. ':events', cjson.encode({ARGV[2], ARGV[3], ARGV[4], ARGV[5]}))
-return v
-"""
-)
-
-# Replay the logged events at or after the cutoff onto the new version, drop older ones, switch.
-_SWITCH = (
-    _APPLY
-    + """
-local p, new, cutoff = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local log = redis.call('LRANGE', p .. ':events', 0, -1)
-redis.call('DEL', p .. ':events')
-for _, raw in ipairs(log) do
-  local e = cjson.decode(raw)
-  if tonumber(e[4]) >= cutoff then
-    apply(p, new, e[1], e[2], e[3], e[4], tonumber(ARGV[4]))
-    redis.call('RPUSH', p .. ':events', raw)
-  end
-end
-local old = redis.call('GET', p .. ':version')
-redis.call('SET', p .. ':version', new)
-return old
-"""
-)
-
-_GET_USERS = """
-local p = ARGV[1]
-local v = redis.call('GET', p .. ':version')
-if not v then return {} end
-local base = p .. ':' .. v .. ':r:'
-local out = {}
-for i = 2, #ARGV do out[#out + 1] = redis.call('GET', base .. ARGV[i]) or '' end
-return out
-"""
-
-_GET_ITEMS = """
-local p = ARGV[1]
-local v = redis.call('GET', p .. ':version')
-if not v then return {} end
-local base = p .. ':' .. v
-local out = {}
-for i = 2, #ARGV do
-  out[#out + 1] = redis.call('HGET', base .. ':i:' .. ARGV[i], 'row') or ''
-end
-return out
-"""
 
 
 class RedisStore:
@@ -176,6 +85,8 @@ class RedisStore:
         Seconds a call waits to connect and for each reply (``socket_timeout`` in the URL wins).
     retries
         Retries of a read that timed out or lost its connection; state changes are never retried.
+    chunk
+        Logged events a load replays per script.
     max_seen
         Items a user's seen list keeps (``record.seen_cap``: default ``$RECSYS_MAX_SEEN`` or 10,000).
     """
@@ -187,11 +98,13 @@ class RedisStore:
         prefix: str = "fs",
         timeout: float = DEFAULT_TIMEOUT,
         retries: int = DEFAULT_RETRIES,
+        chunk: int = CHUNK,
         max_seen: int | None = None,
     ) -> None:
         self.url = url
         self.max_seen = seen_cap(max_seen)
         self.prefix = prefix
+        self.chunk = chunk
         parts = urlsplit(url)
         options = parse_qsl(parts.query)
         self.timeout = float(dict(options).get("socket_timeout", timeout))
@@ -201,10 +114,12 @@ class RedisStore:
         self._url = urlunsplit(parts._replace(query=urlencode(rest)))
         self._redis = self._client(timeout=self.timeout, retries=retries)
         self._once = self._client(timeout=self.timeout, retries=0)  # apply_event: never twice
-        self._apply_event = self._redis.register_script(_APPLY_EVENT)
-        self._switch = self._redis.register_script(_SWITCH)
-        self._get_users = self._redis.register_script(_GET_USERS)
-        self._get_items = self._redis.register_script(_GET_ITEMS)
+        register = self._redis.register_script
+        self._apply_event, self._replay, self._prune = (
+            register(c) for c in (lua.APPLY_EVENT, lua.REPLAY, lua.PRUNE)
+        )
+        self._prepare, self._resolve = register(lua.PREPARE), register(lua.RESOLVE)
+        self._get_users, self._get_items = register(lua.GET_USERS), register(lua.GET_ITEMS)
 
     def _client(self, *, timeout: float, retries: int) -> redis.Redis:
         errors = (redis.ConnectionError, redis.TimeoutError)
@@ -217,8 +132,9 @@ class RedisStore:
         )
 
     @contextmanager
-    def _answering(self) -> Iterator[None]:
-        """Turn a timeout or a lost connection (after the client's retries) into ``StoreUnavailable``."""
+    def _answering(self, version: str | None = None) -> Iterator[None]:
+        """Turn a timeout or a lost connection (after the client's retries) into ``StoreUnavailable``,
+        and a read of a version the store does not hold into ``UnknownVersion``."""
         try:
             yield
         except redis.TimeoutError as err:
@@ -227,46 +143,79 @@ class RedisStore:
             ) from err
         except redis.ConnectionError as err:
             raise StoreUnavailable(f"online feature store (redis) is unreachable: {err}") from err
+        except redis.ResponseError as err:
+            if "UNKNOWN_VERSION" not in str(err):
+                raise
+            raise UnknownVersion(f"online feature store {self.url} has no version {version!r}") from None
 
     def _key(self, *parts: object) -> str:
         return ":".join([self.prefix, *map(str, parts)])
 
-    def version(self) -> int | None:
+    # --- reads --------------------------------------------------------------------------------------
+
+    def _live(self) -> list[tuple[str, int]]:
+        """Live versions and their ids, oldest first."""
         with self._answering():
-            value = self._redis.get(self._key("version"))
-        return None if value is None else int(value)
+            names = cast(dict[bytes, bytes], self._redis.hgetall(self._key("names")))
+        return sorted(((k.decode(), int(v)) for k, v in names.items()), key=lambda pair: pair[1])
 
-    def get_user(self, user_ids: Sequence[str]) -> pa.Table:
-        return records_to_arrow([str(u) for u in user_ids], self._records(user_ids))
+    def version(self) -> str | None:
+        live = self._live()
+        return live[-1][0] if live else None
 
-    def get_records(self, user_ids: Sequence[str]) -> list[dict[str, Any]]:
-        return [r if r is not None else empty_record() for r in self._records(user_ids)]
+    def versions(self) -> list[str]:
+        return [name for name, _ in self._live()]
 
-    def _records(self, user_ids: Sequence[str]) -> list[dict[str, Any] | None]:
+    def get_user(self, user_ids: Sequence[str], *, version: str | None = None) -> pa.Table:
+        return records_to_arrow([str(u) for u in user_ids], self._records(user_ids, version))
+
+    def get_records(self, user_ids: Sequence[str], *, version: str | None = None) -> list[dict[str, Any]]:
+        return [r if r is not None else empty_record() for r in self._records(user_ids, version)]
+
+    def _records(self, user_ids: Sequence[str], version: str | None) -> list[dict[str, Any] | None]:
         ids = [str(u) for u in user_ids]
-        with self._answering():
-            replies = self._get_users(args=[self.prefix, *ids]) if ids else []
+        with self._answering(version):
+            replies = self._get_users(args=[self.prefix, version or "", *ids]) if ids else []
         if not replies:
             return [None] * len(ids)
         return [_decode(raw) if raw else None for raw in replies]
 
-    def get_items(self, item_ids: Sequence[str]) -> pa.Table:
+    def get_items(self, item_ids: Sequence[str], *, version: str | None = None) -> pa.Table:
         ids = [str(i) for i in item_ids]
-        with self._answering():
-            replies = self._get_items(args=[self.prefix, *ids]) if ids else []
+        with self._answering(version):
+            replies = self._get_items(args=[self.prefix, version or "", *ids]) if ids else []
         rows = [
             json.loads(r) if r else {S.ITEM_ID: i}
             for i, r in zip(ids, replies or [b""] * len(ids), strict=True)
         ]
         return pl.DataFrame(rows, infer_schema_length=None).to_arrow() if rows else pa.table({})
 
-    def apply_event(self, user_id: str, item_id: str, event: str | None, timestamp: int) -> None:
+    def events_after(self, seq: int) -> tuple[pa.Table, int]:
+        with self._answering():
+            self._prepare(args=[self.prefix], client=self._once)
+            raw = cast(list[bytes], self._redis.zrangebyscore(self._key("log"), f"({int(seq)}", "+inf"))
+        events: list[LogEvent] = []
+        for entry in raw:
+            number, user, item, event, ts = json.loads(entry)
+            events.append((int(number), user, item, event or None, int(ts)))
+        return log_table(events), (events[-1][0] if events else seq)
+
+    # --- events -------------------------------------------------------------------------------------
+
+    def apply_event(self, user_id: str, item_id: str, event: str | None, timestamp: int) -> int:
         check_event(user_id, item_id, event)
         with self._answering():
-            self._apply_event(
+            seq = self._apply_event(
                 args=[self.prefix, str(user_id), str(item_id), event or "", int(timestamp), self.max_seen],
                 client=self._once,
             )
+        return int(seq)
+
+    def prune_events(self, *, through: int) -> None:
+        with self._answering():
+            self._prune(args=[self.prefix, int(through)], client=self._once)
+
+    # --- writes -------------------------------------------------------------------------------------
 
     def _write_users(self, version: int, states: pl.DataFrame, *, chunk: int = 1000) -> None:
         ids, records = frame_to_records(states, max_seen=self.max_seen)
@@ -293,41 +242,77 @@ class RedisStore:
                 pipe.execute()
         pipe.execute()
 
-    def put(self, *, users: pl.DataFrame | None = None, items: pl.DataFrame | None = None) -> None:
-        version = self.version()
-        if version is None:
-            version = int(self._redis.incr(self._key("next_version")))
-            self._redis.set(self._key("version"), version)
+    def put(
+        self,
+        *,
+        users: pl.DataFrame | None = None,
+        items: pl.DataFrame | None = None,
+        version: str | None = None,
+    ) -> None:
+        with self._answering(version):
+            self._prepare(args=[self.prefix], client=self._once)
+            found = self._resolve(args=[self.prefix, version or ""])
+        if not found:
+            raise UnknownVersion(f"online feature store {self.url} has no live version to put rows into")
         if users is not None:
-            self._write_users(version, users)
+            self._write_users(int(found[0]), users)
         if items is not None:
-            self._write_items(version, items)
+            self._write_items(int(found[0]), items)
 
-    def load(self, snapshot: Snapshot) -> int:
+    def load(self, snapshot: Snapshot, *, name: str | None = None) -> str:
+        self._prepare(args=[self.prefix], client=self._once)  # a new store gets its initial version first
+        check_fresh(snapshot, pruned_through=int(self._redis.get(self._key("pruned")) or 0), store=self.url)
         version = int(self._redis.incr(self._key("next_version")))
-        self._delete_version(version)  # leftovers of a crashed load, if any
-        self._redis.hset(self._key(version, "meta"), mapping={"last_n": snapshot.config.last_n})
+        self._redis.sadd(self._key("ids"), version)
+        name = name or str(version)
+        self._redis.hset(self._key(version, "meta"), mapping={"name": name, "last_n": snapshot.config.last_n})
         self._write_users(version, snapshot.user_states())
         self._write_items(version, online_items(snapshot))
-        bulk = self._client(timeout=LOAD_TIMEOUT, retries=0)  # the switch must run once, however long
+        old = self._go_live(version, snapshot)
+        if old is not None:
+            self._drop_ids([old])
+        return name
+
+    def _go_live(self, version: int, snapshot: Snapshot) -> int | None:
+        """Replay the log above the snapshot's ``events_through`` onto ``version`` a chunk per script;
+        the script that finds less than a chunk left also makes it live. Returns the id it replaced."""
+        through = snapshot.events_through or 0
+        done = through
+        bulk = self._client(timeout=LOAD_TIMEOUT, retries=0)  # a script that changes state runs once
         try:
-            old = self._switch(args=[self.prefix, version, snapshot.cutoff, self.max_seen], client=bulk)
+            while True:
+                args: list[str | int] = [self.prefix, version, done, self.chunk, through, self.max_seen]
+                state, value = self._replay(args=args, client=bulk)
+                if state == b"stale":
+                    check_fresh(snapshot, pruned_through=int(value), store=self.url)
+                if state != b"more":
+                    return int(value) if value else None
+                done = int(value)
         finally:
             bulk.close()
-        self._redis.set(self._key("cutoff"), snapshot.cutoff)
-        if old is not None and int(old) != version:
-            self._delete_version(int(old))
-        return version
 
-    def _delete_version(self, version: int) -> None:
-        batch: list[bytes] = []
-        for key in self._redis.scan_iter(match=self._key(version, "*"), count=1000):
-            batch.append(key)
-            if len(batch) >= 1000:
+    def retain(self, names: Collection[str]) -> list[str]:
+        self._prepare(args=[self.prefix], client=self._once)
+        keep = set(names)
+        live = self._live()
+        dropped = [name for name, _ in live if name not in keep]
+        if dropped:  # events and readers stop using them at once; their keys go next
+            self._redis.hdel(self._key("names"), *dropped)
+        kept = {version for name, version in live if name in keep}
+        self._drop_ids(sorted({int(v) for v in self._redis.smembers(self._key("ids"))} - kept))
+        return dropped
+
+    def _drop_ids(self, versions: Sequence[int]) -> None:
+        for version in versions:
+            batch: list[bytes] = []
+            for key in self._redis.scan_iter(match=self._key(version, "*"), count=1000):
+                batch.append(key)
+                if len(batch) >= 1000:
+                    self._redis.unlink(*batch)
+                    batch.clear()
+            if batch:
                 self._redis.unlink(*batch)
-                batch.clear()
-        if batch:
-            self._redis.unlink(*batch)
+            self._redis.srem(self._key("ids"), version)
 
     def key_names(self) -> list[str]:
         """Every key under the prefix (for inspection and tests)."""

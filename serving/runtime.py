@@ -6,6 +6,11 @@ request, so a response is always tagged with the version that produced it. A swa
 which is atomic in Python; requests in flight keep the old model until they finish. Nothing waits
 for a lock on the request path.
 
+Each bundle is served with its own features: the online store's version named after the bundle
+(``Loaded.version``), which ``recsys.pipeline.publish`` loads before it moves the pointer, so
+following the pointer switches model and features together. A version whose features the store
+does not hold is never swapped in.
+
 The holder follows the registry's *current* pointer (``recsys.pipeline.registry``): a daemon thread
 checks ``current_marker()`` (one ``stat``) every ``poll_seconds`` and loads the new current version
 when it changes, so ``recsys train`` publishing a version or ``recsys models rollback`` is followed
@@ -34,12 +39,13 @@ from typing import TYPE_CHECKING, Any
 from recsys.pipeline import registry
 
 if TYPE_CHECKING:
+    from feature_store.online import OnlineStore
     from recsys.pipeline.recommender import Recommender
 
 logger = logging.getLogger("recsys.serving")
 
 ENV_MODEL_TAG = "RECSYS_MODEL_TAG"
-ENV_STORE_URL = "RECSYS_ONLINE_STORE_URL"
+ENV_STORE_URL = registry.ENV_STORE_URL
 ENV_ADMIN_TOKEN = "RECSYS_ADMIN_TOKEN"
 ENV_POLL_SECONDS = "RECSYS_POLL_SECONDS"
 ENV_WORKERS = "RECSYS_WORKERS"
@@ -145,7 +151,8 @@ def server_pid(env: dict[str, str] | None = None) -> int | None:
 
 @dataclass(frozen=True)
 class Loaded:
-    """One loaded model version; never mutated, replaced whole on a swap."""
+    """One loaded model version; never mutated, replaced whole on a swap. ``version`` also names the
+    online store's version that holds its features."""
 
     recommender: Recommender
     tag: str
@@ -202,6 +209,8 @@ class ModelHolder:
         (then only ``refresh()``, e.g. ``POST /admin/reload``, swaps).
     load
         Turns a bundle directory into a recommender (``Recommender.load``).
+    store
+        The online store the service reads: a version is swapped in only if it holds its features.
     """
 
     def __init__(
@@ -210,10 +219,12 @@ class ModelHolder:
         pinned_tag: str | None = None,
         poll_seconds: float = 1.0,
         load: Callable[[Path], Recommender] = _load_bundle,
+        store: OnlineStore | None = None,
     ) -> None:
         self.pinned_tag = pinned_tag
         self.poll_seconds = poll_seconds
         self._load = load
+        self._store = store
         self._current: Loaded | None = None
         self._marker: str | None = None
         self._refresh_lock = threading.Lock()  # one load at a time; readers never take it
@@ -239,6 +250,7 @@ class ModelHolder:
             if previous is not None and previous.tag == version.tag:
                 self._marker = marker
                 return previous.tag, previous.tag, False
+            self._check_features(version)
             recommender = self._load(version.path)
             smoke_test(recommender)
             self._current = Loaded(
@@ -256,6 +268,16 @@ class ModelHolder:
             del previous, recommender  # so that settle_heap can collect the old model's cycles
             settle_heap()
             return previous_tag, version.tag, True
+
+    def _check_features(self, version: registry.ModelVersion) -> None:
+        if self._store is None:
+            return
+        held = self._store.versions()
+        if version.version not in held:
+            raise RuntimeError(
+                f"the online store {self._store.url} holds no features for {version.tag} (it holds "
+                f"{', '.join(held) or 'none'}): publish a new version, or roll back to one it holds"
+            )
 
     def _try_refresh(self) -> None:
         try:

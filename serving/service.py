@@ -5,7 +5,8 @@ Start it with ``recsys serve`` (or ``bentoml serve serving.service:Recsys``). It
 ``recsys-bundle`` version of the BentoML model store (``$BENTOML_HOME``), or ``$RECSYS_MODEL_TAG``,
 and follows the registry's current pointer, swapping models without dropping a request
 (``serving.runtime``). User histories come from the online feature store
-(``$RECSYS_ONLINE_STORE_URL``, SQLite in the BentoML home by default, or ``redis://...``).
+(``$RECSYS_ONLINE_STORE_URL``, SQLite in the BentoML home by default, or ``redis://...``), from its
+version named after the served bundle, so a swap changes model and features together.
 
 The service is thin: it validates requests (``serving.schemas``), reads the user's record from the
 online store and calls the loaded ``recsys.pipeline.recommender.Recommender``. It imports neither
@@ -225,7 +226,9 @@ class Recsys:
         die_with_parent(parent_pid=server_pid())  # BentoML runs __init__ in the worker's main thread
         self.settings = Settings.from_env()
         self.store: OnlineStore = open_store(self.settings.store_url or default_store_url())
-        self.models = ModelHolder(pinned_tag=self.settings.model_tag, poll_seconds=self.settings.poll_seconds)
+        self.models = ModelHolder(
+            pinned_tag=self.settings.model_tag, poll_seconds=self.settings.poll_seconds, store=self.store
+        )
         self.models.start()
         self._limiter = anyio.CapacityLimiter(self.settings.threads)
         self._store_reads = anyio.CapacityLimiter(STORE_READERS)
@@ -261,13 +264,16 @@ class Recsys:
             raise RequestError(503, f"no model loaded yet ({reason})", kind="unavailable")
         return loaded
 
-    def _users(self, user_ids: Sequence[str]) -> tuple[list[list[str]], list[dict[str, Any]]]:
-        """Each user's history and record from the online store (plain records, not Arrow rows: the
-        same states, several times cheaper per request). Blocking: call it off the event loop."""
+    def _users(
+        self, user_ids: Sequence[str], version: str | None
+    ) -> tuple[list[list[str]], list[dict[str, Any]]]:
+        """Each user's history and record from the online store's ``version`` (the served bundle's:
+        its features), as plain records, not Arrow rows: the same states, several times cheaper per
+        request. Blocking: call it off the event loop."""
         from feature_store.record import history  # lazy, as in _store_answers
 
         with _store_answers():
-            records = self.store.get_records(list(user_ids))
+            records = self.store.get_records(list(user_ids), version=version)
         return [history(r) for r in records], records
 
     @staticmethod
@@ -308,9 +314,11 @@ class Recsys:
     async def _run(self, func: Callable[[], T]) -> T:
         return await anyio.to_thread.run_sync(func, limiter=self._limiter)
 
-    async def _read(self, user_ids: Sequence[str]) -> tuple[list[list[str]], list[dict[str, Any]]]:
+    async def _read(
+        self, user_ids: Sequence[str], version: str
+    ) -> tuple[list[list[str]], list[dict[str, Any]]]:
         """``_users`` off the event loop."""
-        return await anyio.to_thread.run_sync(self._users, user_ids, limiter=self._store_reads)
+        return await anyio.to_thread.run_sync(self._users, user_ids, version, limiter=self._store_reads)
 
     @bentoml.api(route="/recommend", input_spec=api.RecommendRequest, output_spec=api.RecommendResponse)
     @answers
@@ -321,7 +329,7 @@ class Recsys:
         loaded = self.loaded()
         filters = self._filters(loaded, request.filters)
 
-        (history,), (record,) = await self._read([request.user_id])
+        (history,), (record,) = await self._read([request.user_id], loaded.version)
         recommendations = loaded.recommender.recommend(
             history,
             n=request.n,
@@ -346,7 +354,7 @@ class Recsys:
         filters = self._filters(loaded, request.filters)
 
         def run() -> Response:
-            histories, records = self._users(request.user_ids)
+            histories, records = self._users(request.user_ids, loaded.version)
             results = loaded.recommender.recommend_batch(  # one call: every user scored in blocks
                 histories,
                 n=request.n,
@@ -393,7 +401,7 @@ class Recsys:
             raise RequestError(404, f"unknown item {request.item_id!r}", loc=["item_id"], kind="not_found")
 
         def run() -> list[tuple[str, float]]:
-            (history,), (record,) = self._users([request.user_id])
+            (history,), (record,) = self._users([request.user_id], loaded.version)
             return loaded.recommender.explain(history, request.item_id, top=request.top, user_features=record)
 
         contributions = await self._run(run)
@@ -433,7 +441,8 @@ class Recsys:
         def run() -> dict[str, Any]:
             with _store_answers():
                 self.store.apply_event(request.user_id, request.item_id, request.event, timestamp)
-            return self._users([request.user_id])[1][0]
+            loaded = self.models.current  # the event reached every version; report the served one's
+            return self._users([request.user_id], loaded.version if loaded else None)[1][0]
 
         record = await anyio.to_thread.run_sync(run, limiter=self._event_writes)
         return api.EventResponse.model_construct(

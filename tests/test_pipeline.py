@@ -246,3 +246,48 @@ def test_publish_then_load_from_the_model_store(tmp_path: Path, bundle: Path) ->
     published = Recommender.load(Path(path)).recommend(history, n=5)
     assert published == Recommender.load(bundle).recommend(history, n=5)
     assert (tmp_path / "home" / "recsys" / "online.db").exists()
+
+
+def toml_text(data: dict[str, object], prefix: str = "") -> str:
+    """A config dict (``recsys.config.to_dict``) as TOML: JSON scalars and arrays are TOML too."""
+    scalars = [f"{k} = {json.dumps(v)}" for k, v in data.items() if not isinstance(v, dict) and v is not None]
+    tables = [toml_text(v, f"{prefix}{k}.") for k, v in data.items() if isinstance(v, dict)]
+    return "\n".join(([f"[{prefix[:-1]}]"] if prefix else []) + scalars + ["", *tables])
+
+
+def test_recsys_train_whose_publish_fails_leaves_the_previous_model_current(
+    tmp_path: Path, bundle: Path, tables: tuple[pl.DataFrame, pl.DataFrame], config: TrainConfig
+) -> None:
+    """The fit succeeds, publishing fails (the online store's file was damaged): exit 1 with the
+    reason, and the model published before stays current, with no trace of the new one."""
+    from recsys.config import to_dict
+
+    home = tmp_path / "home"
+    env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True"}
+    publish = "import sys; from pathlib import Path; from recsys.pipeline.train import publish_bundle; "
+    publish += "print(publish_bundle(Path(sys.argv[1])).tag)"
+    before = subprocess.run(
+        [sys.executable, "-c", publish, str(bundle)], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()[-1]
+    for frame, name in zip(tables, ("items", "interactions"), strict=True):
+        frame.write_parquet(tmp_path / f"{name}.parquet")
+    quick = replace(config.model, candidates=replace(config.model.candidates, sources=("als", "popularity")))
+    (tmp_path / "train.toml").write_text(toml_text(to_dict(replace(config, model=quick))))
+    store = home / "recsys" / "online.db"  # the default store, which the first publish loaded
+    for leftover in store.parent.glob("online.db-*"):
+        leftover.unlink()
+    store.write_text("not a database")
+    cli = [sys.executable, "-c", "from recsys.cli import main; main()"]
+    train = [
+        *("train", "--items", str(tmp_path / "items.parquet")),
+        *("--interactions", str(tmp_path / "interactions.parquet")),
+        *("--config", str(tmp_path / "train.toml"), "--no-finetune", "--out", str(tmp_path / "bundles")),
+    ]
+    done = subprocess.run([*cli, *train], env=env, capture_output=True, text=True, timeout=600)
+    current = subprocess.run([*cli, "models", "current"], env=env, capture_output=True, text=True)
+    assert current.stdout.strip() == before
+    message = " ".join(done.stderr.split())  # rich wraps long lines
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "Not published: publishing" in message and "file is not a database" in message, message
+    assert f"{before} is still current" in message
+    assert [p.name for p in (home / "models" / "recsys-bundle").iterdir() if p.is_dir()] == [bundle.name]

@@ -1,6 +1,7 @@
 """End-to-end tests of the service's life cycle over real HTTP: readiness before any model exists,
-hot swap to a newly published version under concurrent load with zero failed requests, following
-``recsys models rollback``, and ``bentoml build`` of the packaged service.
+hot swap to a newly published version under concurrent load with zero failed requests, model and
+features switching together, following ``recsys models rollback``, and ``bentoml build`` of the
+packaged service.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ from collections import defaultdict
 from pathlib import Path
 
 import httpx
+import polars as pl
 import pytest
 from redis_server import redis_server, redis_url  # noqa: F401 - fixtures
 from serving_fixtures import (
     ADMIN_TOKEN,
-    copy_as_version,
     incompatible_copy,
     publish,
     recsys_server,
@@ -28,6 +29,7 @@ from serving_fixtures import (
     tiny_bundle,
     tiny_home,
 )
+from test_publish_atomic import MARK, release
 
 from benchmarks.harness.process import bentoml_serve_command, free_port, running
 
@@ -71,9 +73,11 @@ def test_not_ready_until_a_model_is_published(tmp_path: Path) -> None:
 
 
 def test_hot_swap_and_rollback_under_load_drop_no_request(tmp_path: Path) -> None:
+    """Also: each version is served with its own features (release 1's mark one user's event count)."""
     home = tiny_home(tmp_path / "home")
     v1 = home.version
-    v2_bundle = copy_as_version(tiny_bundle(), tmp_path / "bundle-v2", f"{v1}-next")
+    v2_bundle = release(tmp_path / "releases", 1)
+    marked = str(pl.read_parquet(v2_bundle / "features" / "user_states.parquet").get_column("user_id")[0])
     results: dict[int, list[tuple[int, str]]] = defaultdict(list)  # thread -> (status, version)
     failures: list[str] = []
     stop = threading.Event()
@@ -97,7 +101,14 @@ def test_hot_swap_and_rollback_under_load_drop_no_request(tmp_path: Path) -> Non
                     failures.append(f"short answer {body}")
                 results[worker].append((response.status_code, body["model_version"]))
 
+    def events_of_marked(client: httpx.Client) -> int:
+        """The marked user's event count in the features the server reads, after one more event."""
+        response = client.post("/events", json={"user_id": marked, "item_id": home.users_item})
+        assert response.status_code == 200, response.text
+        return int(response.json()["n_events"])
+
     with recsys_server(home.path, home.store_url) as server, httpx.Client(base_url=server.url) as client:
+        before = events_of_marked(client)
         threads = [threading.Thread(target=hammer, args=(k, server.url)) for k in range(6)]
         for thread in threads:
             thread.start()
@@ -105,11 +116,13 @@ def test_hot_swap_and_rollback_under_load_drop_no_request(tmp_path: Path) -> Non
             time.sleep(1.0)
             v2 = publish(home.path, v2_bundle, store_url=home.store_url)  # as `recsys train` ends
             wait_for_version(client, v2)
+            assert events_of_marked(client) == before + 1 + MARK  # v2's features, and every event
             time.sleep(1.0)
-            rollback = run_cli(home.path, "models", "rollback")
+            rollback = run_cli(home.path, "models", "rollback", "--store", home.store_url)
             assert rollback.returncode == 0, rollback.stderr
             assert v1 in rollback.stdout
             wait_for_version(client, v1)
+            assert events_of_marked(client) == before + 2  # v1's own features again
             time.sleep(1.0)
         finally:
             stop.set()

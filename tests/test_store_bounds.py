@@ -1,6 +1,7 @@
 """A user's stored state is bounded in both online stores: the last-N items, and at most ``max_seen``
 seen items (``$RECSYS_MAX_SEEN``, default 10,000), the first seen dropped first, whether the state
-grows by live events or is written whole (``put``; a snapshot load cuts its states the same way)."""
+grows by live events or is written whole (``put``; a snapshot load cuts its states the same way), and
+when a publish replays the event log onto a new version."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 from redis_server import redis_server, redis_url  # noqa: F401 - fixtures
+from test_feature_store_offline import CONFIG, random_world
 
 from feature_store import definitions as D
-from feature_store import open_store
+from feature_store import open_store, write_snapshot
 from feature_store.record import DEFAULT_MAX_SEEN, ENV_MAX_SEEN, empty_record, records_to_arrow
 
 
@@ -66,6 +68,25 @@ def test_states_written_whole_are_bounded_too(store_url: str) -> None:
     finally:
         store.close()
     assert stored[D.SEEN] == [f"i{k}" for k in range(40, 50)]
+
+
+def test_a_load_replays_the_log_under_the_cap(store_url: str, tmp_path: Path) -> None:
+    """The replay of a load (in chunks, in timestamp order) cuts the seen list as live events do: the
+    log keeps every event, so a replay without the cap would bring back all of them."""
+    items, interactions, _ = random_world(3)
+    store = open_store(store_url, max_seen=3, chunk=2)
+    try:
+        for k, item in enumerate(["a", "b", "c", "d", "e"]):
+            store.apply_event("cap", item, None, 100 + k)
+        snapshot = write_snapshot(
+            tmp_path / "snap", interactions=interactions, items=items, cutoff=50, config=CONFIG
+        )
+        store.load(snapshot)
+        (record,) = store.get_records(["cap"])
+    finally:
+        store.close()
+    assert record[D.N_EVENTS] == 5
+    assert record[D.SEEN] == ["c", "d", "e"]
 
 
 def test_a_bad_cap_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
@@ -70,14 +70,25 @@ def current_model() -> None:
 
 
 @models_app.command("rollback")
-def rollback() -> None:
-    """Make the previously current version current again; running services follow within a second."""
+def rollback(
+    store: Annotated[
+        str | None,
+        typer.Option(
+            "--store",
+            help="Online store the service reads (sqlite:///path.db or redis://host:port/db); "
+            "default $RECSYS_ONLINE_STORE_URL or sqlite in $BENTOML_HOME/recsys/online.db.",
+        ),
+    ] = None,
+) -> None:
+    """Make the previously current version current again, with its features; running services
+    follow within a second."""
     from recsys.pipeline import registry
+    from recsys.pipeline.publish import PublishError
+    from recsys.pipeline.publish import rollback as roll_back
 
     try:
-        before = registry.current().tag
-        after = registry.rollback()
-    except registry.RegistryError as err:
+        before, after = roll_back(store_url=store)
+    except (registry.RegistryError, PublishError) as err:
         typer.echo(f"Cannot roll back: {err}", err=True)
         raise typer.Exit(1) from None
-    typer.echo(f"{after.tag} is current again (was {before})")
+    typer.echo(f"{after.tag} is current again (was {before.tag})")

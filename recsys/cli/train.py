@@ -48,7 +48,13 @@ def _metrics_table(rows: dict[str, dict[str, float]], title: str) -> Any:
 
 
 def _train_and_publish(
-    items: Path, interactions: Path, config: TrainConfig, out: Path, *, publish: bool
+    items: Path,
+    interactions: Path,
+    config: TrainConfig,
+    out: Path,
+    *,
+    publish: bool,
+    store: str | None = None,
 ) -> tuple[Path, dict[str, Any], str | None]:
     """The bundle, its metadata and its tag in the model store (``None`` unless published)."""
     import json
@@ -56,7 +62,8 @@ def _train_and_publish(
     from rich.console import Console
 
     from recsys.data.loading import load_dataset
-    from recsys.pipeline.train import publish_bundle, train_bundle
+    from recsys.pipeline.publish import PublishError, publish_bundle
+    from recsys.pipeline.train import train_bundle
 
     console = Console()
     with data_errors():
@@ -75,7 +82,11 @@ def _train_and_publish(
     console.print(f"bundle written: {bundle}")
     tag = None
     if publish:
-        tag = publish_bundle(bundle).tag
+        try:
+            tag = publish_bundle(bundle, store_url=store).tag
+        except PublishError as err:
+            Console(stderr=True).print(f"[bold red]Not published:[/] {err}", highlight=False)
+            raise typer.Exit(1) from None
         console.print(f"published [bold]{tag}[/bold] (current) to the BentoML model store")
     return bundle, meta, tag
 
@@ -93,11 +104,23 @@ def train(
     publish: Annotated[
         bool, typer.Option("--publish/--no-publish", help="Publish to the BentoML model store.")
     ] = True,
+    store: Annotated[
+        str | None,
+        typer.Option(
+            "--store",
+            help="Online store to load the features into (sqlite:///path.db or redis://host:port/db); "
+            "default $RECSYS_ONLINE_STORE_URL or sqlite in $BENTOML_HOME/recsys/online.db.",
+        ),
+    ] = None,
     runs_dir: RunsDirOption = None,
     tensorboard: TensorBoardOption = None,
     mlflow: MlflowOption = False,
 ) -> None:
-    """Fit encoder, retrievers and ranker; evaluate on validation and test; publish the bundle."""
+    """Fit encoder, retrievers and ranker; evaluate on validation and test; publish the bundle.
+
+    Publishing loads the bundle's features into the online store first and makes the model current
+    only once that worked: if it fails (exit 1), the previous model and its features keep serving.
+    """
     import time
 
     from recsys.experiments.runs import Invocation, data_files, training_record
@@ -105,7 +128,7 @@ def train(
     started = time.perf_counter()
     settings = _load_config(config, finetune=finetune)
     check_exporters(tensorboard=tensorboard, mlflow=mlflow)
-    bundle, meta, tag = _train_and_publish(items, interactions, settings, out, publish=publish)
+    bundle, meta, tag = _train_and_publish(items, interactions, settings, out, publish=publish, store=store)
     record = training_record(
         meta,
         data={"files": data_files(items=items, interactions=interactions)},

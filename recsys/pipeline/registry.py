@@ -1,24 +1,39 @@
 """Versioned model bundles in the BentoML model store, and which version is current.
 
-A bundle is an immutable directory. Publishing copies it into the BentoML model store (which writes
-into a temporary folder and moves it in only on success, so a crash never leaves half a model) under
-``recsys-bundle:<version>``, then moves the *current* pointer to it. The pointer is a small JSON file
-in the BentoML home, replaced atomically; ``rollback`` moves it back. The service follows the pointer.
+A bundle is an immutable directory. ``publish`` copies it into the BentoML model store under
+``recsys-bundle:<version>``; ``set_current`` then moves the *current* pointer to it, a small JSON
+file in the BentoML home replaced atomically (``os.replace``), so that one step switches what the
+service serves; ``rollback`` moves it back. The service follows the pointer, and reads the online
+store's version named after the bundle it serves, so the pointer switches model and features
+together (``recsys.pipeline.publish`` loads the features first).
+
+Publishing runs inside ``publishing()``: one publish at a time per BentoML home (a lock the kernel
+releases when the process dies), and a clean slate. BentoML copies into the store's final folder
+file by file, so a killed copy leaves half a model there, and its temporary copy elsewhere; the
+publish therefore names the version it is adding in ``recsys/publishing/`` first and makes BentoML's
+temporary folder there too, and the next ``publishing()`` deletes that version unless it became
+current, and the folder.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
+import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 MODEL_NAME = "recsys-bundle"
+ENV_STORE_URL = "RECSYS_ONLINE_STORE_URL"
+ROLLBACK_DEPTH = 1  # earlier versions whose online features stay live, so a rollback is one step
 
 
 class RegistryError(RuntimeError):
@@ -31,12 +46,18 @@ def bentoml_home() -> Path:
 
 
 def default_online_store_url() -> str:
-    """The embedded SQLite online store in the BentoML home, next to the models it serves."""
-    return f"sqlite:///{bentoml_home().resolve() / 'recsys' / 'online.db'}"
+    """``$RECSYS_ONLINE_STORE_URL``, or the embedded SQLite store in the BentoML home, next to the
+    models it serves: the store ``recsys serve`` reads unless told otherwise."""
+    return os.environ.get(ENV_STORE_URL) or f"sqlite:///{bentoml_home().resolve() / 'recsys' / 'online.db'}"
 
 
 def _pointer_path(name: str) -> Path:
     return bentoml_home() / "recsys" / f"{name}.current.json"
+
+
+def _work_dir(name: str) -> Path:
+    """What a publish in progress owns: the version it is adding, BentoML's temporary folder."""
+    return bentoml_home() / "recsys" / f"{name}.publishing"
 
 
 def new_version() -> str:
@@ -63,23 +84,90 @@ def _as_version(model: Any) -> ModelVersion:
     )
 
 
-def publish(bundle_dir: Path, *, name: str = MODEL_NAME, make_current: bool = True) -> ModelVersion:
-    """Copy ``bundle_dir`` into the model store as a new version and (by default) make it current.
+def publish(bundle_dir: Path, *, name: str = MODEL_NAME) -> ModelVersion:
+    """Copy ``bundle_dir`` into the model store as a new version; not current (``set_current`` is).
 
-    The version is the one in the bundle's ``metadata.json``; its summary (metrics, fingerprint,
-    created_at) also becomes the BentoML model's metadata.
+    Call it inside ``publishing()``. The version is the one in the bundle's ``metadata.json``; its
+    summary (metrics, fingerprint, created_at) also becomes the BentoML model's metadata.
     """
     import bentoml
 
     meta = json.loads((bundle_dir / "metadata.json").read_text())
-    version = meta["version"]
+    tag = f"{name}:{meta['version']}"
     summary = {k: meta[k] for k in ("created_at", "data_fingerprint", "metrics") if k in meta}
-    with bentoml.models.create(f"{name}:{version}", labels={"kind": "recsys"}, metadata=summary) as model:
-        shutil.copytree(bundle_dir, model.path, dirs_exist_ok=True)
-    published = get(f"{name}:{version}")
-    if make_current:
-        set_current(published.tag, name=name)
-    return published
+    try:
+        get(tag)
+    except RegistryError:
+        pass
+    else:  # never overwrite, nor (on failure) delete, a version published before
+        raise RegistryError(f"{tag} is already in the model store at {bentoml_home()}")
+    work = _work_dir(name)
+    (work / "tmp").mkdir(parents=True, exist_ok=True)
+    _write_json(work / "adding.json", {"tag": tag})  # before BentoML creates anything
+    with (
+        _temporary_files_in(work / "tmp"),
+        bentoml.models.create(tag, labels={"kind": "recsys"}, metadata=summary) as model,
+    ):
+        # Links, not copies: BentoML's save copies what they point to into the store, so the bundle
+        # is copied once, and a killed run leaves only links behind.
+        for entry in bundle_dir.iterdir():
+            (Path(model.path) / entry.name).symlink_to(entry.resolve())
+    return get(tag)
+
+
+@contextlib.contextmanager
+def _temporary_files_in(folder: Path) -> Iterator[None]:
+    """Make ``tempfile``'s default folder ``folder`` for the block (BentoML takes no folder for its
+    temporary model copy). A publish is a batch job holding the publish lock."""
+    previous = tempfile.tempdir
+    tempfile.tempdir = str(folder)
+    try:
+        yield
+    finally:
+        tempfile.tempdir = previous
+
+
+@contextlib.contextmanager
+def publishing(name: str = MODEL_NAME) -> Iterator[None]:
+    """Hold the publish lock of this BentoML home, after removing what a killed publish left behind.
+
+    The lock is ``flock`` on a file: the kernel releases it when the holder dies, even by SIGKILL.
+    """
+    path = bentoml_home() / "recsys" / f"{name}.publish.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            tidy(name)
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def tidy(name: str = MODEL_NAME) -> list[str]:
+    """Delete what an unfinished publish left: the version it was adding unless it became current
+    (or was, and is in the pointer's history), BentoML's temporary folder, stray pointer files.
+    Call it holding the lock (``publishing`` does). Returns what it removed, for logs and tests."""
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    removed: list[str] = []
+    work = _work_dir(name)
+    adding = work / "adding.json"
+    if adding.exists():
+        tag = json.loads(adding.read_text())["tag"]
+        pointer = _read_pointer(name)
+        if tag != pointer["current"] and tag not in pointer["history"]:
+            with contextlib.suppress(NotFound):
+                bentoml.models.delete(tag)  # by path: also a half-copied model that cannot load
+                removed.append(tag)
+    if work.exists():
+        shutil.rmtree(work)
+        removed.append(str(work))
+    for stray in _pointer_path(name).parent.glob(f".{_pointer_path(name).name}.*"):
+        stray.unlink(missing_ok=True)  # written, never moved into place
+        removed.append(str(stray))
+    return removed
 
 
 def get(tag: str) -> ModelVersion:
@@ -112,10 +200,14 @@ def _read_pointer(name: str) -> dict[str, Any]:
 
 
 def _write_pointer(name: str, pointer: dict[str, Any]) -> None:
-    path = _pointer_path(name)
+    _write_json(_pointer_path(name), pointer)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Replace ``path`` atomically: a reader, or a run after a kill, sees the old file or the new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}")
-    tmp.write_text(json.dumps(pointer, indent=2))
+    tmp.write_text(json.dumps(data, indent=2))
     os.replace(tmp, path)
 
 
@@ -149,13 +241,35 @@ def current_marker(name: str = MODEL_NAME) -> str:
         return ""
 
 
-def rollback(name: str = MODEL_NAME) -> ModelVersion:
-    """Make the previously current version current again."""
+def kept(name: str = MODEL_NAME) -> list[ModelVersion]:
+    """The current version and the ``ROLLBACK_DEPTH`` it would roll back to, newest first: the
+    bundles whose online features stay live (empty when nothing is published)."""
+    try:
+        versions = [current(name)]
+    except RegistryError:
+        return []
+    for tag in reversed(_read_pointer(name)["history"]):
+        if len(versions) > ROLLBACK_DEPTH:
+            break
+        if tag not in {v.tag for v in versions}:
+            with contextlib.suppress(RegistryError):  # deleted from the model store by hand
+                versions.append(get(tag))
+    return versions
+
+
+def previous(name: str = MODEL_NAME) -> ModelVersion:
+    """The version ``rollback`` would make current."""
     pointer = _read_pointer(name)
     history = [t for t in pointer["history"] if t != pointer["current"]]
     if not history:
         raise RegistryError(f"no earlier version of {name!r} to roll back to")
-    previous = history.pop()
-    get(previous)
-    _write_pointer(name, {"current": previous, "history": history})
-    return get(previous)
+    return get(history[-1])
+
+
+def rollback(name: str = MODEL_NAME) -> ModelVersion:
+    """Make the previously current version current again (one atomic pointer move)."""
+    target = previous(name)
+    pointer = _read_pointer(name)
+    history = [t for t in pointer["history"] if t != pointer["current"]]
+    _write_pointer(name, {"current": target.tag, "history": history[:-1]})
+    return target

@@ -10,9 +10,10 @@ Steps, each a function of its inputs:
 4. Fit it on all interactions: that is the model served.
 5. Write the bundle folder atomically: ``metadata.json``, ``model/`` (two-stage model),
    ``encoder/`` (the fine-tuned encoder, safetensors; a frozen one is only referenced) and
-   ``features/`` (the feature-store snapshot as of the end of the data). Then publish it to the
-   BentoML model store and load the snapshot into the online store, so the service answers known
-   users from their histories.
+   ``features/`` (the feature-store snapshot as of the end of the data). Then publish it
+   (``recsys.pipeline.publish``): its snapshot is loaded into the online store first, and the
+   model becomes current only once that succeeded, so the service answers known users from their
+   histories and a failed publish leaves the previous model and its features serving.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from recsys.data.io import atomic_path
 from recsys.data.splits import Split, make_split
 from recsys.encoder.config import EncoderConfig, FinetuneConfig, HeadConfig
 from recsys.pipeline import registry
+from recsys.pipeline.publish import publish_bundle as publish_bundle  # step 5, where callers look
 from recsys.pipeline.two_stage import TwoStage, TwoStageConfig
 
 LIBRARIES = (
@@ -235,20 +237,6 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-def publish_bundle(bundle: Path, *, store_url: str | None = None) -> registry.ModelVersion:
-    """Publish to the BentoML model store (making it current) and load its features online."""
-    from feature_store.offline import Snapshot
-    from feature_store.online import open_store
-
-    published = registry.publish(bundle)
-    store = open_store(store_url or registry.default_online_store_url())
-    try:
-        store.load(Snapshot.open(published.path / "features"))
-    finally:
-        store.close()
-    return published
 
 
 def item_titles(items: pl.DataFrame, ids: np.ndarray) -> list[str]:
