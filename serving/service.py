@@ -23,25 +23,24 @@ offending field (``serving.guard``); a store that does not answer in time gets a
 
 from __future__ import annotations
 
-import functools
-import hmac
 import json
 import logging
 import math
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import anyio.to_thread
 import bentoml
 from fastapi import FastAPI, Header
 from starlette.exceptions import HTTPException
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from serving import schemas as api
 from serving.guard import API_ROUTES, RequestGuard
+from serving.http import RequestError, answers, check_token
 from serving.runtime import (
     ENV_EVENTS_MAX_SKEW,
     ENV_WORKERS,
@@ -60,7 +59,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("recsys.serving")
 STORE_READERS = 16  # /recommend store reads in flight per worker, each bounded by the store's timeout
 EVENT_WRITERS = 4  # /events store writes in flight per worker: a pool of their own, never behind scoring
-P = ParamSpec("P")
 T = TypeVar("T")
 
 
@@ -75,67 +73,6 @@ class _QuietClientErrors(logging.Filter):
 
 
 logging.getLogger("bentoml._internal.server.http_app").addFilter(_QuietClientErrors())
-
-
-class RequestError(Exception):
-    """A request the service cannot answer: becomes a 4xx (or 503) ``schemas.Error`` response."""
-
-    def __init__(self, status: int, message: str, *, loc: Sequence[str | int] = (), kind: str = "") -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.loc = list(loc)
-        self.kind = kind or "invalid"
-
-    def response(self) -> JSONResponse:
-        detail = [api.ErrorDetail(loc=self.loc, msg=self.message, type=self.kind)] if self.loc else []
-        where = ".".join(map(str, self.loc))
-        error = f"{where}: {self.message}" if where else self.message
-        return JSONResponse(api.Error(error=error, detail=detail).model_dump(), status_code=self.status)
-
-
-def answers(
-    func: Callable[P, Awaitable[Any]],
-) -> Callable[P, Awaitable[Any]]:
-    """Turn a ``RequestError`` raised by an endpoint into its JSON error response."""
-
-    @functools.wraps(func)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
-        try:
-            return await func(*args, **kwargs)
-        except RequestError as err:
-            context = kwargs.get("ctx")
-            if isinstance(context, bentoml.Context):  # BentoML sets the status from it, not the response
-                context.response.status_code = err.status
-            return err.response()
-
-    return wrapper
-
-
-def bearer_token(authorization: str | None) -> str | None:
-    """The token of an ``Authorization: Bearer <token>`` header, or ``None``.
-
-    The scheme is case-insensitive (RFC 7235) and whitespace around the parts is tolerated; a bare
-    token, another scheme or anything after the token is no bearer token.
-
-    >>> bearer_token("Bearer abc"), bearer_token("  bearer   abc "), bearer_token("BEARER abc")
-    ('abc', 'abc', 'abc')
-    >>> bearer_token("abc"), bearer_token("Basic abc"), bearer_token("Bearer"), bearer_token(None)
-    (None, None, None, None)
-    """
-    parts = (authorization or "").split()
-    if len(parts) != 2 or parts[0].lower() != "bearer":
-        return None
-    return parts[1]
-
-
-def check_token(authorization: str | None, token: str, *, name: str) -> None:
-    """401 unless the header carries ``token`` as a bearer token (compared in constant time)."""
-    given = bearer_token(authorization)
-    if given is None or not hmac.compare_digest(given.encode(), token.encode()):
-        raise RequestError(
-            401, f"missing or wrong {name} token", loc=["header", "authorization"], kind="unauthorized"
-        )
 
 
 def _items(recommendations: Sequence[Recommendation]) -> list[api.Item]:

@@ -14,8 +14,8 @@ import pytest
 from serving_fixtures import ADMIN_TOKEN, server_env, tiny_home
 
 from benchmarks.harness.process import free_port, recsys_serve_command, running
+from serving.http import bearer_token
 from serving.runtime import Settings
-from serving.service import bearer_token
 
 EVENTS_TOKEN = "test-events-token"
 
