@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import pytest
 
 from feature_store import open_store
 from recsys.data import schema as S
-from recsys.pipeline.datadir import MANIFEST, Manifest
+from recsys.pipeline.datadir import MANIFEST, Manifest, commit
 from recsys.pipeline.ingest import IngestResult, ingest, load_data, load_tables
 from recsys.pipeline.lock import DIE_AT_ENV
 
@@ -107,6 +108,30 @@ def test_duplicates_are_dropped_and_a_rerun_adds_nothing(tmp_path: Path) -> None
     assert copy.files_ingested == () and copy.files_already_ingested == ("day2-copy.csv",)
     assert Manifest.read(tmp_path / "data").generation == generation
     assert interactions(tmp_path).equals(table)
+    # a new day under yesterday's name goes in, and beside yesterday's file in processed/
+    drop(tmp_path / "inbox", "day1.csv", EVENTS.tail(1).with_columns(pl.lit(T0 + 9).alias(S.TIMESTAMP)))
+    assert run(tmp_path).rows_added["interactions"] == 1
+    processed = sorted(p.name for p in (tmp_path / "inbox" / "processed").glob("day1*"))
+    assert processed[1] == "day1.csv" and re.fullmatch(r"day1-[0-9a-f]{12}\.csv", processed[0])
+
+
+def test_interaction_parts_are_compacted(tmp_path: Path) -> None:
+    manifest = Manifest()
+    for day in range(5):
+        rows = EVENTS.with_columns(pl.col(S.TIMESTAMP) + 100 * day)
+        manifest = commit(
+            tmp_path,
+            manifest,
+            items=ITEMS if day == 0 else None,
+            rows=rows,
+            pending=None,
+            events_through=None,
+            files={},
+            max_parts=2,
+        )
+        assert len(manifest.interactions) == [1, 2, 1, 2, 1][day]
+        assert load_tables(tmp_path)[1].height == EVENTS.height * (day + 1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([MANIFEST, *manifest.parts()])
 
 
 def test_the_latest_version_of_an_item_wins(tmp_path: Path) -> None:
@@ -191,6 +216,7 @@ def test_service_events_reach_data_dir_exactly_once(tmp_path: Path) -> None:
     first = run(tmp_path, url)
     assert (first.events_ingested, first.events_pending, first.events_through) == (2, 1, seqs[-1])
     assert first.rows_added["interactions"] == 4 + 2
+    store.prune_events(through=seqs[-1])  # as a publish of a snapshot of this data does
     late = ("u1", "c", "buy", T0 + 13)
     seqs.append(store.apply_event(*late))
     drop(tmp_path / "inbox", "items-2.csv", pl.DataFrame({"item_id": ["new"], "title": ["New thing"]}))

@@ -126,11 +126,13 @@ def commit(
     pending: pl.DataFrame | None,
     events_through: int | None,
     files: dict[str, dict[str, Any]],
+    max_parts: int = MAX_PARTS,
 ) -> Manifest:
     """Write the new parts, then the manifest naming them: one atomic step. Returns the new manifest.
 
     ``items``: the whole new catalogue, or ``None`` when unchanged; ``rows``: interactions to append;
     ``pending``: the events now kept aside (``None``: unchanged); ``files``: records to add, by hash.
+    Past ``max_parts`` interaction parts, they are compacted into one.
     """
     data_dir.mkdir(parents=True, exist_ok=True)
     generation = old.generation + 1
@@ -140,7 +142,7 @@ def commit(
     if items is not None:
         new.items = _write_part(items, data_dir, ITEMS, generation)
     if rows.height:
-        if len(new.interactions) >= MAX_PARTS:  # compact: one part holds everything
+        if len(new.interactions) >= max_parts:  # compact: one part holds everything
             rows = pl.concat([read_interactions(data_dir, new), rows], how="diagonal_relaxed")
             new.interactions = []
         rows = rows.sort(S.USER_ID, S.TIMESTAMP, maintain_order=True)
