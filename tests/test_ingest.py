@@ -185,8 +185,12 @@ def test_files_that_are_no_table_are_quarantined(tmp_path: Path) -> None:
     (tmp_path / "inbox" / "notes.txt").write_text("hello")
     (tmp_path / "inbox" / ".upload.csv").write_text("user_id\n")  # in progress: left alone
     drop(tmp_path / "inbox", "events.csv", EVENTS)  # no catalogue yet: every item is unknown
+    # a broken record past the lines a reader samples, found only when the file is read whole
+    lines = ["item_id,title", *(f"i{k},Item {k}" for k in range(10_000)), "x,Extra,field"]
+    (tmp_path / "inbox" / "ragged.csv").write_text("\n".join(lines) + "\n")
     result = run(tmp_path)
-    assert result.files_quarantined == ("events.csv", "notes.txt", "prices.csv")
+    assert result.files_quarantined == ("events.csv", "notes.txt", "prices.csv", "ragged.csv")
+    assert "cannot read: found more fields" in str(report(tmp_path, "ragged.csv")["problems"])
     assert "neither an items file" in str(report(tmp_path, "prices.csv")["problems"])
     assert "columns found: amount, sku" in str(report(tmp_path, "prices.csv")["problems"])
     assert "unsupported format" in str(report(tmp_path, "notes.txt")["problems"])

@@ -163,7 +163,7 @@ def _classify(file: _File) -> pl.LazyFrame | None:
         frame = read_table(file.path)
         columns = set(frame.collect_schema().names())
     except DataFileError as exc:
-        file.problems.append(Problem(name, None, str(exc).replace(str(file.path), name, 1)))
+        file.problems.append(Problem(name, None, str(exc).removeprefix(f"{file.path}: ")))
         return None
     if {S.USER_ID, S.ITEM_ID, S.TIMESTAMP} <= columns:
         file.table = INTERACTIONS
@@ -216,6 +216,9 @@ def _check_interactions(
     except DataValidationError as err:
         file.problems += [p for p in err.problems if p.source == name]
         checked = None
+    except pl.exceptions.PolarsError as exc:  # a corrupt record past what read_table looked at
+        file.problems.append(Problem(name, None, f"cannot read: {exc}"))
+        checked = None
     if catalogue is None:
         message = f"unknown items: {CATALOGUE} is empty; add an items file to the inbox"
         file.problems.append(Problem(name, S.ITEM_ID, message))
@@ -247,10 +250,14 @@ def _validate(files: list[_File], data: _Data) -> pl.DataFrame | None:
         name = file.path.name
         try:
             checked = validate_items(frames[file.path], source=name)
-            catalogue = _merge_items(catalogue, checked)
         except DataValidationError as err:
             file.problems += err.problems
             continue
+        except pl.exceptions.PolarsError as exc:  # a corrupt record past what read_table looked at
+            file.problems.append(Problem(name, None, f"cannot read: {exc}"))
+            continue
+        try:
+            catalogue = _merge_items(catalogue, checked)
         except pl.exceptions.PolarsError as exc:
             file.problems.append(Problem(name, None, f"columns do not match data_dir's items: {exc}"))
             continue
@@ -345,8 +352,10 @@ def ingest(*, inbox_dir: Path, data_dir: Path, store: OnlineStore | None) -> Ing
 
     Raises
     ------
+    DataDirError
+        ``data_dir``'s manifest is damaged.
     IngestError
-        ``data_dir``'s manifest is damaged, or the event log holds events that break the contract.
+        The event log holds events that break the data contract.
     """
     inbox_dir, data_dir = Path(inbox_dir), Path(data_dir)
     manifest = Manifest.read(data_dir)
