@@ -6,6 +6,8 @@ data rows, not counting a CSV header: row 1 is the first record of the file.
 
 All checks are Polars expressions evaluated in one pass per table, so validating a few million rows
 takes seconds.
+
+Long by design: the whole contract is checked here, so one module says what valid data is.
 """
 
 from __future__ import annotations
@@ -341,6 +343,37 @@ def _finish(data: pl.DataFrame, contract: Iterable[str]) -> pl.DataFrame:
     return data.select(*contract, *extra)
 
 
+def _check_items(items: pl.LazyFrame, source: str, problems: list[Problem]) -> tuple[pl.DataFrame, set[str]]:
+    """The items table coerced, its problems appended to ``problems``; and its usable columns."""
+    data, checks, usable = _check_table(
+        items,
+        source=source,
+        required=S.ITEM_REQUIRED,
+        optional=S.ITEM_OPTIONAL,
+        non_empty=(S.ITEM_ID, S.TITLE),
+        problems=problems,
+    )
+    if S.ITEM_ID in usable:
+        # every repeat after the first occurrence is a problem row
+        repeat = _valid_id(S.ITEM_ID) & ~pl.col(S.ITEM_ID).is_first_distinct()
+        checks.append(_Check(S.ITEM_ID, "duplicate id", repeat, pl.col(S.ITEM_ID)))
+    problems += _run_checks(data, checks, source=source, order=data.columns)
+    return data, usable
+
+
+def validate_items(items: pl.LazyFrame, *, source: str) -> pl.DataFrame:
+    """``validate_tables`` for an items table alone (a catalogue update): normalised, or raise.
+
+    >>> validate_items(pl.LazyFrame({"item_id": [7], "title": ["Pen"]}), source="new.csv").row(0)
+    ('7', 'Pen')
+    """
+    problems: list[Problem] = []
+    data, _ = _check_items(items, source, problems)
+    if problems:
+        raise DataValidationError(problems)
+    return _finish(data, [*S.ITEM_REQUIRED, *S.ITEM_OPTIONAL])
+
+
 def validate_tables(
     items: pl.LazyFrame,
     interactions: pl.LazyFrame,
@@ -390,20 +423,7 @@ def validate_tables(
     events.csv: column 'timestamp': unparsable timestamp ... (e.g. 'soon') (1 row; row 2)
     """
     problems: list[Problem] = []
-    item_data, item_checks, item_usable = _check_table(
-        items,
-        source=items_source,
-        required=S.ITEM_REQUIRED,
-        optional=S.ITEM_OPTIONAL,
-        non_empty=(S.ITEM_ID, S.TITLE),
-        problems=problems,
-    )
-    if S.ITEM_ID in item_usable:
-        # every repeat after the first occurrence is a problem row
-        repeat = _valid_id(S.ITEM_ID) & ~pl.col(S.ITEM_ID).is_first_distinct()
-        item_checks.append(_Check(S.ITEM_ID, "duplicate id", repeat, pl.col(S.ITEM_ID)))
-    problems += _run_checks(item_data, item_checks, source=items_source, order=item_data.columns)
-
+    item_data, item_usable = _check_items(items, items_source, problems)
     event_data, event_checks, event_usable = _check_table(
         interactions,
         source=interactions_source,
