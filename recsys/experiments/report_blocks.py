@@ -250,13 +250,14 @@ header { padding: 14px 28px 6px; border-bottom: 1px solid var(--line); position:
 h1 { font-size: 20px; margin: 0 0 6px; }
 nav a { color: var(--accent); margin-right: 14px; text-decoration: none; font-size: 13px; }
 main { padding: 4px 28px 40px; max-width: 1640px; }
-h2 { font-size: 17px; margin: 28px 0 8px; padding-top: 6px; border-top: 1px solid var(--line); }
+h2 { font-size: 17px; margin: 28px 0 8px; padding-top: 6px; border-top: 1px solid var(--line);
+     scroll-margin-top: 70px; }  /* a jump from the menu lands below the sticky header */
 h3 { font-size: 15px; margin: 18px 0 6px; }
 p { margin: 6px 0; max-width: 900px; }
 p.note { color: var(--muted); font-size: 12.5px; }
 .table { overflow-x: auto; margin: 8px 0 14px; }
 table { border-collapse: collapse; font-size: 13px; }
-caption { text-align: left; font-weight: 600; padding: 4px 0; }
+caption { text-align: left; font-weight: 600; padding: 4px 0; white-space: nowrap; }
 th, td { border-bottom: 1px solid var(--line); padding: 3px 10px; vertical-align: top; }
 th { background: var(--band); font-weight: 600; white-space: nowrap; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
