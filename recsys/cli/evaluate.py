@@ -247,7 +247,7 @@ def evaluate_command(
     if report_dir is not None:
         from recsys.cli.report import write
 
-        name = json_out.stem if json_out is not None else "evaluate"
+        name = json_out.stem if json_out is not None else items.resolve().parent.name or "evaluate"
         write(
             {name: json.loads(report.to_json())},
             report_dir,

@@ -416,10 +416,10 @@ def what_changed(
 def _intro(
     runs: Mapping[str, Mapping[str, Any]], sources: Mapping[str, str], baseline: Baseline | None
 ) -> str:
-    files = ", ".join(sources.get(name, name) for name in runs)
+    files = ", ".join(sources[name] for name in runs if name in sources) or "this run of recsys evaluate"
     against = f", against {baseline.source}" if baseline is not None else ""
     return (
-        f"From {files}{against}, written by recsys evaluate --json (docs/evaluation_json.md). Test "
+        f"Figures from {files}{against} (recsys evaluate's JSON, docs/evaluation_json.md). Test "
         "metrics rank the whole catalogue without the user's history; intervals are percentile "
         "bootstrap 95% intervals over users."
     )

@@ -10,15 +10,23 @@ and linked from the Markdown as files under ``plots/``.
 
 Every string that comes from data is escaped (:func:`html.escape` for the page, pipes for Markdown).
 
->>> cell = Cell((number(0.12345, ".4f", model="als", metric="ndcg@10"),))
->>> blocks = number_all([Table(columns=("ndcg@10",), rows=((cell,),))])
+>>> row = (text("als"), one(0.12345, ".4f", model="als", metric="ndcg@10"))
+>>> blocks = number_all([Table(columns=("model", "ndcg@10"), rows=(row,))])
 >>> numbers_of(blocks)
 [{'id': 'n1', 'value': 0.12345, 'text': '0.1235', 'model': 'als', 'metric': 'ndcg@10'}]
 >>> print(markdown(blocks))
-| ndcg@10 |
-|---:|
-| 0.1235 |
+| model | ndcg@10 |
+|---|---:|
+| als | 0.1235 |
 <BLANKLINE>
+>>> shown = page(blocks, title="t").split("<tbody>")[1].split("</tbody>")[0]
+>>> print(shown.replace("><", ">\\n<"))
+<tr>
+<td class="label" title="als">als</td>
+<td class="num">
+<span class="n" data-number="n1" data-value="0.12345" data-model="als" data-metric="ndcg@10">0.1235</span>
+</td>
+</tr>
 """
 
 from __future__ import annotations
