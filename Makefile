@@ -7,7 +7,7 @@ PYTHON ?= python3
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup demo test lint typecheck unit serve redis clean
+.PHONY: setup demo test lint typecheck unit serve redis browser clean
 
 setup: $(STAMP)
 
@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(VENV)/bin/recsys demo
 
-test: setup redis lint typecheck unit
+test: setup redis browser lint typecheck unit
 
 lint: setup
 	$(VENV)/bin/ruff check recsys feature_store serving tests benchmarks
@@ -48,6 +48,15 @@ redis:
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null) \
 	      || echo "could not install redis-server: Redis tests will skip"; \
 	  else echo "redis-server not found and cannot be installed here: Redis tests will skip"; fi; }
+
+# The report's browser test (tests/test_report_browser.py) drives headless Chromium through chromedriver;
+# Debian ships both at matching versions. Install them where we can (root with apt-get).
+browser:
+	@{ command -v chromium >/dev/null || command -v chromium-browser >/dev/null; } && command -v chromedriver >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+	      || echo "could not install chromium: the browser test will skip"; \
+	  else echo "chromium or chromedriver not found and cannot be installed here: the browser test will skip"; fi; }
 
 clean:
 	rm -rf $(VENV) build *.egg-info artifacts

@@ -23,6 +23,8 @@ is judged on more (user, period) pairs.
 Adding a model: add one entry to ``MODELS`` in :mod:`recsys.experiments.models` (its docstring shows
 how); ``--models NAME`` then works here with no change to this module.
 
+``--report DIR`` also writes the evaluation report there (:mod:`recsys.cli.report`).
+
 Every run is recorded in the runs folder (``recsys runs``; ``--runs-dir``, ``--tensorboard``,
 ``--mlflow``: :mod:`recsys.cli.runs`).
 
@@ -32,6 +34,7 @@ model, bad ``--k`` or ``--protocol``: the message names the option and the allow
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -188,6 +191,10 @@ def evaluate_command(
         typer.Option("--per-user", help="Write every model's per-user test metrics here (Parquet)."),
     ] = None,
     windows: WindowsOption = 1,
+    report_dir: Annotated[
+        Path | None,
+        typer.Option("--report", help="Also write the report (recsys report) into this folder."),
+    ] = None,
     runs_dir: RunsDirOption = None,
     tensorboard: TensorBoardOption = None,
     mlflow: MlflowOption = False,
@@ -237,13 +244,22 @@ def evaluate_command(
         with atomic_path(json_out) as tmp:
             tmp.write_text(report.to_json())
         Console().print(f"wrote {json_out}", highlight=False)
+    if report_dir is not None:
+        from recsys.cli.report import write
+
+        name = json_out.stem if json_out is not None else items.resolve().parent.name or "evaluate"
+        write(
+            {name: json.loads(report.to_json())},
+            report_dir,
+            sources={name: str(json_out)} if json_out else {},
+        )
     record = evaluation_record(
         report,
         options=options,
         data=dataset_facts(dataset, items=items, interactions=interactions),
         run=Invocation(
             options=ctx.params,
-            outputs={"json": json_out, "per_user": per_user},
+            outputs={"json": json_out, "per_user": per_user, "report": report_dir},
             seconds=time.perf_counter() - started,
         ),
     )
