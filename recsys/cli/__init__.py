@@ -9,6 +9,7 @@ from recsys.cli import (
     embed,  # noqa: F401  (embed)
     evaluate,  # noqa: F401  (evaluate)
     models,  # noqa: F401  (models list/current/rollback)
+    retrain,  # noqa: F401  (retrain)
     runs,  # noqa: F401  (runs list/show/compare)
     serve,  # noqa: F401  (serve)
     train,  # noqa: F401  (train, demo)
