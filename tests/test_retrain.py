@@ -246,7 +246,9 @@ def test_a_bad_file_is_quarantined_and_exits_2_after_the_good_ones(tmp_path: Pat
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", ["ingest", "finetune", "bundle", "before-pointer"])
+@pytest.mark.parametrize(
+    "stage", ["ingest-before-commit", "ingest-moving", "ingest", "finetune", "bundle", "before-pointer"]
+)
 def test_a_kill_at_any_stage_leaves_production_and_the_next_run_publishes_once(
     shop: Path, stage: str
 ) -> None:

@@ -27,7 +27,10 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+from recsys.data.dataset import Dataset
+from recsys.data.splits import EvalTask
 from recsys.pipeline import registry
+from recsys.pipeline.datadir import Manifest, load_data
 from recsys.pipeline.gate import GateDecision, decide, gate_task, score_bundle
 from recsys.pipeline.lock import RunLock, die_at
 from recsys.pipeline.retrain_config import RetrainConfig, RetrainState
@@ -90,8 +93,6 @@ def run_retrain(config: RetrainConfig, *, log: Log, today: date | None = None) -
 
 
 def _run(config: RetrainConfig, summary: RunSummary, stages: Stages, *, today: date) -> None:
-    from recsys.pipeline.ingest import load_data
-
     state = RetrainState.read(config.work_dir)
     with stages.stage("ingest"):
         result = _ingest(config)
@@ -105,10 +106,7 @@ def _run(config: RetrainConfig, summary: RunSummary, stages: Stages, *, today: d
         items_changed=result.items_changed,
     )
     bad_input = bool(result.files_quarantined) and config.on_bad_file == "fail"
-    if result.events_through is not None:
-        state = replace(state, events_through=max(state.events_through or -1, result.events_through))
-        state.write(config.work_dir)
-    dataset = load_data(config.data_dir) if _has_data(config.data_dir) else None
+    dataset = _load(config.data_dir)
     fingerprint = data_fingerprint(dataset.items, dataset.interactions) if dataset is not None else None
     if dataset is None or fingerprint == state.decided_fingerprint:
         summary.outcome, summary.items_embedded = "nothing to do", 0
@@ -119,7 +117,7 @@ def _run(config: RetrainConfig, summary: RunSummary, stages: Stages, *, today: d
         return
     task = gate_task(dataset, gate_days=config.gate_days)
     bundle, built, state = build_bundle(
-        config, dataset, task, state=state, stages=stages, events_through=state.events_through, today=today
+        config, dataset, task, state=state, stages=stages, events_through=result.events_through, today=today
     )
     summary.bundle, summary.items_embedded = str(bundle), built["items_embedded"]
     with stages.stage("gate"):
@@ -137,8 +135,9 @@ def _run(config: RetrainConfig, summary: RunSummary, stages: Stages, *, today: d
     summary.exit_code = EXIT_BAD_INPUT if bad_input else EXIT_OK if decision.publish else EXIT_KEPT
 
 
-def _has_data(data_dir: Path) -> bool:
-    return data_dir.is_dir() and any(data_dir.iterdir())
+def _load(data_dir: Path) -> Dataset | None:
+    """The accumulated data, or ``None`` before the first items file arrived."""
+    return load_data(data_dir) if Manifest.read(data_dir).items is not None else None
 
 
 def _ingest(config: RetrainConfig) -> Any:
@@ -153,7 +152,7 @@ def _ingest(config: RetrainConfig) -> Any:
         store.close()
 
 
-def _gate(config: RetrainConfig, dataset: Any, task: Any, bundle: Path) -> GateDecision:
+def _gate(config: RetrainConfig, dataset: Dataset, task: EvalTask, bundle: Path) -> GateDecision:
     """Score the candidate and production (its saved bundle) on the same gate users and histories."""
     from recsys.pipeline.recommender import Recommender
 

@@ -89,11 +89,9 @@ class RetrainState:
 
     ``decided_fingerprint``: the data the last finished run decided on (published or refused), so a
     night with nothing new, even after a run killed between ingest and publish, is told apart.
-    ``events_through``: the highest service-log sequence number the data contains.
     """
 
     decided_fingerprint: str | None = None
-    events_through: int | None = None
     layers_date: str | None = None  # the last transformer-layer fine-tuning (ISO date)
     layers_encoder: str | None = None  # its folder, the base of the nightly head
 
