@@ -271,3 +271,32 @@ def test_a_kill_at_any_stage_leaves_production_and_the_next_run_publishes_once(
     published = [v for v in (shop / "bentoml" / "models" / "recsys-bundle").iterdir() if v.is_dir()]
     assert len(published) == (2 if summary["published"] else 1)
     assert retrain(shop, config).returncode == 0 and last_summary(shop)["outcome"] == "nothing to do"
+
+
+def test_cli_exits_2_on_a_bad_config_1_when_another_run_holds_the_lock_0_on_an_empty_inbox(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from recsys.cli import app
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('data_dir = "d"\ninbox_dir = "i"\nwork_dir = "w"\non_bad_file = "ignore"\n')
+    result = CliRunner().invoke(app, ["retrain", "--config", str(bad)])
+    assert result.exit_code == 2 and "on_bad_file" in result.output
+
+    needs_ingest()
+    from recsys.pipeline.lock import RunLock
+
+    good = tmp_path / "good.toml"
+    good.write_text('data_dir = "d"\ninbox_dir = "i"\nwork_dir = "w"\n')
+    with RunLock(tmp_path / "w" / "retrain.lock"):
+        held = CliRunner().invoke(app, ["retrain", "--config", str(good)])
+    assert held.exit_code == 1 and "another retrain run" in held.output
+    assert not (tmp_path / "d").exists(), "nothing was started"
+
+    monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "bentoml"))
+    empty = CliRunner().invoke(
+        app, ["retrain", "--config", str(good), "--runs-dir", str(tmp_path / "records")]
+    )
+    assert empty.exit_code == 0 and "nothing to do" in empty.output
