@@ -201,7 +201,9 @@ def test_nightly_runs_publish_then_nothing_to_do_then_embed_nothing(shop: Path) 
         json.loads(line) for line in (shop / "work" / "logs" / "retrain.jsonl").read_text().splitlines()
     ]
     assert events[-1]["event"] == "finished" and any(e["event"] == "gate" for e in events)
-    assert list((shop / "records").glob("*.json")), "the experiment record"
+    (record,) = [json.loads(p.read_text()) for p in (shop / "records").glob("*.json")]
+    assert record["command"] == "retrain" and record["data"]["fingerprint"] == summary["data"]["fingerprint"]
+    assert record["metrics"]["candidate"]["ndcg@10"] == summary["gate"]["candidate"]["ndcg@10"]
 
     again = retrain(shop, config)
     assert again.returncode == 0 and last_summary(shop)["outcome"] == "nothing to do"

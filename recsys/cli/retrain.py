@@ -84,7 +84,7 @@ def _record(ctx: typer.Context, summary: dict[str, Any], *, runs_dir: Path | Non
         run=Invocation(
             options=ctx.params, outputs={"bundle": summary.get("bundle")}, seconds=summary["seconds"]
         ),
-        data={"ingest": summary.get("ingest"), "items_embedded": summary.get("items_embedded")},
+        data={**summary["data"], "ingest": summary["ingest"], "items_embedded": summary["items_embedded"]},
         metrics=metrics,
         timings={name: stage["seconds"] for name, stage in summary.get("stages", {}).items()},
         extra={key: summary.get(key) for key in ("outcome", "exit_code", "published", "gate", "error")},

@@ -48,6 +48,7 @@ class RunSummary:
     outcome: str = "failed"  # published | nothing to do | kept production | failed
     exit_code: int = EXIT_FAILED
     ingest: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)  # the accumulated data: fingerprint, counts
     items_embedded: int | None = None
     gate: dict[str, Any] | None = None
     published: str | None = None
@@ -108,6 +109,8 @@ def _run(config: RetrainConfig, summary: RunSummary, stages: Stages, *, today: d
     bad_input = bool(result.files_quarantined) and config.on_bad_file == "fail"
     dataset = _load(config.data_dir)
     fingerprint = data_fingerprint(dataset.items, dataset.interactions) if dataset is not None else None
+    if dataset is not None:
+        summary.data = {"fingerprint": fingerprint, **dataset.summary()}
     if dataset is None or fingerprint == state.decided_fingerprint:
         summary.outcome, summary.items_embedded = "nothing to do", 0
         summary.exit_code = EXIT_BAD_INPUT if bad_input else EXIT_OK
