@@ -302,3 +302,19 @@ def test_cli_exits_2_on_a_bad_config_1_when_another_run_holds_the_lock_0_on_an_e
         app, ["retrain", "--config", str(good), "--runs-dir", str(tmp_path / "records")]
     )
     assert empty.exit_code == 0 and "nothing to do" in empty.output
+
+
+@pytest.mark.slow
+def test_the_three_key_config_runs_a_never_seen_shop_with_every_default(tmp_path: Path) -> None:
+    """The packaged encoder and the default pipeline (about a minute on 2 cores). The shop is too
+    small for the head's held-out pairs: the run says so and embeds with the frozen encoder."""
+    needs_ingest()
+    config = tmp_path / "retrain.toml"
+    config.write_text('data_dir = "data"\ninbox_dir = "inbox"\nwork_dir = "work"\n')
+    drop(tmp_path, "items.parquet", shop_items())
+    drop(tmp_path, "events-0.parquet", shop_events(days=range(10)))
+    result = retrain(tmp_path, config)
+    assert result.returncode == 0, result.stderr
+    summary = last_summary(tmp_path)
+    assert summary["published"] == current(tmp_path) and summary["items_embedded"] == 40
+    assert '"head_finetune_skipped"' in result.stderr

@@ -29,6 +29,7 @@ from recsys.config import to_dict
 from recsys.data.dataset import Dataset
 from recsys.data.io import atomic_path
 from recsys.data.splits import EvalTask
+from recsys.encoder.config import FinetuneConfig
 from recsys.pipeline import registry
 from recsys.pipeline.lock import die_at
 from recsys.pipeline.retrain_config import RetrainConfig, RetrainState, layers_due
@@ -80,12 +81,15 @@ def _encoder(
     today: date,
 ) -> tuple[RetrainConfig, RetrainState]:
     """Fine-tune the transformer layers when due (``layers_due``); returns the config whose encoder
-    tonight's head starts from, and the state that records it."""
+    tonight's head starts from (without the head where the data has too few pairs for it), and the
+    state that records it."""
     from recsys.encoder.finetune import finetune
 
     new_items = dataset.n_items - _known_items(config)
     reason = layers_due(config, state, today=today, new_share=new_items / max(dataset.n_items, 1))
-    if reason is not None:
+    if reason is not None and (problem := _too_few_pairs(task, config.layers)):
+        stages.event("layers_finetune_skipped", reason=reason, problem=problem)
+    elif reason is not None:
         stages.event("layers_finetune", reason=reason)
         die_at("finetune")
         folder = config.work_dir / "encoders" / f"layers-{today.isoformat()}"
@@ -99,10 +103,25 @@ def _encoder(
         )
         state = replace(state, layers_date=today.isoformat(), layers_encoder=str(folder))
         state.write(config.work_dir)
-    if state.layers_encoder is None:
-        return config, state
-    encoder = replace(config.train.encoder, checkpoint=state.layers_encoder)
-    return replace(config, train=replace(config.train, encoder=encoder)), state
+    train = config.train
+    if train.finetune and (problem := _too_few_pairs(task, train.encoder_training)):
+        # a young shop: the frozen encoder tonight, the head once the data holds enough pairs
+        stages.event("head_finetune_skipped", problem=problem)
+        train = replace(train, finetune=False)
+    if state.layers_encoder is not None:
+        train = replace(train, encoder=replace(train.encoder, checkpoint=state.layers_encoder))
+    return replace(config, train=train), state
+
+
+def _too_few_pairs(task: EvalTask, training: FinetuneConfig) -> str | None:
+    """Why fine-tuning cannot run on the training events (too few co-occurrence pairs), or ``None``."""
+    from recsys.encoder.pairs import training_pairs
+
+    try:
+        training_pairs(task.train, training)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def _known_items(config: RetrainConfig) -> int:
