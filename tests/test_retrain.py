@@ -318,3 +318,37 @@ def test_the_three_key_config_runs_a_never_seen_shop_with_every_default(tmp_path
     summary = last_summary(tmp_path)
     assert summary["published"] == current(tmp_path) and summary["items_embedded"] == 40
     assert '"head_finetune_skipped"' in result.stderr
+
+
+def test_retention_keeps_the_newest_and_what_a_rollback_needs(
+    shop: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from serving_fixtures import copy_as_version
+
+    from recsys.pipeline import registry
+    from recsys.pipeline.retrain import retain_versions
+
+    monkeypatch.setenv("BENTOML_HOME", str(shop / "bentoml"))
+    (bundle,) = (shop / "work" / "bundles").iterdir()
+    tags = [registry.current().tag]
+    for night in range(3):
+        release = copy_as_version(bundle, shop / f"release-{night}", f"v2099010{night}-000000-aaaaaa")
+        tags.append(registry.publish(release).tag)
+        registry.set_current(tags[-1])
+    assert retain_versions(2) == tags[:2]
+    assert [v.tag for v in registry.list_versions()] == tags[2:]
+    assert registry.rollback().tag == tags[2], "a rollback across retrains still works"
+
+
+def test_a_production_bundle_this_code_cannot_read_is_no_bar(shop: Path) -> None:
+    from serving_fixtures import incompatible_copy
+
+    (stored,) = (p for p in (shop / "bentoml" / "models" / "recsys-bundle").iterdir() if p.is_dir())
+    broken = incompatible_copy(stored, shop / "broken", stored.name)
+    shutil.rmtree(stored / "model")
+    shutil.copytree(broken / "model", stored / "model")
+    drop(shop, "events-10.parquet", shop_events(days=range(10, 11), seed=1))
+    result = retrain(shop, shop / "retrain.toml")
+    summary = last_summary(shop)
+    assert result.returncode == 0, (result.stderr, summary)
+    assert "cannot be evaluated by this code" in summary["gate"]["reason"] and summary["published"]

@@ -110,7 +110,8 @@ class GateDecision:
 
 
 def decide(candidate: GateScores, production: GateScores | None, *, tolerance: float) -> GateDecision:
-    """The rule of the module docstring. Without production (the first run) only sanity gates."""
+    """The rule of the module docstring. Without production (the first run, or one this code cannot
+    read) only the sanity checks gate."""
     users = len(candidate.per_user)
     if candidate.problems:
         reason = "candidate fails sanity checks: " + "; ".join(candidate.problems)
@@ -119,7 +120,7 @@ def decide(candidate: GateScores, production: GateScores | None, *, tolerance: f
     if production is None:
         return GateDecision(
             True,
-            "no production model yet: published without comparison",
+            "no production model to compare with: published on the sanity checks alone",
             users,
             candidate.metrics,
             None,

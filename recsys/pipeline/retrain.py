@@ -165,13 +165,16 @@ def _gate(config: RetrainConfig, dataset: Dataset, task: EvalTask, bundle: Path)
         return GateDecision(not has_production, reason, 0, {}, None, None)
     floor = config.coverage_floor
     candidate = score_bundle(Recommender.load(bundle), task, dataset, coverage_floor=floor)
+    production, note = None, ""
     production_path = _production()
-    production = (
-        None
-        if production_path is None
-        else score_bundle(Recommender.load(production_path), task, dataset, coverage_floor=floor)
-    )
-    return decide(candidate, production, tolerance=config.tolerance)
+    if production_path is not None:
+        try:
+            production = score_bundle(Recommender.load(production_path), task, dataset, coverage_floor=floor)
+        except Exception as exc:  # e.g. written by a version whose features this code does not compute
+            # (LightGBM refuses the rows): the service cannot answer with it either, so it is no bar
+            note = f"production bundle {production_path.name} cannot be evaluated by this code ({exc}); "
+    decision = decide(candidate, production, tolerance=config.tolerance)
+    return replace(decision, reason=note + decision.reason)
 
 
 def _production() -> Path | None:
