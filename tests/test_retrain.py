@@ -278,6 +278,7 @@ def test_a_kill_at_any_stage_leaves_production_and_the_next_run_publishes_once(
 def test_cli_exits_2_on_a_bad_config_1_when_another_run_holds_the_lock_0_on_an_empty_inbox(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    needs_ingest()
     from typer.testing import CliRunner
 
     from recsys.cli import app
@@ -287,7 +288,6 @@ def test_cli_exits_2_on_a_bad_config_1_when_another_run_holds_the_lock_0_on_an_e
     result = CliRunner().invoke(app, ["retrain", "--config", str(bad)])
     assert result.exit_code == 2 and "on_bad_file" in result.output
 
-    needs_ingest()
     from recsys.pipeline.lock import RunLock
 
     good = tmp_path / "good.toml"
