@@ -10,6 +10,7 @@ from recsys.cli import (
     evaluate,  # noqa: F401  (evaluate)
     models,  # noqa: F401  (models list/current/rollback)
     report,  # noqa: F401  (report)
+    retrain,  # noqa: F401  (retrain)
     runs,  # noqa: F401  (runs list/show/compare)
     serve,  # noqa: F401  (serve)
     train,  # noqa: F401  (train, demo)
