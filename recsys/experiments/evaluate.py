@@ -62,6 +62,7 @@ if TYPE_CHECKING:
     from recsys.data.splits import Split
     from recsys.evaluation.protocol import ModelResult
     from recsys.experiments.models import EvalContext
+    from recsys.pipeline.two_stage import TwoStageConfig
 
 
 class SplitProtocol(StrEnum):
@@ -140,7 +141,8 @@ class EvaluationOptions:
     ``validation_fraction`` and ``windows`` apply to the temporal protocol; ``threads`` are the solver
     threads per model (0: all cores); ``encoder`` the text models' item encoder ('' = the packaged one);
     ``paired_against`` (one of ``models``) adds per-user paired differences of NDCG and recall of every
-    other model against it, with bootstrap 95% intervals.
+    other model against it, with bootstrap 95% intervals; ``pipeline`` configures the pipeline models
+    in place of their built-in configuration (the run's seed still reaches every seeded part).
     """
 
     models: Sequence[str]
@@ -154,6 +156,7 @@ class EvaluationOptions:
     threads: int = 0
     encoder: str = ""
     paired_against: str | None = None
+    pipeline: TwoStageConfig | None = None
 
     def check(self, *, spell: Callable[[str], str] = str) -> list[str]:
         """The model names, known and without repeats, once every option is valid.
@@ -221,6 +224,7 @@ def evaluate(
         num_threads=options.threads,
         item_embeddings=item_embeddings,
         encoder=options.encoder,
+        pipeline=options.pipeline,
     )
     seeds = list(range(options.seed, options.seed + options.repeats))
     runs = _run(ctx, names, splits, ks=cuts, seeds=seeds, progress=progress)

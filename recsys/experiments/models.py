@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -47,6 +47,9 @@ from recsys.data import schema as S
 from recsys.data.dataset import Dataset
 from recsys.data.splits import EvalTask
 from recsys.evaluation.protocol import Diagnose
+
+if TYPE_CHECKING:
+    from recsys.pipeline.two_stage import TwoStageConfig
 
 T = TypeVar("T")
 
@@ -68,6 +71,7 @@ class EvalContext:
     item_embeddings: np.ndarray | None = None
     cache: dict[str, Any] = field(default_factory=dict)
     encoder: str = ""  # item encoder of the ``text`` model: '' = packaged MiniLM, or a fine-tuned folder
+    pipeline: TwoStageConfig | None = None  # the pipeline models' configuration (None: the built-in one)
     embedding_cache: str = "artifacts/cache/embeddings"  # recsys.encoder.embed cache ('' = none)
 
     def cached(self, key: str, compute: Callable[[], T]) -> T:
@@ -168,38 +172,48 @@ def _text_build(ctx: EvalContext, config: Any) -> CandidateGenerator:
 
 def _pipeline_grid(ctx: EvalContext, *, text: bool = True) -> list[Any]:
     from feature_store.definitions import FeatureConfig
-    from recsys.candidates.registry import SOURCES
-    from recsys.candidates.sequential_config import SequentialConfig
-    from recsys.pipeline.two_stage import CandidatesConfig, TwoStageConfig
+    from recsys.pipeline.two_stage import TwoStageConfig
 
     # the ranker's labels are held out the way the evaluation holds out targets; on clock time,
     # 3 rolling windows of 10% of the events each (chosen on MovieLens validation), and item
     # popularity counted up to a year back, for periods whose last month holds few events (chosen
     # on fresh MovieLens test periods); both in RESULTS.md and in recsys/configs/demo.toml
-    base = (
-        TwoStageConfig(
+    if ctx.pipeline is not None:  # the caller's own configuration (EvaluationOptions.pipeline)
+        base = ctx.pipeline
+    elif ctx.has_clock_time:
+        base = TwoStageConfig(
             label_protocol="temporal",
             label_windows=3,
             label_fraction=0.1,
             features=FeatureConfig(windows=(1, 7, 30, 90, 365)),
         )
-        if ctx.has_clock_time
-        else TwoStageConfig(label_protocol="leave-last-out")
-    )
+    else:
+        base = TwoStageConfig(label_protocol="leave-last-out")
     # the run's seed reaches every seeded part: ALS, the sequential model, the ranker's sampling
-    candidates = CandidatesConfig(
-        sources=tuple(s for s in SOURCES if text or s != "text"),
+    candidates = replace(
+        base.candidates,
+        sources=tuple(s for s in base.candidates.sources if text or s != "text"),
         als=replace(base.candidates.als, seed=ctx.seed),
-        sequential=SequentialConfig(use_text=text, seed=ctx.seed),
+        sequential=replace(
+            base.candidates.sequential, use_text=text and base.candidates.sequential.use_text, seed=ctx.seed
+        ),
     )
     seeded = replace(base, candidates=candidates, ranker=replace(base.ranker, seed=ctx.seed))
     return [seeded if text else replace(seeded, text_features=False)]
 
 
 def _pipeline_build(ctx: EvalContext, config: Any) -> CandidateGenerator:
+    from recsys.candidates.registry import source
     from recsys.pipeline.two_stage import TwoStage
 
-    return TwoStage(config, items=ctx.dataset.items, item_embeddings=_text_embeddings(ctx))
+    # the catalogue is embedded only for a configuration that reads the embeddings (the built-in
+    # ones all do: the sequential source takes them); a quick one without them skips that minute
+    reads = (
+        config.text_features
+        or config.diversity > 0
+        or any(source(name).embeddings for name in config.candidates.sources)
+    )
+    return TwoStage(config, items=ctx.dataset.items, item_embeddings=_text_embeddings(ctx) if reads else None)
 
 
 def _pipeline_diagnose(model: CandidateGenerator, task: EvalTask) -> dict[str, Any]:
