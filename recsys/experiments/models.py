@@ -167,30 +167,18 @@ def _text_build(ctx: EvalContext, config: Any) -> CandidateGenerator:
 
 
 def _pipeline_grid(ctx: EvalContext, *, text: bool = True) -> list[Any]:
-    from feature_store.definitions import FeatureConfig
     from recsys.candidates.registry import SOURCES
-    from recsys.candidates.sequential_config import SequentialConfig
-    from recsys.pipeline.two_stage import CandidatesConfig, TwoStageConfig
+    from recsys.pipeline.defaults import pipeline_config_for
 
-    # the ranker's labels are held out the way the evaluation holds out targets; on clock time,
-    # 3 rolling windows of 10% of the events each (chosen on MovieLens validation), and item
-    # popularity counted up to a year back, for periods whose last month holds few events (chosen
-    # on fresh MovieLens test periods); both in RESULTS.md and in recsys/configs/demo.toml
-    base = (
-        TwoStageConfig(
-            label_protocol="temporal",
-            label_windows=3,
-            label_fraction=0.1,
-            features=FeatureConfig(windows=(1, 7, 30, 90, 365)),
-        )
-        if ctx.has_clock_time
-        else TwoStageConfig(label_protocol="leave-last-out")
-    )
+    # the model `recsys train` and `recsys retrain` fit on this data: labels held out the way the
+    # data's time allows, popularity windows to match (recsys.pipeline.defaults)
+    base = pipeline_config_for(ctx.dataset)
     # the run's seed reaches every seeded part: ALS, the sequential model, the ranker's sampling
-    candidates = CandidatesConfig(
+    candidates = replace(
+        base.candidates,
         sources=tuple(s for s in SOURCES if text or s != "text"),
         als=replace(base.candidates.als, seed=ctx.seed),
-        sequential=SequentialConfig(use_text=text, seed=ctx.seed),
+        sequential=replace(base.candidates.sequential, use_text=text, seed=ctx.seed),
     )
     seeded = replace(base, candidates=candidates, ranker=replace(base.ranker, seed=ctx.seed))
     return [seeded if text else replace(seeded, text_features=False)]
