@@ -44,7 +44,10 @@ class SequentialConfig:
     use_text
         Add a learned projection of the ``item_embeddings`` passed to the constructor.
     seed, threads
-        Seed of initialisation, dropout and shuffling; torch threads (0: all cores available).
+        Seed of initialisation, dropout and shuffling; torch threads (0: all cores available). At a
+        fixed seed and thread count a fit repeats bit for bit on CPU; torch's sums depend on the
+        thread count (1 against 2 threads moved item vectors by ~4e-8), so 0 repeats on one machine
+        only, and a fixed count across machines.
     """
 
     max_len: int = 50

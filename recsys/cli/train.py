@@ -25,7 +25,7 @@ METRICS = ("recall@10", "ndcg@10", "recall@50", "ndcg@50")
 def _config_error(exc: Exception, path: Path | None) -> typer.Exit:
     from rich.console import Console
 
-    where = f"{path}: " if path is not None and not str(exc).startswith(str(path)) else ""
+    where = f"{path}: " if path is not None else ""  # the error names the key, this the file
     Console(stderr=True).print(f"[bold red]Invalid config:[/] {where}{exc}", highlight=False)
     return typer.Exit(2)
 

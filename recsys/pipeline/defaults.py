@@ -14,9 +14,16 @@ order index:
 * **an order index**: no global time, so each user's last event is the label (leave-last-out) and
   the popularity windows count steps.
 
-An explicit value wins: ``overrides`` (a config file's ``[model]`` table, as a nested mapping) is
-laid over the data's defaults key by key, so a key that a file sets, even to the value a default
-would have given, is never replaced, and a key it leaves out gets the data's default.
+The label windows follow the label protocol, the data's or one a config sets: temporal labels get
+the 3 windows, leave-last-out one. An explicit value wins: ``overrides`` (a config file's
+``[model]`` table, as a nested mapping) is laid over the data's defaults key by key, so a key that
+a file sets, even to the value a default would have given, is never replaced, and a key it leaves
+out gets the data's default.
+
+Callers: ``recsys train`` through ``recsys.pipeline.train.train_config_for`` (the whole TOML table)
+and ``TrainConfig.for_data`` (a config object without a model); ``recsys evaluate --models
+pipeline`` in ``recsys.experiments.models``; the nightly job, as ``pipeline_config_for(interactions,
+overrides=<its [model] table>)``.
 
 >>> import numpy as np
 >>> clock = np.array([1_700_000_000, 1_700_086_400])
