@@ -172,15 +172,20 @@ def _describe(hint: Any) -> str:
     return "absent" if hint is type(None) else getattr(hint, "__name__", str(hint))
 
 
-def load_toml(cls: type[T], path: str | Path) -> T:
-    """Read ``path`` (TOML) into ``cls``; errors name the file and the key."""
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """The table of the TOML file ``path``, unchecked; a missing file or bad TOML names the file."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except FileNotFoundError as exc:
         raise ConfigError(f"config file not found: {path}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+
+
+def load_toml(cls: type[T], path: str | Path) -> T:
+    """Read ``path`` (TOML) into ``cls``; errors name the file and the key."""
+    data = read_toml(path)
     try:
         return from_dict(cls, data)
     except ConfigError as exc:

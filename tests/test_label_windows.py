@@ -194,15 +194,56 @@ def test_no_label_window_event_reaches_the_generators_or_that_windows_features(d
         assert not np.array_equal(clean.labels[a], planted.labels[b])
 
 
-def test_the_demo_trains_the_clock_time_pipeline_that_evaluate_measures() -> None:
-    """`make demo` ships the labels and features that `recsys evaluate --models pipeline` measured."""
-    from recsys.cli.train import DEMO_CONFIG
-    from recsys.config import load_toml
-    from recsys.experiments.models import MODELS, EvalContext
-    from recsys.pipeline.train import TrainConfig
+def _order_index(dataset: Dataset) -> Dataset:
+    """The same events with each user's timestamps replaced by their order (0, 1, 2, ...)."""
+    steps = (pl.col(S.TIMESTAMP).rank("ordinal").over(S.USER_ID) - 1).cast(pl.Int64)
+    return Dataset.from_tables(dataset.items, dataset.interactions.with_columns(steps))
 
-    demo = load_toml(TrainConfig, DEMO_CONFIG).model
-    (measured,) = MODELS["pipeline"].grid(EvalContext(dataset=load_dataset(*bundled_paths())))
-    shared = ("label_protocol", "label_windows", "label_fraction", "features", "popularity_half_life_days")
-    for name in shared:
-        assert getattr(demo, name) == getattr(measured, name), name
+
+@pytest.mark.parametrize("time", ["clock time", "order index"])
+def test_train_retrain_and_evaluate_fit_the_same_model_on_the_same_data(dataset: Dataset, time: str) -> None:
+    """`recsys train` (no config), `recsys retrain` and `recsys evaluate --models pipeline` all take
+    their model from ``recsys.pipeline.defaults.pipeline_config_for`` (the nightly job calls it)."""
+    from recsys.experiments.models import MODELS, EvalContext
+    from recsys.pipeline.defaults import pipeline_config_for
+    from recsys.pipeline.train import TrainConfig, train_config_for
+
+    data = dataset if time == "clock time" else _order_index(dataset)
+    table = data.interactions.drop(S.USER_IDX, S.ITEM_IDX)
+    trained = train_config_for(table).model  # `recsys train` without --config
+    default = TrainConfig().for_data(table).model  # `train_bundle` given the default TrainConfig
+    retrained = pipeline_config_for(table)  # `recsys retrain`
+    (evaluated,) = MODELS["pipeline"].grid(EvalContext(dataset=data))
+    assert trained == default == retrained == evaluated
+    assert evaluated is not None
+    if time == "clock time":
+        assert (evaluated.label_protocol, evaluated.label_windows, evaluated.label_fraction) == (
+            "temporal",
+            3,
+            0.1,
+        )
+        assert evaluated.features.windows == (1, 7, 30, 90, 365)
+    else:
+        assert (evaluated.label_protocol, evaluated.label_windows) == ("leave-last-out", 1)
+        assert evaluated.features.windows == (1, 7, 30)
+
+
+def test_the_demo_changes_only_budgets_of_the_model_the_others_fit(dataset: Dataset) -> None:
+    """`make demo` keeps every data-derived setting and changes only what makes it fast."""
+    from recsys.cli.train import DEMO_CONFIG
+    from recsys.config import read_toml
+    from recsys.pipeline.train import train_config_for
+
+    table = dataset.interactions.drop(S.USER_IDX, S.ITEM_IDX)
+    demo = train_config_for(table, table=read_toml(DEMO_CONFIG)).model
+    default = train_config_for(table).model
+    assert demo is not None and default is not None
+    assert demo.candidates.sequential.max_epochs == 1 and demo.ranker.search == ((31, 0.1),)
+    fast = replace(
+        default,
+        candidates=replace(
+            default.candidates, sequential=replace(default.candidates.sequential, max_epochs=1)
+        ),
+        ranker=replace(default.ranker, search=((31, 0.1),)),
+    )
+    assert demo == fast

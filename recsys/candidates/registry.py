@@ -145,8 +145,8 @@ class CandidatesConfig:
     # window 10: the best of the co-occurrence grid on amazon-scientific validation (RESULTS.md)
     cooccurrence: CoOccurrenceConfig = field(default_factory=lambda: CoOccurrenceConfig(window=10))
     text: TextRetrieverConfig = field(default_factory=TextRetrieverConfig)
-    # its time budget is a cap per fit (a pipeline fit trains it twice: labels held out, then all);
-    # early stopping usually ends it first (MovieLens: ~20 epochs, 6-7 min on 2 free cores)
+    # stopped by epochs and patience, not a clock, so a seed repeats (a pipeline fit trains it twice:
+    # labels held out, then all); MovieLens: ~20 epochs, 6-7 min on 2 free cores
     sequential: SequentialConfig = field(default_factory=SequentialConfig)
     popularity: PopularityConfig = field(default_factory=PopularityConfig)
 

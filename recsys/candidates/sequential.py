@@ -14,8 +14,10 @@ so a rare or brand-new item, whose id embedding has barely moved from its small 
 sits near the items whose text resembles it.
 
 Training stops early on a validation target: by default the last event of (a sample of) training
-users is held out, which on a leave-last-out split is exactly the validation target. A wall-clock
-budget bounds the nightly run. Torch is imported by this module only; ``import recsys`` stays light.
+users is held out, which on a leave-last-out split is exactly the validation target. Epochs and
+patience stop it, not a clock, so a seed repeats its result (an optional wall-clock budget,
+``time_budget_s``, trades that for a bound); ``stop_reason_`` says which ended the fit. Torch is
+imported by this module only; ``import recsys`` stays light.
 
 >>> import numpy as np
 >>> from recsys.data.dataset import Histories, Interactions
@@ -238,7 +240,7 @@ class SequentialRecommender:
                 loss.backward()  # type: ignore[no-untyped-call]
                 optimizer.step()
                 total, count = total + loss.item() * len(rows), count + len(rows)
-                if time.perf_counter() - start > cfg.time_budget_s:
+                if cfg.time_budget_s and time.perf_counter() - start > cfg.time_budget_s:
                     break
             ndcg, recall = self._validate(val_histories, val.targets)
             seconds = time.perf_counter() - start
@@ -266,7 +268,7 @@ class SequentialRecommender:
             if since_best >= cfg.patience:
                 self.stop_reason_ = "patience"
                 break
-            if seconds > cfg.time_budget_s:
+            if cfg.time_budget_s and seconds > cfg.time_budget_s:
                 self.stop_reason_ = "time_budget"
                 break
         if best_state is not None:

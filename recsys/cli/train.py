@@ -13,26 +13,45 @@ from recsys.cli.app import app
 from recsys.cli.runs import MlflowOption, RunsDirOption, TensorBoardOption, check_exporters, finish_run
 
 if TYPE_CHECKING:
+    import polars as pl
+
+    from recsys.data.dataset import Dataset
     from recsys.pipeline.train import TrainConfig
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.toml"
 METRICS = ("recall@10", "ndcg@10", "recall@50", "ndcg@50")
 
 
-def _load_config(path: Path | None, *, finetune: bool) -> TrainConfig:
-    from dataclasses import replace
+def _config_error(exc: Exception, path: Path | None) -> typer.Exit:
+    from rich.console import Console
 
-    from recsys.config import ConfigError, load_toml
-    from recsys.pipeline.train import TrainConfig
+    where = f"{path}: " if path is not None else ""  # the error names the key, this the file
+    Console(stderr=True).print(f"[bold red]Invalid config:[/] {where}{exc}", highlight=False)
+    return typer.Exit(2)
+
+
+def _load_config(path: Path | None, *, finetune: bool) -> dict[str, Any]:
+    """The config file's table, checked as far as it can be before the data is read."""
+    from recsys.config import ConfigError, read_toml
+    from recsys.pipeline.train import check_train_table
 
     try:
-        config = load_toml(TrainConfig, path) if path is not None else TrainConfig()
+        table = read_toml(path) if path is not None else {}
+        check_train_table(table)
     except ConfigError as exc:
-        from rich.console import Console
+        raise _config_error(exc, path) from None
+    return table if finetune else table | {"finetune": False}
 
-        Console(stderr=True).print(f"[bold red]Invalid config:[/] {exc}", highlight=False)
-        raise typer.Exit(2) from None
-    return config if finetune else replace(config, finetune=False)
+
+def _config_for(table: dict[str, Any], path: Path | None, interactions: pl.DataFrame) -> TrainConfig:
+    """The table's config for these interactions: the model's unset keys derived from the data."""
+    from recsys.config import ConfigError
+    from recsys.pipeline.train import train_config_for
+
+    try:
+        return train_config_for(interactions, table=table)
+    except ConfigError as exc:
+        raise _config_error(exc, path) from None
 
 
 def _metrics_table(rows: dict[str, dict[str, float]], title: str) -> Any:
@@ -48,8 +67,7 @@ def _metrics_table(rows: dict[str, dict[str, float]], title: str) -> Any:
 
 
 def _train_and_publish(
-    items: Path,
-    interactions: Path,
+    dataset: Dataset,
     config: TrainConfig,
     out: Path,
     *,
@@ -61,13 +79,10 @@ def _train_and_publish(
 
     from rich.console import Console
 
-    from recsys.data.loading import load_dataset
     from recsys.pipeline.publish import PublishError, publish_bundle
     from recsys.pipeline.train import train_bundle
 
     console = Console()
-    with data_errors():
-        dataset = load_dataset(items, interactions)
     bundle = train_bundle(
         dataset.items,
         dataset.interactions.drop("user_idx", "item_idx"),
@@ -123,12 +138,16 @@ def train(
     """
     import time
 
+    from recsys.data.loading import load_dataset
     from recsys.experiments.runs import Invocation, data_files, training_record
 
     started = time.perf_counter()
-    settings = _load_config(config, finetune=finetune)
+    table = _load_config(config, finetune=finetune)
     check_exporters(tensorboard=tensorboard, mlflow=mlflow)
-    bundle, meta, tag = _train_and_publish(items, interactions, settings, out, publish=publish, store=store)
+    with data_errors():
+        dataset = load_dataset(items, interactions)
+    settings = _config_for(table, config, dataset.interactions)
+    bundle, meta, tag = _train_and_publish(dataset, settings, out, publish=publish, store=store)
     record = training_record(
         meta,
         data={"files": data_files(items=items, interactions=interactions)},
@@ -174,7 +193,7 @@ def finetune(
     from recsys.data.loading import load_dataset
     from recsys.encoder.finetune import finetune as run_finetune
 
-    settings = _load_config(config, finetune=True)
+    table = _load_config(config, finetune=True)
     console = Console(stderr=True)
     if out.exists():
         console.print(
@@ -183,6 +202,7 @@ def finetune(
         raise typer.Exit(2)
     with data_errors():
         dataset = load_dataset(items, interactions)
+    settings = _config_for(table, config, dataset.interactions)
     training = settings.encoder_training
     try:
         split = settings.split(dataset.to_interactions())
@@ -227,12 +247,13 @@ def demo(
     console = Console()
     started = time.perf_counter()
     items, interactions = bundled_paths()
-    config = _load_config(DEMO_CONFIG, finetune=True)
+    dataset = load_dataset(items, interactions)
+    config = _config_for(_load_config(DEMO_CONFIG, finetune=True), DEMO_CONFIG, dataset.interactions)
+    assert config.model is not None
     console.rule("two-stage pipeline (demo budget: see recsys/configs/demo.toml)")
-    bundle, meta, _ = _train_and_publish(items, interactions, config, out, publish=True)
+    bundle, meta, _ = _train_and_publish(dataset, config, out, publish=True)
 
     console.rule("each candidate source alone vs the pipeline, same split")
-    dataset = load_dataset(items, interactions)
     split = config.split(dataset.to_interactions())
     embeddings = np.load(bundle / "model" / "item_embeddings.npy", allow_pickle=False)
     rows: dict[str, dict[str, float]] = {}

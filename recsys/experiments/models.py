@@ -171,24 +171,12 @@ def _text_build(ctx: EvalContext, config: Any) -> CandidateGenerator:
 
 
 def _pipeline_grid(ctx: EvalContext, *, text: bool = True) -> list[Any]:
-    from feature_store.definitions import FeatureConfig
-    from recsys.pipeline.two_stage import TwoStageConfig
+    from recsys.pipeline.defaults import pipeline_config_for
 
-    # the ranker's labels are held out the way the evaluation holds out targets; on clock time,
-    # 3 rolling windows of 10% of the events each (chosen on MovieLens validation), and item
-    # popularity counted up to a year back, for periods whose last month holds few events (chosen
-    # on fresh MovieLens test periods); both in RESULTS.md and in recsys/configs/demo.toml
-    if ctx.pipeline is not None:  # the caller's own configuration (EvaluationOptions.pipeline)
-        base = ctx.pipeline
-    elif ctx.has_clock_time:
-        base = TwoStageConfig(
-            label_protocol="temporal",
-            label_windows=3,
-            label_fraction=0.1,
-            features=FeatureConfig(windows=(1, 7, 30, 90, 365)),
-        )
-    else:
-        base = TwoStageConfig(label_protocol="leave-last-out")
+    # the model `recsys train` and `recsys retrain` fit on this data: labels held out the way the
+    # data's time allows, popularity windows to match (recsys.pipeline.defaults); or the caller's
+    # own configuration (EvaluationOptions.pipeline)
+    base = ctx.pipeline if ctx.pipeline is not None else pipeline_config_for(ctx.dataset)
     # the run's seed reaches every seeded part: ALS, the sequential model, the ranker's sampling
     candidates = replace(
         base.candidates,

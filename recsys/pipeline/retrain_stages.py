@@ -169,9 +169,10 @@ def build_bundle(
             embedded = cached_vectors(cache) - before
             stages.event("embedded", items=embedded, catalogue=dataset.n_items)
         with stages.stage("fit"):
-            model = TwoStage(config.train.model, items=dataset.items, item_embeddings=embeddings).fit(
-                task.train
-            )
+            # the model `recsys train` and `recsys evaluate` fit on this data (recsys.pipeline.defaults)
+            pipeline = config.train.for_data(dataset.interactions).model
+            assert pipeline is not None
+            model = TwoStage(pipeline, items=dataset.items, item_embeddings=embeddings).fit(task.train)
         with stages.stage("bundle"):
             model.save(tmp / "model")
             die_at("bundle")
@@ -218,7 +219,7 @@ def _metadata(
         "metrics": {},  # the gate's scores are in the run summary (work_dir/runs/)
         "fit_reports": {"served": model.report_},
         "encoder": encoder_record,
-        "config": to_dict(config.train),
+        "config": to_dict(replace(config.train, model=model.config)),
         "retrain_config": to_json(config),
         "library_versions": library_versions(),
     }

@@ -22,7 +22,8 @@ import hashlib
 import json
 import platform
 import time
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -31,13 +32,14 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 
-from recsys.config import to_dict
+from recsys.config import from_dict, to_dict
 from recsys.data import schema as S
 from recsys.data.dataset import Dataset, Interactions
 from recsys.data.io import atomic_path
 from recsys.data.splits import Split, make_split
 from recsys.encoder.config import EncoderConfig, FinetuneConfig, HeadConfig
 from recsys.pipeline import registry
+from recsys.pipeline.defaults import check_overrides, pipeline_config_for
 from recsys.pipeline.publish import publish_bundle as publish_bundle  # step 5, where callers look
 from recsys.pipeline.two_stage import TwoStage, TwoStageConfig
 
@@ -56,7 +58,12 @@ LIBRARIES = (
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """The pipeline config, loaded from TOML (``recsys train --config FILE``)."""
+    """The pipeline config, loaded from TOML (``recsys train --config FILE``, :func:`train_config_for`).
+
+    ``model`` None is the two-stage config that ``recsys.pipeline.defaults.pipeline_config_for``
+    derives from the interactions when training starts: the model ``recsys evaluate --models
+    pipeline`` and ``recsys retrain`` fit. A file's ``[model]`` keys are laid over those defaults.
+    """
 
     protocol: Literal["leave-last-out", "temporal"] = "leave-last-out"
     test_fraction: float = 0.1  # temporal protocol: the last share of events is the test period
@@ -64,13 +71,35 @@ class TrainConfig:
     finetune: bool = True
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     encoder_training: FinetuneConfig = field(default_factory=HeadConfig)
-    model: TwoStageConfig = field(default_factory=TwoStageConfig)
+    model: TwoStageConfig | None = None  # None: derived from the interactions (above)
     evaluate_validation: bool = True
+
+    def for_data(self, data: pl.DataFrame | Interactions) -> TrainConfig:
+        """This config with ``model`` derived from ``data`` where it is None."""
+        return self if self.model is not None else replace(self, model=pipeline_config_for(data))
 
     def split(self, data: Interactions) -> Split:
         """The validation and test tasks of ``protocol``; the encoder trains on ``validation.train``."""
         options = {"test_fraction": self.test_fraction} if self.protocol == "temporal" else {}
         return make_split(data, self.protocol, **options)
+
+
+def train_config_for(
+    data: pl.DataFrame | Interactions, *, table: Mapping[str, Any] | None = None, where: str = "TrainConfig"
+) -> TrainConfig:
+    """The config that a TOML table (``recsys train --config``; none: every default) gives for
+    ``data``: its ``[model]`` keys laid over the data-derived defaults, the rest read as written.
+    Errors (``recsys.config.ConfigError``) name the key under ``where``."""
+    table = dict(table or {})
+    model = table.pop("model", {})
+    config = from_dict(TrainConfig, table, where=where)
+    return replace(config, model=pipeline_config_for(data, overrides=model, where=f"{where}.model"))
+
+
+def check_train_table(table: Mapping[str, Any], *, where: str = "TrainConfig") -> None:
+    """Check a TOML table before the data is read (``recsys.pipeline.defaults.check_overrides``)."""
+    from_dict(TrainConfig, {key: value for key, value in table.items() if key != "model"}, where=where)
+    check_overrides(table.get("model", {}), where=f"{where}.model")
 
 
 def data_fingerprint(items: pl.DataFrame, interactions: pl.DataFrame) -> str:
@@ -166,6 +195,8 @@ def train_bundle(
     from recsys.evaluation.protocol import evaluate_task
 
     started = time.perf_counter()
+    config = config.for_data(interactions)
+    assert config.model is not None
     dataset = Dataset.from_tables(items, interactions)
     data = dataset.to_interactions()
     split = config.split(data)
@@ -187,6 +218,7 @@ def train_bundle(
         timings["encoder"] = time.perf_counter() - start
 
         def model() -> TwoStage:
+            assert config.model is not None
             return TwoStage(config.model, items=dataset.items, item_embeddings=embeddings)
 
         metrics: dict[str, dict[str, float]] = {}

@@ -160,10 +160,12 @@ class TwoStage:
         self.feature_names_: list[str] | None = None
         self.report_: dict[str, Any] | None = None
         self._time_unit: Literal["auto", "seconds", "steps"] = config.time_unit  # ranker_rows() resolves it
+        self._stops: list[dict[str, Any]] = []  # each early-stopped source fit, as fit_source noted it
 
     # --- fitting -----------------------------------------------------------------------------------
     def fit(self, data: Interactions) -> Self:
         """The ranker on :meth:`ranker_rows`, then every source and the item features on all of ``data``."""
+        self._stops = []
         rows = self.ranker_rows(data)
         start = time.perf_counter()
         self.ranker_ = LambdaRanker(self.config.ranker).fit(
@@ -173,7 +175,12 @@ class TwoStage:
         self.feature_names_ = rows.feature_names
         self.generators_ = fit_sources(self.fit_source, data, self.config.candidates.sources, seconds)
         self.snapshot_ = self._snapshot(data)
-        self.report_ = rows.report | {"fit_seconds": seconds, "time_unit": self._time_unit}
+        # why each iterative part stopped: every early-stopped source fit (the labels' fit, then the
+        # served one) and each booster of the ranker's bag (its chosen trial, refitted for its rounds)
+        assert self.ranker_.report_ is not None
+        boosters = [{"seed": bag["seed"]} | bag["best"] for bag in self.ranker_.report_["bags"]]
+        stopping = {"sources": list(self._stops), "ranker": boosters}
+        self.report_ = dict(rows.report, fit_seconds=seconds, time_unit=self._time_unit, stopping=stopping)
         return self
 
     def ranker_rows(self, data: Interactions) -> RankerRows:
@@ -195,7 +202,13 @@ class TwoStage:
     def fit_source(self, name: str, data: Interactions) -> CandidateGenerator:
         """Candidate source ``name``, configured as this model configures it, fitted on ``data``."""
         config = self.config.source_config(name, time_unit=self._time_unit)
-        return source(name).build(config, item_embeddings=self.item_embeddings).fit(data)
+        fitted = source(name).build(config, item_embeddings=self.item_embeddings).fit(data)
+        reason = getattr(fitted, "stop_reason_", None)  # sources that stop early say why (sequential)
+        if reason is not None:
+            epochs = len(getattr(fitted, "history_", []))
+            note = {"source": name, "events": len(data), "epochs": epochs, "stop_reason": reason}
+            self._stops.append(note | {"best_epoch": getattr(fitted, "best_epoch_", None)})
+        return fitted
 
     def candidate_rows(
         self, generators: Mapping[str, CandidateGenerator], data: Interactions, users: np.ndarray

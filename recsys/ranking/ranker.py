@@ -51,7 +51,7 @@ class RankerConfig:
     try_prior: bool = False
     # boosters averaged, each searched and early-stopped on its own held-out groups (module docstring)
     bags: int = 5
-    num_threads: int = 2
+    num_threads: int = 2  # fixed, not "all cores": the same on every machine
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -130,6 +130,9 @@ class LambdaRanker:
             "min_data_in_leaf": c.min_data_in_leaf,
             "feature_fraction": c.feature_fraction,
             "lambdarank_truncation_level": c.lambdarank_truncation_level,
+            # bit-for-bit repeats at a seed: a fixed thread count, LightGBM's deterministic mode, and
+            # the histogram layout forced (LightGBM would otherwise choose it by timing both, and
+            # its docs ask for one forced with deterministic); tests/test_reproducible.py holds it
             "num_threads": c.num_threads,
             "seed": seed,
             "deterministic": True,
@@ -233,6 +236,9 @@ class LambdaRanker:
                         "learning_rate": learning_rate,
                         "best_iteration": int(booster.best_iteration),
                         "valid_ndcg": float(max(curve)),
+                        "rounds": len(curve),
+                        # early stopping: no gain on the held-out groups for early_stopping_rounds
+                        "stop_reason": "early_stopping" if len(curve) < c.max_rounds else "max_rounds",
                     }
                 )
         best = max(trials, key=lambda t: t["valid_ndcg"])  # the first of equals: no prior before a prior
