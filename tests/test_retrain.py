@@ -21,7 +21,8 @@ import pytest
 from pipeline_helpers import save_tiny_bert
 
 from recsys.config import ConfigError
-from recsys.pipeline.gate import GateScores, decide
+from recsys.data.dataset import Dataset
+from recsys.pipeline.gate import GateScores, decide, gate_task
 from recsys.pipeline.retrain_config import RetrainConfig, load_retrain_config
 
 DAY = 86_400
@@ -165,6 +166,18 @@ def test_three_keys_are_a_config_and_unknown_keys_are_errors(tmp_path: Path) -> 
 
 
 # --- the gate rule --------------------------------------------------------------------------------
+def test_the_gate_window_is_the_last_days_or_on_order_index_data_each_users_last_event() -> None:
+    items = shop_items()
+    clock = shop_events(days=range(5), users=8)
+    task = gate_task(Dataset.from_tables(items, clock), gate_days=1)
+    cutoff = clock["timestamp"].max() + 1 - DAY
+    assert int(task.train.timestamps.max()) < cutoff and 0 < len(task.users) <= 8  # new items only
+    ordered = clock.sort("timestamp").with_row_index("order").drop("timestamp").rename({"order": "timestamp"})
+    task = gate_task(Dataset.from_tables(items, ordered.with_columns(pl.col("timestamp").cast(pl.Int64))), gate_days=1)
+    assert len(task.users) == 8 and task.targets.sum() == 8  # one held-out event per user
+    assert len(task.train) == len(ordered) - 8
+
+
 def scores(per_user: list[float], problems: tuple[str, ...] = ()) -> GateScores:
     values = np.array(per_user)
     return GateScores(values, {"ndcg@10": float(values.mean())}, problems)

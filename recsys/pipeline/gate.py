@@ -3,7 +3,8 @@
 Both bundles answer the same question through the serving path (``Recommender.recommend_batch``):
 the users active in the last ``gate_days`` of data who were seen before it, each with their history
 before the window; the targets are the items each of them took in the window that they had not
-taken before (the temporal split's rule, ``recsys.data.splits.window_task``). Per-user NDCG@10 of
+taken before (the temporal split's rule, ``recsys.data.splits.window_task``); on data timed by an
+order index, each user's last event (``gate_task``). Per-user NDCG@10 of
 both goes into ``paired_difference`` (candidate - production), and the candidate is refused when the
 upper end of its 95% interval is below ``-tolerance``: a loss the data resolves. Sanity checks also
 refuse it: an empty list for any evaluated user, coverage@10 at or below the floor, a NaN score.
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from recsys.data.dataset import Dataset
-from recsys.data.splits import EvalTask, window_task
+from recsys.data.splits import EvalTask, leave_last_out, window_task
 from recsys.evaluation.metrics import accuracy_per_user, coverage, paired_difference, ranking_metrics
 
 if TYPE_CHECKING:
@@ -31,14 +32,20 @@ DAY = 86_400
 
 def gate_task(dataset: Dataset, *, gate_days: float) -> EvalTask:
     """The held-out window: train on events before the last ``gate_days`` of data, evaluate the users
-    seen before it on their new items in it. Timestamps must be clock time (Unix seconds)."""
+    seen before it on their new items in it.
+
+    Data whose timestamps are an order index, not clock time, has no days: there the window is each
+    user's last event (the leave-last-out test task, users with at least 3 events), so a shop that
+    records only the order of events is gated too.
+    """
     from recsys.data import schema as S
 
     data = dataset.to_interactions()
     if not len(data):
         raise ValueError("the data holds no interactions: nothing to train or gate on")
     if not S.are_unix_seconds(data.timestamps):
-        raise ValueError("the gate's window is days of data: timestamps must be Unix seconds")
+        last = leave_last_out(data).test
+        return EvalTask("gate", last.train, last.users, last.targets)
     cutoff = int(data.timestamps.max()) + 1 - int(gate_days * DAY)
     before = data.timestamps < cutoff
     return window_task(data, before, ~before, name="gate", cold_start_users=False)
