@@ -172,8 +172,9 @@ def test_the_gate_window_is_the_last_days_or_on_order_index_data_each_users_last
     task = gate_task(Dataset.from_tables(items, clock), gate_days=1)
     cutoff = clock["timestamp"].max() + 1 - DAY
     assert int(task.train.timestamps.max()) < cutoff and 0 < len(task.users) <= 8  # new items only
-    ordered = clock.sort("timestamp").with_row_index("order").drop("timestamp").rename({"order": "timestamp"})
-    task = gate_task(Dataset.from_tables(items, ordered.with_columns(pl.col("timestamp").cast(pl.Int64))), gate_days=1)
+    order = pl.int_range(pl.len(), dtype=pl.Int64)
+    ordered = clock.sort("timestamp").with_columns(timestamp=order)
+    task = gate_task(Dataset.from_tables(items, ordered), gate_days=1)
     assert len(task.users) == 8 and task.targets.sum() == 8  # one held-out event per user
     assert len(task.train) == len(ordered) - 8
 
