@@ -168,7 +168,7 @@ async function loadUser(userId) {
   const n = Math.min(100, Math.max(1, Number($("user-n").value) || 10));
   const excludeSeen = $("user-exclude-seen").checked;
   say("user-message", "loading " + userId + "…");
-  for (const id of ["recs-list", "filtered-list", "history-list"]) $(id).replaceChildren();
+  for (const id of ["recs-list", "filtered-list", "history-list"]) { $(id).replaceChildren(); $(id).dataset.state = "loading"; }
   try {
     const history = await get("/history?" + query("user_id", [userId]));
     const user = { id: userId, n, excludeSeen, seen: new Set(history.seen_item_ids) };
@@ -242,6 +242,7 @@ async function loadItem(itemId) {
 // --- session playground ---------------------------------------------------------------------------
 
 async function addToSession(itemId, title) {
+  $("session-recs").dataset.state = "loading";
   state.session.push(itemId);
   if (title) state.sessionTitles.set(itemId, title);
   if ($("session-record").checked) {
