@@ -336,9 +336,15 @@ async def admin_switch(request: Request, authorization: str | None = Header(defa
         tag = f"{registry.MODEL_NAME}:{wanted.version}"
 
         def run() -> tuple[str | None, str, bool]:
+            if wanted.version not in {
+                v.version for v in registry.list_versions()
+            }:  # any string: no tag parse
+                raise RequestError(
+                    404, f"no published version {wanted.version!r}", loc=["version"], kind="not_found"
+                )
             try:
                 publish.switch(tag, store_url=service.settings.store_url or default_store_url())
-            except registry.RegistryError as exc:
+            except registry.RegistryError as exc:  # deleted meanwhile
                 raise RequestError(404, str(exc), loc=["version"], kind="not_found") from exc
             except publish.PublishError as exc:
                 raise RequestError(503, str(exc), kind="unavailable") from exc

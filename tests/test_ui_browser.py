@@ -17,17 +17,7 @@ from typing import Any
 import browser_helpers
 import httpx
 import pytest
-from serving_fixtures import (
-    ADMIN_TOKEN,
-    Home,
-    copy_as_version,
-    publish,
-    recsys_server,
-    tiny_bundle,
-    tiny_home,
-)
-
-from benchmarks.harness.process import Server
+from serving_fixtures import ADMIN_TOKEN, Home, recsys_client, two_version_home
 
 pytestmark = pytest.mark.slow
 
@@ -47,21 +37,13 @@ return Array.from(document.querySelectorAll('input, select, textarea')).map(e =>
 @pytest.fixture(scope="module")
 def home(tmp_path_factory: pytest.TempPathFactory) -> Home:
     """The tiny bundle published, then a copy of it as a second version (now current)."""
-    first = tiny_home(tmp_path_factory.mktemp("ui-home"))
-    copy = copy_as_version(tiny_bundle(), tmp_path_factory.mktemp("ui-copy") / "bundle", "v-ui-second")
-    publish(first.path, copy, store_url=first.store_url)
-    return first
+    mktemp = tmp_path_factory.mktemp
+    return two_version_home(mktemp("ui-home"), mktemp("ui-copy"), second="v-ui-second")
 
 
 @pytest.fixture(scope="module")
-def server(home: Home) -> Iterator[Server]:
-    with recsys_server(home.path, home.store_url) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def api(server: Server) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=30) as client:
+def api(home: Home) -> Iterator[httpx.Client]:
+    with recsys_client(home) as client:
         yield client
 
 
@@ -72,10 +54,10 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture
-def page(browser: Any, server: Server) -> Iterator[Any]:
+def page(browser: Any, api: httpx.Client) -> Iterator[Any]:
     """The page freshly opened; after the test, the console must hold no error."""
     browser.set_window_size(*DESKTOP)
-    browser.get(f"{server.url.replace('localhost', '127.0.0.1')}/ui")  # no name resolves in the browser
+    browser.get(f"{api.base_url}/ui")  # http://127.0.0.1:PORT/ui: no host name resolves in the browser
     wait(browser, "return document.body.dataset.state === 'ready'")
     browser_helpers.console_errors(browser)  # drop what was logged before this test
     yield browser
