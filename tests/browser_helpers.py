@@ -60,3 +60,10 @@ def chromium(*, width: int, height: int, arguments: Sequence[str] = NO_NETWORK) 
 def console_errors(driver: Any) -> list[dict[str, Any]]:
     """The console's SEVERE entries (errors, failed loads) since the last call."""
     return [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+
+
+def set_viewport(driver: Any, width: int, height: int, *, mobile: bool = False) -> None:
+    """Make the page's viewport (what a screenshot shows) ``width`` x ``height`` CSS pixels, by
+    Chromium's device emulation: a window cannot be narrower than about 500 pixels, a phone is."""
+    metrics = {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile}
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)

@@ -56,7 +56,7 @@ def browser() -> Iterator[Any]:
 @pytest.fixture
 def page(browser: Any, api: httpx.Client) -> Iterator[Any]:
     """The page freshly opened; after the test, the console must hold no error."""
-    browser.set_window_size(*DESKTOP)
+    browser_helpers.set_viewport(browser, *DESKTOP)
     browser.get(f"{api.base_url}/ui")  # http://127.0.0.1:PORT/ui: no host name resolves in the browser
     wait(browser, "return document.body.dataset.state === 'ready'")
     browser_helpers.console_errors(browser)  # drop what was logged before this test
@@ -125,6 +125,7 @@ def test_a_user_searched_by_keyboard_shows_what_recommend_answers(
     explained = "return document.querySelectorAll('#recs-list .why .up, #recs-list .why .down').length"
     assert page.execute_script(explained) > 0  # each item's top features, from /explain
     page.save_screenshot(str(tmp_path / "user-1280x800.png"))
+    assert page.execute_script("return [window.innerWidth, window.innerHeight]") == list(DESKTOP)
 
     # the same list with filters: a category and a price range
     category = home.categories[recommended(api, user_id=user, n=1)[0]]
@@ -150,9 +151,10 @@ def test_a_user_searched_by_keyboard_shows_what_recommend_answers(
     )
     assert flagged == [i for i in again if i in home.seen[user]]
 
-    page.set_window_size(*PHONE)
+    browser_helpers.set_viewport(page, *PHONE, mobile=True)
     assert page.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
     page.save_screenshot(str(tmp_path / "user-390x844.png"))
+    assert page.execute_script("return [window.innerWidth, window.innerHeight]") == list(PHONE)
     assert (tmp_path / "user-1280x800.png").stat().st_size > 10_000
     assert (tmp_path / "user-390x844.png").stat().st_size > 10_000
 
@@ -174,7 +176,7 @@ def test_clicking_an_item_shows_its_similar_items_by_source(
         expected = [i["item_id"] for i in answer.json()["items"]]
         assert expected and shown(page, f"#similar-{source}") == expected, source
     page.save_screenshot(str(tmp_path / "item-1280x800.png"))
-    page.set_window_size(*PHONE)
+    browser_helpers.set_viewport(page, *PHONE, mobile=True)
     assert page.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
     page.save_screenshot(str(tmp_path / "item-390x844.png"))
 

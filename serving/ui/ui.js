@@ -196,7 +196,11 @@ async function loadFiltered() {
   try {
     const request = { user_id: user.id, n: user.n, exclude_seen: user.excludeSeen };
     if (Object.keys(filters).length) request.filters = filters;
-    say("filter-message", Object.keys(filters).length ? "" : "No filter set: the same list as on the left.");
+    const parts = [];
+    if (filters.categories) parts.push("category " + filters.categories[0]);
+    if (filters.price_min !== undefined) parts.push("price ≥ " + filters.price_min);
+    if (filters.price_max !== undefined) parts.push("price ≤ " + filters.price_max);
+    say("filter-message", parts.length ? "Only " + parts.join(", ") + "." : "No filter set: the same list as on the left.");
     await recommendInto("filtered-list", request, user);
   } catch (error) {
     say("filter-message", error.message, "error");
