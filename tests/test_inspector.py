@@ -129,6 +129,23 @@ def test_similar_items_of_one_source(
     assert all(i["sources"] == [source] for i in items) and item not in {i["item_id"] for i in items}
 
 
+def test_text_neighbours_are_the_nearest_by_cosine(recommender: Recommender, home: Home) -> None:
+    """A known answer for one source: the text neighbours are the catalogue's nearest embeddings."""
+    import numpy as np
+
+    embeddings = np.load(tiny_bundle() / "model" / "item_embeddings.npy", allow_pickle=False)
+    unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+    ids = home.items[S.ITEM_ID].to_list()  # the bundle's item order: the catalogue's
+    row = ids.index(home.users_item)
+    cosine = unit @ unit[row]
+    cosine[row] = -np.inf
+    found = recommender.similar_items(home.users_item, n=5, source="text")
+    assert [r.score for r in found] == pytest.approx(np.sort(cosine)[::-1][:5].tolist(), abs=1e-5)
+    assert all(cosine[ids.index(r.item_id)] == pytest.approx(r.score, abs=1e-5) for r in found)
+    with pytest.raises(ValueError, match="no item-to-item source 'sequential'"):
+        recommender.similar_items(home.users_item, n=5, source="sequential")
+
+
 def test_a_source_the_model_lacks_is_a_400_naming_it(api: httpx.Client, home: Home) -> None:
     for source in ("sequential", "popularity", "made-up"):
         body = error(api.post("/similar_items", json={"item_id": home.users_item, "source": source}), 400)
