@@ -260,6 +260,9 @@ def test_the_model_view_and_its_admin_controls(page: Any, api: httpx.Client, tmp
     current = [v["version"] for v in api.get("/model/versions").json()["versions"] if v["current"]]
     assert current == [target]
 
+    by_id(page, "admin-reload").click()  # the registry's current version is the one served: no swap
+    wait(page, "return document.getElementById('admin-message').textContent.startsWith('Already serving')")
+
     by_id(page, "admin-forget").click()
     assert not by_id(page, "admin-controls").is_displayed()
     wait(page, "return document.querySelectorAll('#versions button').length === 0")
