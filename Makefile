@@ -49,7 +49,7 @@ redis:
 	      || echo "could not install redis-server: Redis tests will skip"; \
 	  else echo "redis-server not found and cannot be installed here: Redis tests will skip"; fi; }
 
-# The report's browser test (tests/test_report_browser.py) drives headless Chromium through chromedriver;
+# The browser tests (tests/test_report_browser.py, tests/test_ui_browser.py) drive headless Chromium through chromedriver;
 # Debian ships both at matching versions. Install them where we can (root with apt-get).
 browser:
 	@{ command -v chromium >/dev/null || command -v chromium-browser >/dev/null; } && command -v chromedriver >/dev/null || { \

@@ -160,6 +160,11 @@ class BatchRecommendRequest(_Strict):
 class SimilarItemsRequest(_Strict):
     item_id: Id
     n: N = 10
+    source: Id | None = Field(
+        None,
+        description="One item-to-item source alone (text, cooccurrence, als or itemknn: those the model "
+        "has), in its own order and with its own scores; omitted: all of them merged.",
+    )
 
 
 class ExplainRequest(_Strict):

@@ -15,7 +15,8 @@ torch nor transformers: item embeddings were computed offline and live in the bu
 Endpoints: ``POST /recommend``, ``/recommend/batch``, ``/similar_items``, ``/explain``, ``/events``
 (``Authorization: Bearer $RECSYS_EVENTS_TOKEN`` when that is set; timestamps at most
 ``$RECSYS_EVENTS_MAX_SKEW_S``, default 300, seconds ahead of the server's clock); ``GET /model``;
-``POST /admin/reload`` (``Authorization: Bearer $RECSYS_ADMIN_TOKEN``); and BentoML's
+``POST /admin/reload`` and ``/admin/switch`` (``Authorization: Bearer $RECSYS_ADMIN_TOKEN``); the
+inspector page at ``/ui`` with the JSON it reads (``serving.inspector``); and BentoML's
 ``/livez``, ``/readyz`` (503 until a model is loaded, or while the online store does not answer),
 ``/metrics`` and ``/docs.json`` (OpenAPI). Every bad request gets a 4xx whose ``error`` names the
 offending field (``serving.guard``); a store that does not answer in time gets a 503 naming it.
@@ -38,6 +39,7 @@ from fastapi import FastAPI, Header
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
+from serving import inspector
 from serving import schemas as api
 from serving.guard import API_ROUTES, RequestGuard
 from serving.http import RequestError, answers, check_token
@@ -97,6 +99,7 @@ def _store_answers() -> Iterator[None]:
 
 
 admin = FastAPI(title="recsys admin", docs_url=None, redoc_url=None, openapi_url=None)
+admin.include_router(inspector.router)  # the page at /ui and the read-only JSON it reads
 
 
 @admin.get(
@@ -318,12 +321,20 @@ class Recsys:
     @answers
     async def similar_items(self, **fields: Any) -> api.SimilarItemsResponse | Response:
         """Items similar to one item: the neighbours of the text, co-occurrence, ALS and item-kNN sources,
-        merged (``TwoStage.neighbours``). Unknown item: 404."""
+        merged (``TwoStage.neighbours``), or one ``source``'s alone. Unknown item: 404."""
         request = api.SimilarItemsRequest.model_construct(**fields)
         loaded = self.loaded()
         if not loaded.recommender.has_item(request.item_id):
             raise RequestError(404, f"unknown item {request.item_id!r}", loc=["item_id"], kind="not_found")
-        similar = await self._run(lambda: loaded.recommender.similar_items(request.item_id, n=request.n))
+        sources = loaded.recommender.similar_sources()
+        if request.source is not None and request.source not in sources:
+            known = ", ".join(sources) or "none"
+            raise RequestError(
+                400, f"no item-to-item source {request.source!r} (this model has: {known})", loc=["source"]
+            )
+        similar = await self._run(
+            lambda: loaded.recommender.similar_items(request.item_id, n=request.n, source=request.source)
+        )
         return api.SimilarItemsResponse.model_construct(
             item_id=request.item_id, model_version=loaded.version, items=_items(similar)
         )

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import polars as pl
 
 from benchmarks.harness.process import Server, free_port, recsys_serve_command, running
@@ -239,3 +240,23 @@ def tiny_home(path: Path, *, store_url: str | None = None) -> Home:
         cold_items=[i for i in items[S.ITEM_ID].to_list() if i not in rated],
         users_item=str(counts[S.ITEM_ID][0]),
     )
+
+
+def two_version_home(path: Path, copy_dir: Path, *, second: str) -> Home:
+    """``tiny_home`` at ``path``, then the same bundle published again as version ``second`` (copied
+    into ``copy_dir``), which becomes current: an earlier version to switch or roll back to."""
+    first = tiny_home(path)
+    publish(
+        first.path, copy_as_version(tiny_bundle(), copy_dir / "bundle", second), store_url=first.store_url
+    )
+    return first
+
+
+@contextmanager
+def recsys_client(home: Home) -> Iterator[httpx.Client]:
+    """``recsys_server`` serving ``home``, and an HTTP client of it (its ``base_url`` is the server's)."""
+    with (
+        recsys_server(home.path, home.store_url) as server,
+        httpx.Client(base_url=server.url, timeout=30) as client,
+    ):
+        yield client

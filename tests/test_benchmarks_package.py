@@ -157,6 +157,7 @@ def test_the_bento_carries_the_service_and_no_harness() -> None:
     ]
     packed = {f for f in files if include.match_file(f) and not exclude.match_file(f)}
     assert {"serving/service.py", "serving/schemas.py", "recsys/pipeline/recommender.py"} <= packed
+    assert {"serving/ui/index.html", "serving/ui/ui.css", "serving/ui/ui.js"} <= packed  # the page at /ui
     assert "benchmarks/harness/process.py" in files
     assert not [f for f in packed if f.split("/")[0] not in ("recsys", "feature_store", "serving")]
     assert not [f for f in packed if "bentoml.service(name=\"echo\"" in (ROOT / f).read_text(errors="ignore")]

@@ -130,6 +130,15 @@ def test_admin_and_probe_errors_match_the_spec(bare: Server, schema: Any) -> Non
         reload = httpx.post(f"{bare.url}/admin/reload", headers={"Authorization": f"Bearer {token}"})
         assert reload.status_code == status, reload.text
         conforms(schema, "POST", "/admin/reload", reload)
+    for route in ("/items?item_id=i1", "/history?user_id=u1", "/model/details"):  # the inspector's JSON
+        answer = httpx.get(f"{bare.url}{route}", timeout=30)
+        assert answer.status_code == 503, (route, answer.text)
+        conforms(schema, "GET", route.split("?")[0], answer)
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    for body, status in (({"version": "v1"}, 404), ({"version": 1}, 400)):  # nothing is published
+        switch = httpx.post(f"{bare.url}/admin/switch", json=body, headers=admin)
+        assert switch.status_code == status, switch.text
+        conforms(schema, "POST", "/admin/switch", switch)
     readyz = httpx.get(f"{bare.url}/readyz")
     assert readyz.status_code == 503, readyz.text
     conforms(schema, "GET", "/readyz", readyz)

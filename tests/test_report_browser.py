@@ -4,30 +4,24 @@ load without console errors, draw every chart at a non-zero size, and show the n
 ``report.json``. A screenshot is left in the test's temporary folder.
 
 Without Chromium, chromedriver or Selenium the tests skip with the reason, except under ``CI=true``,
-where that is a failure (CI runs ``make browser``).
+where that is a failure (``browser_helpers``).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import browser_helpers
 import pytest
 from report_helpers import as_listed, evaluation
 
 from recsys.experiments.report import build_report, write_report
 
-# What the page may do: nothing over the network. Every host name fails to resolve, and any request
-# that still tried would go to a proxy on a closed port.
-NO_NETWORK = (
-    "--host-resolver-rules=MAP * ~NOTFOUND",
-    "--proxy-server=127.0.0.1:9",
-    "--proxy-bypass-list=<-loopback>",
-)
+# A page opened from disk may not even reach loopback.
+NO_NETWORK = (*browser_helpers.NO_NETWORK, "--proxy-bypass-list=<-loopback>")
 # The plots as the page drew them: decoded (complete, natural size) and laid out (bounding box).
 PLOTS_JS = """
 return Array.from(document.querySelectorAll('img, svg')).map(e => {
@@ -45,36 +39,10 @@ return Array.from(document.querySelectorAll('[data-number]')).map(e => {
 """
 
 
-def _missing(reason: str) -> None:
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"CI=true but {reason}")
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver_path = shutil.which("chromedriver")
-    if chromium is None or driver_path is None:
-        _missing(
-            "chromium or chromedriver is not installed "
-            "(apt-get install -y chromium chromium-driver, or `make browser`)"
-        )
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        _missing("selenium is not installed (pip install -e '.[dev]')")
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(chromium)  # given, so Selenium Manager never looks for (or downloads) one
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     "--window-size=1400,1000", *NO_NETWORK):  # fmt: skip
-        options.add_argument(argument)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(executable_path=str(driver_path)), options=options)
-    driver.set_page_load_timeout(60)
-    yield driver
-    driver.quit()
+    with browser_helpers.chromium(width=1400, height=1000, arguments=NO_NETWORK) as driver:
+        yield driver
 
 
 def _open(browser: Any, page: Path) -> list[dict[str, Any]]:
@@ -82,7 +50,7 @@ def _open(browser: Any, page: Path) -> list[dict[str, Any]]:
     browser.get_log("browser")  # drop what an earlier page logged
     browser.get(page.resolve().as_uri())
     assert browser.execute_script("return document.readyState") == "complete"
-    return [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    return browser_helpers.console_errors(browser)
 
 
 def test_the_report_loads_draws_every_chart_and_shows_the_numbers_of_its_json(

@@ -122,17 +122,41 @@ def rollback(*, store_url: str | None = None) -> tuple[registry.ModelVersion, re
     ``StaleSnapshot`` reason, when the log was pruned past it). Raises ``registry.RegistryError``
     when there is nothing to roll back to, ``PublishError`` when loading fails.
     """
-    from feature_store.offline import Snapshot
-
     with registry.publishing(), _opened(store_url) as store:
         before = registry.current()
         target = registry.previous()
-        if target.version not in store.versions():
-            try:
-                store.load(Snapshot.open(target.path / FEATURES), name=target.version)
-            except Exception as exc:
-                raise PublishError(
-                    f"cannot roll back to {target.tag}: loading its features failed: {exc}; "
-                    f"{before.tag} is still current"
-                ) from exc
+        _with_features(store, target, before, action="roll back")
         return before, registry.rollback()
+
+
+def switch(tag: str, *, store_url: str | None = None) -> tuple[registry.ModelVersion, registry.ModelVersion]:
+    """Make the published version ``tag`` current, with its features; returns (was, now).
+
+    As ``rollback``, but to any version in the model store (the service's ``POST /admin/switch``):
+    its features are loaded again first unless the online store still holds them. The version left
+    becomes the one a rollback returns to. Raises ``registry.RegistryError`` for an unknown tag,
+    ``PublishError`` when loading fails.
+    """
+    with registry.publishing(), _opened(store_url) as store:
+        before = registry.current()
+        target = registry.get(tag)
+        _with_features(store, target, before, action="switch")
+        registry.set_current(target.tag)
+        return before, target
+
+
+def _with_features(
+    store: OnlineStore, target: registry.ModelVersion, before: registry.ModelVersion, *, action: str
+) -> None:
+    """Load ``target``'s feature snapshot into ``store`` unless it holds them (call it publishing)."""
+    from feature_store.offline import Snapshot
+
+    if target.version in store.versions():
+        return
+    try:
+        store.load(Snapshot.open(target.path / FEATURES), name=target.version)
+    except Exception as exc:
+        raise PublishError(
+            f"cannot {action} to {target.tag}: loading its features failed: {exc}; "
+            f"{before.tag} is still current"
+        ) from exc

@@ -14,6 +14,7 @@ item-to-item and text neighbours. Each answer names the sources that proposed it
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ from recsys.candidates.blend import Candidates
 from recsys.candidates.popularity import Popularity
 from recsys.data import schema as S
 from recsys.data.dataset import Histories
-from recsys.pipeline.two_stage import TwoStage
+from recsys.pipeline.two_stage import SIMILAR_SOURCES, TwoStage
 from recsys.ranking import features as F
 
 BATCH = 2048  # users scored at once by recommend_batch: bounds the candidate and feature arrays
@@ -78,6 +79,8 @@ class Recommender:
         self._ids = items.get_column(S.ITEM_ID).to_numpy().astype(object)
         self._row_of = {item: i for i, item in enumerate(self._ids)}
         self._titles = items.get_column(S.TITLE).to_list()
+        has_text = S.DESCRIPTION in items.columns
+        self._descriptions = items.get_column(S.DESCRIPTION).to_list() if has_text else [None] * items.height
         table = model.snapshot_.table
         self._category = table.get_column(S.CATEGORY).to_numpy().astype(object)
         self._price = table.get_column(S.PRICE).cast(pl.Float64).to_numpy()
@@ -302,9 +305,42 @@ class Recommender:
             out += self._answer(rows[block], records[block], n=n, exclude_seen=exclude_seen, filters=filters)
         return out
 
-    def similar_items(self, item_id: str, *, n: int) -> list[Recommendation]:
-        """Neighbours of one item, merged over the item-to-item sources (``TwoStage.neighbours``);
-        KeyError if the item is unknown."""
+    def describe(self, item_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """Each item's catalogue fields (``item_id``, ``title``, ``description``, ``category``,
+        ``price``; ``None`` where the catalogue has none); KeyError if an item is unknown."""
+        out = []
+        for item_id in item_ids:
+            row = self._row_of[item_id]
+            price = float(self._price[row])
+            out.append(
+                {
+                    S.ITEM_ID: item_id,
+                    S.TITLE: self._titles[row],
+                    S.DESCRIPTION: self._descriptions[row],
+                    S.CATEGORY: self._category[row],
+                    S.PRICE: price if np.isfinite(price) else None,
+                }
+            )
+        return out
+
+    def n_items(self) -> int:
+        return len(self._ids)
+
+    def feature_importance(self) -> dict[str, float]:
+        """The ranker's total gain per feature, largest first."""
+        return self.model.feature_importance()
+
+    def similar_sources(self) -> tuple[str, ...]:
+        """The item-to-item sources of this model: what ``similar_items(source=...)`` takes."""
+        generators = self.model.generators_ or {}
+        return tuple(name for name in SIMILAR_SOURCES if name in generators)
+
+    def similar_items(self, item_id: str, *, n: int, source: str | None = None) -> list[Recommendation]:
+        """Neighbours of one item, merged over the item-to-item sources (``TwoStage.neighbours``), or
+        those of one ``source`` alone (its own order and scores: cosine for text, counts for
+        co-occurrence). KeyError if the item is unknown, ValueError if the model has no such source."""
+        if source is not None:
+            return self._source_neighbours(item_id, n=n, source=source)
         found = self.model.neighbours(np.array([self._row_of[item_id]]), n)
         return [
             Recommendation(
@@ -317,6 +353,18 @@ class Recommender:
                 found.ids[0].tolist(), found.scores[0].tolist(), found.found[0].tolist(), strict=True
             )
             if i >= 0
+        ]
+
+    def _source_neighbours(self, item_id: str, *, n: int, source: str) -> list[Recommendation]:
+        if source not in self.similar_sources():
+            known = ", ".join(self.similar_sources()) or "none"
+            raise ValueError(f"this model has no item-to-item source {source!r} (it has: {known})")
+        assert self.model.generators_ is not None
+        ids, scores = self.model.generators_[source].similar_items(np.array([self._row_of[item_id]]), n)
+        return [
+            Recommendation(str(self._ids[i]), score, self._titles[i], (source,))
+            for i, score in zip(ids[0].tolist(), scores[0].tolist(), strict=True)
+            if i >= 0 and math.isfinite(score)
         ]
 
     def explain(
