@@ -76,3 +76,10 @@ def check_token(authorization: str | None, token: str, *, name: str) -> None:
         raise RequestError(
             401, f"missing or wrong {name} token", loc=["header", "authorization"], kind="unauthorized"
         )
+
+
+def check_admin(authorization: str | None, token: str | None, *, action: str) -> None:
+    """403 when no admin token is configured (``action`` is then disabled), 401 unless it was given."""
+    if token is None:
+        raise RequestError(403, f"admin {action} is disabled: set RECSYS_ADMIN_TOKEN", kind="forbidden")
+    check_token(authorization, token, name="admin")

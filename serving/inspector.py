@@ -32,7 +32,7 @@ from starlette.responses import FileResponse, Response
 from recsys.data import schema as S
 from serving import schemas as api
 from serving.guard import field_message
-from serving.http import RequestError, check_token
+from serving.http import RequestError, check_admin
 from serving.runtime import Loaded, ModelHolder, Settings, default_store_url
 
 if TYPE_CHECKING:
@@ -323,11 +323,8 @@ async def admin_switch(request: Request, authorization: str | None = Header(defa
     from recsys.pipeline import publish, registry
 
     service = _service()
-    token = service.settings.admin_token
     try:
-        if token is None:
-            raise RequestError(403, "admin switch is disabled: set RECSYS_ADMIN_TOKEN", kind="forbidden")
-        check_token(authorization, token, name="admin")
+        check_admin(authorization, service.settings.admin_token, action="switch")
         wanted = _parse_switch(await request.body())
         if service.models.pinned_tag is not None:
             raise RequestError(

@@ -42,7 +42,7 @@ from starlette.responses import Response
 from serving import inspector
 from serving import schemas as api
 from serving.guard import API_ROUTES, RequestGuard
-from serving.http import RequestError, answers, check_token
+from serving.http import RequestError, answers, check_admin, check_token
 from serving.runtime import (
     ENV_EVENTS_MAX_SKEW,
     ENV_WORKERS,
@@ -136,11 +136,8 @@ async def model_info() -> Any:
 )
 async def admin_reload(authorization: str | None = Header(default=None)) -> Any:
     service: Recsys = bentoml.get_current_service()
-    token = service.settings.admin_token
     try:
-        if token is None:
-            raise RequestError(403, "admin reload is disabled: set RECSYS_ADMIN_TOKEN", kind="forbidden")
-        check_token(authorization, token, name="admin")
+        check_admin(authorization, service.settings.admin_token, action="reload")
         try:
             previous, current, swapped = await anyio.to_thread.run_sync(service.models.refresh)
         except Exception as exc:
