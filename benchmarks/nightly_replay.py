@@ -43,7 +43,7 @@ from typing import Any
 
 import polars as pl
 
-from benchmarks.harness.nightly import DAY, Shop, stage_seconds, toml_text
+from benchmarks.harness.nightly import DAY, Shop, Timed, stage_seconds, toml_text
 from benchmarks.provenance import ROOT, start_run, write_results
 from recsys.data import schema as S
 
@@ -114,7 +114,7 @@ def quick_sample(
 
 
 def night_figures(
-    night: int, period: Period | None, rows: int, new_items: int, seconds: float, summary: dict[str, Any]
+    night: int, period: Period | None, rows: int, new_items: int, timed: Timed, summary: dict[str, Any]
 ) -> dict[str, Any]:
     """One flat row of the results file from a night's run summary."""
     gate = summary.get("gate") or {}
@@ -131,7 +131,8 @@ def night_figures(
         "rows_ingested": summary["ingest"].get("rows_added", {}).get("interactions"),
         "items_ingested": summary["ingest"].get("rows_added", {}).get("items"),
         "items_embedded": summary["items_embedded"],
-        "seconds": seconds,
+        "seconds": timed.seconds,
+        "cpu_seconds": timed.cpu_seconds,
         **stage_seconds(summary, prefix=""),
         "peak_rss_mb": summary["peak_rss_mb"],
         "outcome": summary["outcome"],
@@ -177,7 +178,7 @@ def _night(shop: Shop, night: int, period: Period | None, rows: int, new_items: 
     timed, summary = shop.retrain()
     if summary["outcome"] == "failed":
         raise SystemExit(f"night {night} failed (exit {timed.returncode}): {summary.get('error')}")
-    row = night_figures(night, period, rows, new_items, timed.seconds, summary)
+    row = night_figures(night, period, rows, new_items, timed, summary)
     print(
         f"night {night} ({'initial part' if period is None else period.label()}): {row['outcome']}, "
         f"{timed.seconds:.1f} s, {row['items_embedded']} embedded, served N@10 {row.get('served_ndcg@10')}",
@@ -187,9 +188,8 @@ def _night(shop: Shop, night: int, period: Period | None, rows: int, new_items: 
 
 
 def print_table(runs: list[dict[str, Any]]) -> None:
-    stages = sorted(
-        {k.removeprefix("stage_").removesuffix("_s") for r in runs for k in r if k.startswith("stage_")}
-    )
+    # the stages in the order the job runs them (dicts keep the summary's order)
+    stages = list(dict.fromkeys(k[6:-2] for r in runs for k in r if k.startswith("stage_")))
     head = [
         "night",
         "ends",
@@ -197,9 +197,10 @@ def print_table(runs: list[dict[str, Any]]) -> None:
         "new items",
         "embedded",
         "s",
+        "CPU s",
         *stages,
-        "gate",
-        "users",
+        "outcome",
+        "gate users",
         "N@10 cand",
         "N@10 prod",
         "interval",
@@ -218,6 +219,7 @@ def print_table(runs: list[dict[str, Any]]) -> None:
             str(r["new_items_dropped"]),
             str(r["items_embedded"]),
             f"{r['seconds']:.1f}",
+            f"{r['cpu_seconds']:.1f}",
             *(f"{r.get(f'stage_{s}_s', 0.0):.1f}" for s in stages),
             r["outcome"],
             str(r["gate_users"]),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -37,22 +38,30 @@ def isolated_env(root: Path) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Timed:
-    """One finished subprocess: its wall time, exit code and the end of its stderr."""
+    """One finished subprocess: its wall time, its CPU time (user + system, its children included:
+    on a shared machine the load stretches wall time far more than CPU time), exit code, output's end."""
 
     seconds: float
+    cpu_seconds: float
     returncode: int
     stderr_tail: str
 
 
 def run_timed(command: list[str], *, env: dict[str, str], cwd: Path, log: Path) -> Timed:
-    """Run ``command`` to the end, its stdout and stderr appended to ``log``; wall seconds."""
+    """Run ``command`` to the end, its stdout and stderr appended to ``log``; wall and CPU seconds."""
     log.parent.mkdir(parents=True, exist_ok=True)
+    cpu_before = _children_cpu()
     start = time.perf_counter()
     with log.open("a") as out:
         done = subprocess.run(command, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, check=False)
     seconds = time.perf_counter() - start
     tail = log.read_text(errors="replace")[-2_000:]
-    return Timed(round(seconds, 3), done.returncode, tail)
+    return Timed(round(seconds, 3), round(_children_cpu() - cpu_before, 3), done.returncode, tail)
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # waited-for children, one at a time here
+    return usage.ru_utime + usage.ru_stime
 
 
 @dataclass(frozen=True)
