@@ -2,7 +2,7 @@
 
 Run from the project root (a heavy run: ``flock /tmp/heavy.lock`` on a shared machine)::
 
-    .venv/bin/python -m benchmarks.nightly_replay            # 8 nights, demo budgets, ~20-40 min on 2 cores
+    .venv/bin/python -m benchmarks.nightly_replay            # 8 nights, small budgets (nightly_replay.toml)
     .venv/bin/python -m benchmarks.nightly_replay --quick    # 2 nights on a 12-user sample, tiny model
 
 The sample's timestamps are real (1996-2018), but its days are thin: most of its last days hold no
@@ -26,9 +26,10 @@ of the published model. Prints a table, writes ``benchmarks/results/nightly_repl
 list, one flat dict per night) and plots the served model's metrics over the nights to
 ``docs/nightly_replay.png``.
 
-The model: ``--train-config`` (a ``recsys train --config`` file; default ``recsys/configs/demo.toml``,
-the demo's budgets) supplies the job's ``[train]`` table (its ``finetune``, ``[encoder]``,
-``[encoder_training]`` and ``[model]``; the keys only ``recsys train`` reads are left out).
+The model: ``--train-config`` (a ``recsys train --config`` file; default
+``benchmarks/nightly_replay.toml``: small budgets, no sequential source, no head) supplies the job's
+``[train]`` table (its ``finetune``, ``[encoder]``, ``[encoder_training]`` and ``[model]``; the keys
+only ``recsys train`` reads are left out).
 ``--quick`` uses a tiny model without fine-tuning instead.
 """
 
@@ -272,7 +273,7 @@ def main() -> None:
     parser.add_argument("--nights", type=int, default=8, help="Periods replayed after the initial part.")
     parser.add_argument("--min-rows", type=int, default=20, help="Fewest events in each replayed period.")
     parser.add_argument("--min-users", type=int, default=3, help="Fewest users in each replayed period.")
-    parser.add_argument("--train-config", type=Path, default=ROOT / "recsys" / "configs" / "demo.toml")
+    parser.add_argument("--train-config", type=Path, default=ROOT / "benchmarks" / "nightly_replay.toml")
     parser.add_argument("--quick", action="store_true", help="2 nights, 12 users, a tiny model.")
     parser.add_argument("--users", type=int, default=12, help="--quick: users in the sample.")
     parser.add_argument("--work", type=Path, default=None, help="The shop's folder (default: a temp dir).")
