@@ -32,6 +32,8 @@ RUNNABLE = [
     "benchmarks.encode",
     "benchmarks.events_under_load",
     "benchmarks.feature_store",
+    "benchmarks.nightly_incremental",
+    "benchmarks.nightly_replay",
     "benchmarks.pipeline_quality",
     "benchmarks.sequential_cooccurrence",
     "benchmarks.serving",
@@ -161,3 +163,22 @@ def test_the_bento_carries_the_service_and_no_harness() -> None:
     assert "benchmarks/harness/process.py" in files
     assert not [f for f in packed if f.split("/")[0] not in ("recsys", "feature_store", "serving")]
     assert not [f for f in packed if "bentoml.service(name=\"echo\"" in (ROOT / f).read_text(errors="ignore")]
+
+
+@pytest.mark.slow
+def test_the_nightly_replay_quick_mode_runs_the_job_night_after_night(tmp_path: Path) -> None:
+    """``benchmarks.nightly_replay --quick``: a bootstrap and 2 nights of the real job (about a minute)."""
+    import subprocess
+
+    command = [sys.executable, "-m", "benchmarks.nightly_replay", "--quick", "--work", str(tmp_path)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    runs = json.loads((tmp_path / "nightly_replay.json").read_text())["runs"]
+    assert [r["night"] for r in runs] == [0, 1, 2] and (tmp_path / "nightly_replay.png").stat().st_size
+    assert all(r["outcome"] in ("published", "kept production") for r in runs)
+    assert runs[0]["published"] and runs[0].get("production_ndcg@10") is None  # nothing to compare with yet
+    for night in runs[1:]:
+        assert night["rows_ingested"] == night["rows_dropped"] > 0
+        # only the night's new items are embedded: the rest come from the embedding cache
+        assert night["items_embedded"] <= night["new_items_dropped"]
+        assert night["interval_ci_low"] is not None and night["stage_fit_s"] > 0

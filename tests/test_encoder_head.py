@@ -104,3 +104,31 @@ def test_head_checkpoint_checks_its_base_and_its_file(tiny_bert: Path, tmp_path:
     (tmp_path / "h" / "head.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(ValueError, match=r"head\.safetensors: cannot load a projection head"):
         load_encoder(tmp_path / "h")
+
+
+def test_head_training_runs_on_its_own_thread_count_and_restores_torch_s() -> None:
+    """``[encoder_training.head] threads``: the loop runs on that many intra-op threads (seen from
+    inside it), learns as on the default, and leaves torch's own setting as it found it."""
+    import torch
+
+    from recsys.encoder.config import ProjectionConfig
+    from recsys.encoder.head import train_head
+
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(40, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    pairs, held_out = rng.integers(0, 40, size=(64, 2)), rng.integers(0, 40, size=(10, 2))
+    before = torch.get_num_threads()
+    seen: list[int] = []
+    head = ProjectionConfig(hidden=8, lr=1e-2, batch_size=16, max_epochs=3, threads=1)
+    run = train_head(
+        vectors,
+        pairs,
+        held_out,
+        tiny_head_config(head=head),
+        on_step=lambda _: seen.append(torch.get_num_threads()),
+    )
+    assert set(seen) == {1} and run.steps == 3 * 4
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="threads"):
+        ProjectionConfig(threads=-1)

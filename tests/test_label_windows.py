@@ -8,6 +8,7 @@ fit and the features of that window and every earlier one do not change.
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -200,21 +201,45 @@ def _order_index(dataset: Dataset) -> Dataset:
     return Dataset.from_tables(dataset.items, dataset.interactions.with_columns(steps))
 
 
+def _retrain_model(folder: Path, interactions: pl.DataFrame, *, model_table: str = "") -> T.TwoStageConfig:
+    """The model `recsys retrain --config` fits on ``interactions``: its TOML read as the CLI reads it
+    (``load_retrain_config``), resolved as the job resolves it (``RetrainConfig.pipeline_for``)."""
+    from recsys.pipeline.retrain_config import load_retrain_config
+
+    path = folder / "retrain.toml"
+    path.write_text(f'data_dir = "d"\ninbox_dir = "i"\nwork_dir = "w"\n{model_table}')
+    return load_retrain_config(path).pipeline_for(interactions)
+
+
 @pytest.mark.parametrize("time", ["clock time", "order index"])
-def test_train_retrain_and_evaluate_fit_the_same_model_on_the_same_data(dataset: Dataset, time: str) -> None:
+def test_train_retrain_and_evaluate_fit_the_same_model_on_the_same_data(
+    dataset: Dataset, time: str, tmp_path: Path
+) -> None:
     """`recsys train` (no config), `recsys retrain` and `recsys evaluate --models pipeline` all take
-    their model from ``recsys.pipeline.defaults.pipeline_config_for`` (the nightly job calls it)."""
+    their model from ``recsys.pipeline.defaults.pipeline_config_for``; a `[model]` table in `recsys
+    train --config` and a `[train.model]` table in the nightly job's config are laid over it alike."""
     from recsys.experiments.models import MODELS, EvalContext
-    from recsys.pipeline.defaults import pipeline_config_for
     from recsys.pipeline.train import TrainConfig, train_config_for
 
     data = dataset if time == "clock time" else _order_index(dataset)
     table = data.interactions.drop(S.USER_IDX, S.ITEM_IDX)
     trained = train_config_for(table).model  # `recsys train` without --config
     default = TrainConfig().for_data(table).model  # `train_bundle` given the default TrainConfig
-    retrained = pipeline_config_for(table)  # `recsys retrain`
+    retrained = _retrain_model(tmp_path, table)  # `recsys retrain` with the three keys alone
     (evaluated,) = MODELS["pipeline"].grid(EvalContext(dataset=data))
     assert trained == default == retrained == evaluated
+    # one override: the rest stays the data's, in both commands (the windows up to 365 days on clock
+    # time are not FeatureConfig's static default, so a table read as a whole model would lose them)
+    override = {"ranker": {"bags": 2}, "candidates": {"per_source": 40}}
+    toml = "[train.model.ranker]\nbags = 2\n[train.model.candidates]\nper_source = 40\n"
+    trained = train_config_for(table, table={"model": override}).model
+    retrained = _retrain_model(tmp_path, table, model_table=toml)
+    assert trained == retrained != evaluated
+    assert retrained.ranker.bags == 2 and retrained.candidates.per_source == 40
+    assert (retrained.label_protocol, retrained.features.windows) == (
+        evaluated.label_protocol,
+        evaluated.features.windows,
+    )
     assert evaluated is not None
     if time == "clock time":
         assert (evaluated.label_protocol, evaluated.label_windows, evaluated.label_fraction) == (

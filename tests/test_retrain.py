@@ -163,6 +163,16 @@ def test_three_keys_are_a_config_and_unknown_keys_are_errors(tmp_path: Path) -> 
         path.write_text('data_dir = "d"\ninbox_dir = "i"\n')
         load_retrain_config(path)
     assert RetrainConfig(Path("d"), Path("i"), Path("w")).on_bad_file == "fail"
+    # [train.model] is checked on load, naming the file and the key, and kept raw for the data
+    path.write_text('data_dir = "d"\ninbox_dir = "i"\nwork_dir = "w"\n[train.model]\nlabel_windowz = 2\n')
+    with pytest.raises(ConfigError, match=r"r\.toml: unknown key 'label_windowz' in train\.model"):
+        load_retrain_config(path)
+    path.write_text('data_dir = "d"\ninbox_dir = "i"\nwork_dir = "w"\n[train.model.ranker]\nbags = 1\n')
+    config = load_retrain_config(path)
+    assert config.train.model is None and config.model_overrides == {"ranker": {"bags": 1}}
+    path.write_text('data_dir = "d"\ninbox_dir = "i"\nwork_dir = "w"\nmodel_overrides = {}\n')
+    with pytest.raises(ConfigError, match=r"unknown key 'model_overrides'.*\[train\.model\]"):
+        load_retrain_config(path)
 
 
 # --- the gate rule --------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from torch import nn
 
 from recsys.encoder.config import HeadConfig
 from recsys.encoder.pairs import EarlyStopping, OnStep, held_out_recall, info_nce
+from recsys.encoder.threads import intra_op_threads
 
 HEAD_FILE = "head.safetensors"
 
@@ -100,6 +101,14 @@ def train_head(
     ``held_out`` pairs are scored (Recall@10) before training and after every epoch; ``on_step``
     sees each record of the history as it is made (``recsys.encoder.pairs.OnStep``).
     """
+    settings = config.head
+    with intra_op_threads(settings.threads):
+        return _train(vectors, pairs, held_out, config, on_step=on_step)
+
+
+def _train(
+    vectors: np.ndarray, pairs: np.ndarray, held_out: np.ndarray, config: HeadConfig, *, on_step: OnStep
+) -> HeadRun:
     settings = config.head
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)

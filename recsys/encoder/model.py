@@ -27,6 +27,7 @@ from torch import nn
 
 from recsys.config import from_dict
 from recsys.encoder.config import EncoderConfig
+from recsys.encoder.threads import intra_op_threads
 
 if TYPE_CHECKING:
     from recsys.encoder.head import ProjectionHead
@@ -206,7 +207,7 @@ class ItemEncoder:
         order = np.argsort(-lengths, kind="stable") if self.config.sort_by_length else np.arange(n)
         was_training = self.model.training
         self.model.eval()
-        threads = _threads(self.config.threads)
+        threads = intra_op_threads(self.config.threads)
         try:
             batches = [order[start : start + batch_size] for start in range(0, n, batch_size)]
             with threads, torch.inference_mode(), _progress(progress, n) as advance:
@@ -246,21 +247,6 @@ class ItemEncoder:
         )
         int8.float_model = self.float_model
         return int8
-
-
-class _threads:
-    """Set torch's intra-op threads for a block and restore them afterwards."""
-
-    def __init__(self, n: int) -> None:
-        self.n, self.old = n, torch.get_num_threads()
-
-    def __enter__(self) -> None:
-        if self.n:
-            torch.set_num_threads(self.n)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.n:
-            torch.set_num_threads(self.old)
 
 
 class _progress:

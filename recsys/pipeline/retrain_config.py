@@ -8,19 +8,29 @@ Only ``data_dir``, ``inbox_dir`` and ``work_dir`` are required:
 >>> config = load_retrain_config(path)
 >>> config.on_bad_file, config.gate_days, config.keep_versions
 ('fail', 1.0, 5)
+
+A ``[train.model]`` table is laid over the model that the data derives (as ``recsys train --config``
+does), not read as a whole model with the static defaults: :meth:`RetrainConfig.pipeline_for`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
 from datetime import date
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from recsys.encoder.config import LayersConfig
 from recsys.pipeline.train import TrainConfig
+
+if TYPE_CHECKING:
+    import polars as pl
+
+    from recsys.data.dataset import Interactions
+    from recsys.pipeline.two_stage import TwoStageConfig
 
 STATE = "state.json"
 
@@ -43,7 +53,10 @@ class RetrainConfig:
     new_item_share: float = 0.2  # ... or when this share of the catalogue is new tonight
     layers: LayersConfig = field(default_factory=LayersConfig)  # how the layers are fine-tuned
     store: str = ""  # online store URL; "" is `recsys train`'s default
-    train: TrainConfig = field(default_factory=TrainConfig)  # the pipeline, as `recsys train` reads it
+    # the pipeline, as `recsys train` reads it, without its model: a file's [train.model] table is
+    # kept raw in model_overrides and laid over the data's defaults by pipeline_for
+    train: TrainConfig = field(default_factory=TrainConfig)
+    model_overrides: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         checks = {
@@ -58,10 +71,19 @@ class RetrainConfig:
             if not ok:
                 raise ValueError(f"RetrainConfig.{key} is out of range: {getattr(self, key)!r}")
 
+    def pipeline_for(self, data: pl.DataFrame | Interactions) -> TwoStageConfig:
+        """The two-stage model fitted on ``data``: ``train.model`` when code set one, else the data's
+        defaults with the file's ``[train.model]`` keys laid over them, exactly as ``recsys train
+        --config`` resolves its ``[model]`` table (``recsys.pipeline.defaults.pipeline_config_for``).
+        """
+        from recsys.pipeline.defaults import pipeline_config_for
+
+        if self.train.model is not None:
+            return self.train.model
+        return pipeline_config_for(data, overrides=self.model_overrides, where="train.model")
+
     def resolved(self, base: Path) -> RetrainConfig:
         """The folders made absolute against ``base`` (the config file's folder)."""
-        from dataclasses import replace
-
         return replace(
             self,
             data_dir=(base / self.data_dir).resolve(),
@@ -71,16 +93,27 @@ class RetrainConfig:
 
 
 def load_retrain_config(path: str | Path) -> RetrainConfig:
-    """Read ``path``; relative folders are relative to the file. Raises ``ConfigError``."""
-    from recsys.config import ConfigError, load_toml
+    """Read ``path``; relative folders are relative to the file. Raises ``ConfigError``.
 
+    The ``[train.model]`` table is checked now as far as it can be before the data is read
+    (``recsys.pipeline.defaults.check_overrides``) and kept raw in ``model_overrides``.
+    """
+    from recsys.config import ConfigError, from_dict, read_toml
+    from recsys.pipeline.defaults import check_overrides
+
+    table = read_toml(path)
     try:
-        config = load_toml(RetrainConfig, path)
+        if "model_overrides" in table:  # the field holds [train.model]; a file has no such key
+            raise ConfigError("unknown key 'model_overrides' in RetrainConfig (write a [train.model] table)")
+        train = table.get("train", {})
+        overrides = train.get("model", {}) if isinstance(train, dict) else {}
+        if isinstance(train, dict):
+            table = {**table, "train": {key: value for key, value in train.items() if key != "model"}}
+        config = from_dict(RetrainConfig, table)
+        check_overrides(overrides, where="train.model")
     except ValueError as exc:  # a range check of __post_init__, here or in [train]
-        if isinstance(exc, ConfigError):
-            raise
         raise ConfigError(f"{path}: {exc}") from exc
-    return config.resolved(Path(path).resolve().parent)
+    return replace(config, model_overrides=overrides).resolved(Path(path).resolve().parent)
 
 
 @dataclass(frozen=True)

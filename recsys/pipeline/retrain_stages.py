@@ -170,8 +170,7 @@ def build_bundle(
             stages.event("embedded", items=embedded, catalogue=dataset.n_items)
         with stages.stage("fit"):
             # the model `recsys train` and `recsys evaluate` fit on this data (recsys.pipeline.defaults)
-            pipeline = config.train.for_data(dataset.interactions).model
-            assert pipeline is not None
+            pipeline = config.pipeline_for(dataset.interactions)
             model = TwoStage(pipeline, items=dataset.items, item_embeddings=embeddings).fit(task.train)
         with stages.stage("bundle"):
             model.save(tmp / "model")
