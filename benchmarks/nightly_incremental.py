@@ -22,6 +22,9 @@ written as contract Parquet beside the run, for a comparison that fits a shorter
 default, the sequential source trains up to 200 epochs (patience 5) in each of the train's six source
 fits on the whole MovieLens sample.
 
+``--train-config FILE`` gives both sides the same model: ``recsys train --config FILE``, and the
+file's model tables as the job's ``[train]`` (e.g. ``recsys/configs/demo.toml``, the demo's budgets).
+
 The job's config is the three folders plus ``gate_days = --gate-days`` (thin data such as MovieLens'
 last day holds one user, whom a one-day gate cannot evaluate). Prints a table and writes
 ``benchmarks/results/nightly_incremental.json`` (or ``--out``): both wall times, their ratio against
@@ -50,6 +53,8 @@ from benchmarks.harness.nightly import (
     require_clock_time,
     run_timed,
     stage_seconds,
+    toml_text,
+    train_tables,
 )
 from benchmarks.provenance import start_run, write_results
 
@@ -77,12 +82,15 @@ def recent_users(
     return items.filter(pl.col(S.ITEM_ID).is_in(kept.get_column(S.ITEM_ID).implode())), kept
 
 
-def time_train(items: Path, interactions: Path, root: Path) -> tuple[Timed, dict[str, Any]]:
-    """``recsys train`` from scratch; its times and its bundle's metadata."""
+def time_train(
+    items: Path, interactions: Path, root: Path, *, config: Path | None
+) -> tuple[Timed, dict[str, Any]]:
+    """``recsys train`` from scratch (with ``--config`` when given); its times and its bundle's metadata."""
     out = root / "bundles"
+    options = ["--config", str(config.resolve())] if config is not None else []
     timed = run_timed(
         recsys_command(
-            "train", "--items", str(items), "--interactions", str(interactions), "--out", str(out)
+            "train", "--items", str(items), "--interactions", str(interactions), "--out", str(out), *options
         ),
         env=isolated_env(root),
         cwd=root,
@@ -102,9 +110,10 @@ def time_nightly(
     *,
     gate_days: float,
     seed: Path | None,
+    train: dict[str, Any],
 ) -> dict[str, Any]:
     """Bootstrap the job on ``before``, then time the night that brings ``last``; flat figures."""
-    shop.write_config(f"gate_days = {gate_days}")
+    shop.write_config(toml_text({"gate_days": gate_days, "train": train}))
     if seed is not None:
         shutil.copytree(seed, shop.work / "embedding-cache")
     shop.drop("items.parquet", items)
@@ -168,6 +177,12 @@ def main() -> None:
     parser.add_argument("--new-days", type=float, default=7.0, help="Days of interactions the night brings.")
     parser.add_argument("--gate-days", type=float, default=30.0, help="The job's gate window (days).")
     parser.add_argument(
+        "--train-config",
+        type=Path,
+        default=None,
+        help="A recsys train --config file for both sides (the job reads its model tables as [train]).",
+    )
+    parser.add_argument(
         "--no-seed-cache", action="store_true", help="The bootstrap embeds the catalogue again."
     )
     parser.add_argument(
@@ -205,10 +220,15 @@ def main() -> None:
         f"gate_days = {args.gate_days:g}",
         flush=True,
     )
-    train, meta = time_train(items_path.resolve(), interactions_path.resolve(), root / "train")
+    train, meta = time_train(
+        items_path.resolve(), interactions_path.resolve(), root / "train", config=args.train_config
+    )
     print(f"recsys train: {train.seconds:.1f} s wall, {train.cpu_seconds:.1f} s CPU", flush=True)
     seed = None if args.no_seed_cache else root / "train" / "bundles" / "embedding-cache"
-    nightly = time_nightly(items, before, last, Shop(root / "nightly"), gate_days=args.gate_days, seed=seed)
+    tables = train_tables(args.train_config) if args.train_config is not None else {}
+    nightly = time_nightly(
+        items, before, last, Shop(root / "nightly"), gate_days=args.gate_days, seed=seed, train=tables
+    )
     figures: dict[str, Any] = {
         "dataset": str((args.items or bundled_paths()[0]).parent),
         "users": interactions.get_column("user_id").n_unique(),

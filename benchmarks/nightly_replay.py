@@ -44,12 +44,11 @@ from typing import Any
 
 import polars as pl
 
-from benchmarks.harness.nightly import DAY, Shop, Timed, stage_seconds, toml_text
+from benchmarks.harness.nightly import DAY, Shop, Timed, stage_seconds, toml_text, train_tables
 from benchmarks.provenance import ROOT, start_run, write_results
 from recsys.data import schema as S
 
 PERIODS = {"day": 1, "week": 7, "two weeks": 14, "30 days": 30}
-TRAIN_KEYS = ("finetune", "encoder", "encoder_training", "model")  # what the nightly job reads of [train]
 QUICK_TRAIN: dict[str, Any] = {
     "finetune": False,
     "encoder": {"max_tokens": 16},
@@ -284,7 +283,6 @@ def main() -> None:
     args = parser.parse_args()
     started = start_run()
 
-    from recsys.config import read_toml
     from recsys.data.loading import bundled_paths, load_tables
 
     items, interactions = load_tables(*bundled_paths())
@@ -295,8 +293,7 @@ def main() -> None:
         train: dict[str, Any] = QUICK_TRAIN
         out, picture = args.out or root / "nightly_replay.json", args.plot or root / "nightly_replay.png"
     else:
-        table = read_toml(args.train_config)
-        train = {key: table[key] for key in TRAIN_KEYS if key in table}
+        train = train_tables(args.train_config)
         out = args.out or ROOT / "benchmarks" / "results" / "nightly_replay.json"
         picture = args.plot or ROOT / "docs" / "nightly_replay.png"
     print(f"{items.height:,} items, {interactions.height:,} interactions; choosing the period:", flush=True)

@@ -130,6 +130,17 @@ def require_clock_time(interactions: pl.DataFrame, *, source: str) -> None:
         )
 
 
+TRAIN_KEYS = ("finetune", "encoder", "encoder_training", "model")  # what the nightly job reads of [train]
+
+
+def train_tables(config: Path) -> dict[str, Any]:
+    """The tables of a ``recsys train --config`` file that the nightly job reads as its ``[train]``."""
+    from recsys.config import read_toml
+
+    table = read_toml(config)
+    return {key: table[key] for key in TRAIN_KEYS if key in table}
+
+
 def toml_text(table: dict[str, Any], *, prefix: str = "") -> str:
     """``table`` (nested dicts of strings, numbers, booleans and lists) as TOML: scalars, then tables.
 
