@@ -18,7 +18,7 @@ only the settings its method reads. ``method`` chooses between them when a TOML 
 ... class Train:
 ...     encoder_training: FinetuneConfig = field(default_factory=HeadConfig)
 >>> from_dict(Train, {"encoder_training": {"head": {"max_epochs": 10}}}).encoder_training.head
-ProjectionConfig(hidden=384, lr=0.001, batch_size=256, max_epochs=10, threads=0)
+ProjectionConfig(hidden=384, lr=0.001, batch_size=256, max_epochs=10, threads=1)
 >>> from_dict(Train, {"encoder_training": {"method": "layers", "lora": True}}).encoder_training.lora
 LoraConfig(r=8, alpha=16, dropout=0.1, targets=('query', 'key', 'value', 'dense'))
 >>> from_dict(Train, {"encoder_training": {"method": "lora"}})
@@ -96,15 +96,16 @@ class ProjectionConfig:
     ``threads`` are torch's intra-op threads while it trains (0: torch's default, every core). Its
     matrices are small, so a second thread gains little, and on cores that other processes keep busy
     it loses: the head's loop took 1.89 s on 1 thread and 1.51 s on 2 on two quiet cores, but 6.3 s
-    on 1 and 21.9 s on 2 on the project's two shared cores at a load average near 15. A nightly job on
-    a shared machine may set 1; the weights can differ in the last bits between thread counts.
+    on 1 and 21.9 s on 2 on the project's two shared cores at a load average near 15. So one thread is
+    the default: 25% slower on idle cores, several times faster on busy ones (a nightly job rarely
+    has the machine to itself). The weights can differ in the last bits between thread counts.
     """
 
     hidden: int = 384
     lr: float = 1e-3
     batch_size: int = 256  # pairs per step
     max_epochs: int = 50  # early stopping on held-out pair recall usually ends it within ~10
-    threads: int = 0
+    threads: int = 1
 
     def __post_init__(self) -> None:
         _check(
