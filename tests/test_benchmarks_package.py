@@ -33,6 +33,7 @@ RUNNABLE = [
     "benchmarks.events_under_load",
     "benchmarks.feature_store",
     "benchmarks.pipeline_quality",
+    "benchmarks.scaling",
     "benchmarks.sequential_cooccurrence",
     "benchmarks.serving",
     "benchmarks.serving_answers",
