@@ -56,6 +56,13 @@ FULL_AXES = {
     "items": [(1_000_000, 10_000), (1_000_000, 100_000), (1_000_000, 1_000_000)],
     "diagonal": [(100_000, 10_000), (1_000_000, 100_000), (10_000_000, 1_000_000)],
 }
+# a tenth of the catalogue and a tenth to a hundredth of the events: a run that stays light enough to
+# share a busy 2-core machine, for the growth exponents at small sizes
+SMALL_AXES = {
+    "interactions": [(10_000, 1_000), (100_000, 1_000)],
+    "items": [(10_000, 1_000), (10_000, 10_000)],
+    "diagonal": [(10_000, 1_000), (100_000, 10_000)],
+}
 QUICK_AXES = {
     "interactions": [(2_000, 200), (4_000, 200)],
     "items": [(4_000, 200), (4_000, 400)],
@@ -285,6 +292,7 @@ STAGES = ["generate", "ingest", "ranker_rows", "ranker_train", "source_als", "so
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="Tiny sizes (under a minute), for tests.")
+    parser.add_argument("--small", action="store_true", help="10k-100k events, 1k-10k items (light).")
     parser.add_argument("--stage-budget-s", type=float, default=None, help="default 300 (quick: 120)")
     parser.add_argument("--point-budget-s", type=float, default=None, help="default 900 (quick: 300)")
     parser.add_argument("--total-budget-s", type=float, default=2700.0, help="Points after it: not run.")
@@ -304,7 +312,7 @@ def main() -> None:
     args.point_budget_s = args.point_budget_s or (300.0 if quick else 900.0)
     args.serve_seconds = args.serve_seconds or (2.0 if quick else 15.0)
     args.embed_items = args.embed_items if args.embed_items is not None else ([] if quick else [500, 2000])
-    axes = QUICK_AXES if quick else FULL_AXES
+    axes = QUICK_AXES if quick else SMALL_AXES if args.small else FULL_AXES
     clock = time.perf_counter()
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
