@@ -21,10 +21,11 @@ and the embedding time of their catalogues is extrapolated from the measured rat
 (items per second at the largest measured size), stated per point as "extrapolated".
 
 **Guards.** A stage whose time, predicted from the smaller points, exceeds ``--stage-budget-s`` is not
-run; a child is killed after ``--point-budget-s``, or once its RSS passes ``--memory-limit-mb``.
-The prediction from a smaller point Q is ``t_Q x (I/I_Q) x (M/M_Q)`` (linear in both sizes, the
-lowest over the smaller points). The table marks each figure "measured" or how it was stopped; a
-stage not measured is extrapolated with the growth exponents measured on the axes
+run; a stage still running after it, or RSS over ``--memory-limit-mb``, ends the point; a child is
+killed after ``--point-budget-s``. The prediction from a smaller point Q is ``t_Q x max(I/I_Q,
+M/M_Q)`` (linear in the size that grew more; the lowest over the smaller points). The table marks
+each figure "measured" or how it was stopped; a stage not measured is extrapolated with the growth
+exponents measured on the axes
 (``t_Q x (I/I_Q)^b_I x (M/M_Q)^b_M`` from the largest measured point), marked "extrapolated".
 
 **Exponents.** Per stage and axis, the slope of the least-squares line through (log size, log
@@ -79,9 +80,11 @@ def design(axes: dict[str, list[tuple[int, int]]]) -> list[tuple[int, int]]:
 
 
 def predict(stage: str, size: tuple[int, int], done: dict[tuple[int, int], dict[str, Any]]) -> float | None:
-    """The guard's prediction of ``stage`` at ``size``: linear in both sizes from a smaller point."""
+    """The guard's prediction of ``stage`` at ``size``: linear in the size that grew more since a
+    smaller point (the lowest over those points). Linear in both would skip, at ten times the items,
+    every stage that does not read them (the ranker's training, say)."""
     guesses = [
-        seconds * (size[0] / q[0]) * (size[1] / q[1])
+        seconds * max(size[0] / q[0], size[1] / q[1])
         for q, stages in done.items()
         if q[0] <= size[0] and q[1] <= size[1] and q != size
         if (seconds := _seconds(stages.get(stage, {}))) is not None

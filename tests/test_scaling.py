@@ -59,7 +59,7 @@ def test_predictions_exponents_and_extrapolation() -> None:
             (1_000, 10): {"a": {"status": "measured", "seconds": 20.0}},
             (1_000, 100): {"a": {"status": "measured", "seconds": 80.0}}}  # fmt: skip
     assert scaling.predict("a", (10_000, 10), done) == pytest.approx(200.0)  # linear from (1000, 10)
-    assert scaling.predict("a", (10_000, 100), done) == pytest.approx(800.0)  # the lowest guess
+    assert scaling.predict("a", (10_000, 100), done) == pytest.approx(200.0)  # x10 from (1000, 10)
     assert scaling.predict("a", (10, 10), done) is None  # nothing smaller
     axes = {"interactions": [(100, 10), (1_000, 10)], "items": [(1_000, 10), (1_000, 100)]}
     for stages in done.values():
