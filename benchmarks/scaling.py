@@ -261,6 +261,7 @@ def plot(
 
     fig, panels = plt.subplots(1, len(axes), figsize=(6 * len(axes), 5), sharey=True)
     for panel, (axis, points) in zip(np.atleast_1d(panels), axes.items(), strict=True):
+        panel.set_prop_cycle(color=plt.get_cmap("tab20").colors)  # one colour per stage
         for stage in stages:
             xs, ys, hollow = [], [], []
             for size in points:
