@@ -35,6 +35,7 @@ RUNNABLE = [
     "benchmarks.nightly_incremental",
     "benchmarks.nightly_replay",
     "benchmarks.pipeline_quality",
+    "benchmarks.scaling",
     "benchmarks.sequential_cooccurrence",
     "benchmarks.serving",
     "benchmarks.serving_answers",

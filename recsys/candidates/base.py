@@ -20,7 +20,20 @@ import scipy.sparse as sp
 
 from recsys.data.dataset import Histories, Interactions
 
-BLOCK_ROWS = 1024  # rows scored at once: a (1024, n_items) float32 block stays in cache-friendly sizes
+BLOCK_ROWS = 1024  # rows scored at once, at most: a (1024, n_items) float32 block is cache-friendly
+# ... and at most this many scores at once (64 MB of float32): with the top-k's temporaries (a negated
+# copy, int64 partition indices) a block costs about 4x that, whatever the catalogue. A fixed 1024
+# rows would hold 1024 x 1M x 16 bytes = 16 GB at a million items (benchmarks.scaling)
+BLOCK_CELLS = 2**24
+
+
+def block_rows(n_items: int) -> int:
+    """Rows scored at once for a catalogue of ``n_items``: ``BLOCK_ROWS``, fewer for large catalogues.
+
+    >>> block_rows(10_000), block_rows(100_000), block_rows(1_000_000), block_rows(10**9)
+    (1024, 167, 16, 1)
+    """
+    return max(1, min(BLOCK_ROWS, BLOCK_CELLS // max(n_items, 1)))
 
 
 @runtime_checkable
@@ -125,8 +138,9 @@ def ranked(
     check_items(histories.items, n_items, "histories.items")
     ids = np.full((len(histories), n), -1, dtype=np.int32)
     scores = np.full((len(histories), n), -np.inf, dtype=np.float32)
-    for start in range(0, len(histories), BLOCK_ROWS):
-        stop = min(start + BLOCK_ROWS, len(histories))
+    rows = block_rows(n_items)
+    for start in range(0, len(histories), rows):
+        stop = min(start + rows, len(histories))
         whole = stop - start == len(histories) and histories.indptr[0] == 0
         block = histories if whole else histories.rows(start, stop)
         dense = np.asarray(score_block(block), dtype=np.float32)  # (block, n_items)
@@ -151,8 +165,9 @@ def neighbours(
     check_items(items, n_items, "items")
     ids = np.full((len(items), n), -1, np.int32)
     scores = np.full((len(items), n), -np.inf, np.float32)
-    for start in range(0, len(items), BLOCK_ROWS):
-        query = items[start : start + BLOCK_ROWS]
+    rows = block_rows(n_items)
+    for start in range(0, len(items), rows):
+        query = items[start : start + rows]
         dense = np.array(score_rows(query), dtype=np.float32)  # a copy: the caller's rows stay intact
         dense[np.arange(len(query)), query] = -np.inf
         ids[start : start + len(query)], scores[start : start + len(query)] = top_k(dense, n)

@@ -57,6 +57,10 @@ from recsys.data.io import atomic_path
 from recsys.data.splits import EvalTask
 
 FORMAT = "recsys.sequential/1"
+# logits held at once in the loss (256 MB of float32): a batch whose positions x items exceed it is
+# scored in chunks, each recomputed in the backward pass instead of kept (catalogues up to ~10k items
+# at the default batch never are). 128 windows x 50 positions x 1M items would hold 25.6 GB of logits
+LOSS_CELLS = 2**26
 log = logging.getLogger(__name__)
 
 
@@ -283,8 +287,22 @@ class SequentialRecommender:
         vectors = self.model_.item_vectors()  # (n_items + 1, hidden)
         states = self.model_(inputs, vectors)  # (batch, width - 1, hidden)
         valid = (inputs != pad) & (targets != pad)
-        logits = states[valid] @ vectors[:pad].T  # (n_valid, n_items)
-        return F.cross_entropy(logits, targets[valid])
+        rows = max(1, LOSS_CELLS // pad)  # positions scored at once
+        if int(valid.sum()) <= rows:
+            logits = states[valid] @ vectors[:pad].T  # (n_valid, n_items)
+            return F.cross_entropy(logits, targets[valid])
+        # the same mean, summed chunk by chunk; checkpointing frees each chunk's (rows, n_items) logits
+        # after its forward pass and recomputes them in the backward pass, one chunk at a time
+        from torch.utils.checkpoint import checkpoint
+
+        kept, wanted = states[valid], targets[valid]
+        total = sum(
+            checkpoint(
+                _summed_loss, kept[i : i + rows], vectors[:pad], wanted[i : i + rows], use_reentrant=False
+            )
+            for i in range(0, len(wanted), rows)
+        )
+        return total / len(wanted)  # type: ignore[no-any-return]
 
     def _validate(self, histories: Histories, targets: sp.csr_matrix) -> tuple[float, float]:
         ids, _ = self.recommend(histories, 10)
@@ -409,6 +427,11 @@ class SequentialRecommender:
 
 
 # --- data preparation ----------------------------------------------------------------------------
+def _summed_loss(states: Tensor, items: Tensor, targets: Tensor) -> Tensor:
+    """Summed cross-entropy of ``states`` (rows, hidden) against every item (n_items, hidden)."""
+    return F.cross_entropy(states @ items.T, targets, reduction="sum")
+
+
 def _windows(data: Interactions, max_len: int) -> np.ndarray:
     """Cut each user's sequence, from its end, into windows of ``max_len + 1`` events.
 

@@ -238,6 +238,8 @@ class TwoStage:
             self._events(data), self.items, config=self._feature_config, now=now, embeddings=embeddings
         )
 
+    item_snapshot = _snapshot  # the item features as of the end of ``data``, as ``fit`` serves them
+
     # --- answering ---------------------------------------------------------------------------------
     def _candidate_rows(
         self,
