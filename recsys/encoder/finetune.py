@@ -37,6 +37,7 @@ from recsys.data.io import atomic_path
 from recsys.encoder.config import EncoderConfig, FinetuneConfig, HeadConfig, LayersConfig, item_texts
 from recsys.encoder.model import ItemEncoder, load_encoder, write_meta
 from recsys.encoder.pairs import Clock, OnStep, training_pairs
+from recsys.encoder.parallel import DataParallel
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ def finetune(
     embedding_cache: str | Path | None = None,
     progress: bool = False,
     tensorboard_dir: str | Path | None = None,
+    parallel: DataParallel | None = None,
 ) -> FinetuneResult:
     """Fine-tune the encoder on co-occurrence pairs of ``train`` and save it into ``out``.
 
@@ -88,7 +90,9 @@ def finetune(
     (``recsys.encoder.embed.embed_items``). With ``train_layers``, ``state_cache`` is a folder where
     the frozen lower layers' outputs are kept between runs (see ``TopLayers.cache_lower``).
     ``progress`` shows a bar and a line per validation on stderr; ``tensorboard_dir`` (which needs the
-    tensorboard package) receives the loss, learning rate and held-out recall.
+    tensorboard package) receives the loss, learning rate and held-out recall. ``parallel``: this
+    process is one worker of a data-parallel run (``recsys.encoder.parallel``), which trains on its
+    share of the pairs; every worker saves the same weights.
     """
     config = config or HeadConfig()
     encoder_config = encoder or EncoderConfig()
@@ -112,10 +116,18 @@ def finetune(
                 cache=embedding_cache,
                 progress=progress,
                 on_step=on_step,
+                parallel=parallel,
             )
         else:
             run = _fit_layers(
-                base, texts, (pairs, held_out), config, clock=clock, state_cache=state_cache, on_step=on_step
+                base,
+                texts,
+                (pairs, held_out),
+                config,
+                clock=clock,
+                state_cache=state_cache,
+                on_step=on_step,
+                parallel=parallel,
             )
     fingerprint_data = data_fingerprint(train, texts, config)
     meta: dict[str, Any] = {
@@ -178,6 +190,7 @@ def _fit_head(
     cache: str | Path | None,
     progress: bool,
     on_step: OnStep,
+    parallel: DataParallel | None,
 ) -> _Run:
     """Embed the catalogue with ``base`` (through the cache), then train a head on the vectors."""
     from recsys.encoder.embed import embed_items
@@ -186,7 +199,7 @@ def _fit_head(
     vectors = embed_items(items, encoder=base, cache_dir=cache, progress=progress)
     clock.lap("embed")
     prepare_seconds = clock.elapsed()
-    run = train_head(vectors, *split, config, on_step=on_step)
+    run = train_head(vectors, *split, config, on_step=on_step, parallel=parallel)
     clock.lap("train")
     meta = {"lora": False, "head": {"hidden": run.head.hidden}, "best_epoch": run.best_epoch, "device": "cpu"}
     scores = (run.baseline_recall, run.best_recall, run.best_step, run.steps)
@@ -202,11 +215,14 @@ def _fit_layers(
     clock: Clock,
     state_cache: str | Path | None,
     on_step: OnStep,
+    parallel: DataParallel | None,
 ) -> _Run:
     """Train the transformer (``recsys.encoder.layers``); with LoRA only the adapters are saved."""
     from recsys.encoder.layers import train_layers
 
-    run = train_layers(base, texts, *split, config, clock=clock, state_cache=state_cache, on_step=on_step)
+    run = train_layers(
+        base, texts, *split, config, clock=clock, state_cache=state_cache, on_step=on_step, parallel=parallel
+    )
     meta = {
         "lora": config.lora is not None,
         "seconds_per_step": clock.timings.get("steps", 0.0) / max(1, run.steps),

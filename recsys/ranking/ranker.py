@@ -15,6 +15,11 @@ score is the mean of the boosters' scores. Which groups are held out moves the c
 number of rounds a lot (9 to 88 rounds across seeds on amazon), and the bag's mean scored above every
 single booster on each fit measured (docs/studies/ranker_bag.md).
 
+With ``fit(..., network=...)`` the process is one worker of a distributed LightGBM run (Ray Train's
+LightGBM trainer, ``recsys.pipeline.ray_train``): each worker trains on its own user groups, whole
+(``group % world == rank``), and scores every held-out group, so that early stopping, which every
+worker decides on the same model and the same groups, stops all of them at the same round.
+
 Saved as LightGBM text models plus JSON (feature names, importance, chosen parameters): loading
 never unpickles. ``explain`` returns each feature's contribution to a candidate's score
 (LightGBM's ``pred_contrib``), so the service can say why an item was recommended.
@@ -23,6 +28,7 @@ never unpickles. ``explain`` returns each feature's contribution to a candidate'
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Self
@@ -118,6 +124,14 @@ class LambdaRanker:
         self.priors_: list[str | None] | None = None  # per booster, the rank feature boosted from
         self.feature_names_: list[str] | None = None
         self.report_: dict[str, Any] | None = None
+        self._network: dict[str, Any] = {}  # a distributed fit's LightGBM network parameters
+        self._shard = (0, 1)  # (rank, world): this worker's groups are those with index % world == rank
+
+    def _mine(self, groups: np.ndarray) -> np.ndarray:
+        """Which of ``groups`` this worker trains on (all of them outside a distributed fit)."""
+        rank, world = self._shard
+        mine: np.ndarray = np.arange(len(groups)) % world == rank
+        return mine
 
     def _params(self, num_leaves: int, learning_rate: float, seed: int) -> dict[str, Any]:
         c = self.config
@@ -138,16 +152,27 @@ class LambdaRanker:
             "deterministic": True,
             "force_row_wise": True,
             "verbosity": -1,
+            **({"tree_learner": "data", "pre_partition": True, **self._network} if self._network else {}),
         }
 
     def fit(
-        self, features: np.ndarray, labels: np.ndarray, groups: np.ndarray, *, feature_names: list[str]
+        self,
+        features: np.ndarray,
+        labels: np.ndarray,
+        groups: np.ndarray,
+        *,
+        feature_names: list[str],
+        network: Mapping[str, Any] | None = None,
+        shard: tuple[int, int] = (0, 1),
     ) -> Self:
         """Fit on rows ordered by group; ``groups`` holds each group's size (users in row order).
 
         Per booster of the bag, a random ``valid_fraction`` of groups is held out; each configuration
         of the search (with and without the prior, see the module docstring) stops early on its
         NDCG@eval_at, and the best one is refitted on all groups for its best number of rounds.
+        ``network`` (LightGBM's ``machines``, ``num_machines``, ...) and ``shard`` (``rank, world``)
+        make this process one worker of a distributed run (module docstring); every worker is given
+        all rows and gets the same model.
         """
         if features.shape[1] != len(feature_names):
             raise ValueError(f"{features.shape[1]} feature columns but {len(feature_names)} feature names")
@@ -157,6 +182,7 @@ class LambdaRanker:
             raise ValueError(
                 f"the ranker needs at least 2 user groups with a positive label, got {len(groups)}"
             )
+        self._network, self._shard = dict(network or {}), shard
         fits = [
             self._fit_one(features, labels, groups, feature_names, seed=self.config.seed + b)
             for b in range(self.config.bags)
@@ -186,6 +212,8 @@ class LambdaRanker:
         valid_group = np.zeros(len(groups), dtype=bool)
         valid_group[rng.choice(len(groups), size=n_valid, replace=False)] = True
         row_valid = np.repeat(valid_group, groups)
+        train_group = ~valid_group & self._mine(groups)  # every worker scores all held-out groups
+        row_train = np.repeat(train_group, groups)
         # the prior is chosen on the training groups only, so the held-out ones judge it fairly
         prior_ndcg = (
             self._rank_feature_ndcg(
@@ -201,11 +229,11 @@ class LambdaRanker:
         for prior in priors:
             init = self._init(features, feature_names, prior)
             train = lgb.Dataset(
-                features[~row_valid],
-                labels[~row_valid],
-                group=groups[~valid_group],
+                features[row_train],
+                labels[row_train],
+                group=groups[train_group],
                 feature_name=feature_names,
-                init_score=None if init is None else init[~row_valid],
+                init_score=None if init is None else init[row_train],
                 free_raw_data=False,
             )
             valid = lgb.Dataset(
@@ -243,7 +271,14 @@ class LambdaRanker:
                 )
         best = max(trials, key=lambda t: t["valid_ndcg"])  # the first of equals: no prior before a prior
         init = self._init(features, feature_names, best["prior"])
-        full = lgb.Dataset(features, labels, group=groups, feature_name=feature_names, init_score=init)
+        mine = np.repeat(self._mine(groups), groups)
+        full = lgb.Dataset(
+            features[mine],
+            labels[mine],
+            group=groups[self._mine(groups)],
+            feature_name=feature_names,
+            init_score=None if init is None else init[mine],
+        )
         booster = lgb.train(
             self._params(best["num_leaves"], best["learning_rate"], seed),
             full,
@@ -360,3 +395,19 @@ class LambdaRanker:
         ranker.priors_ = list(priors)
         ranker.report_ = meta["report"]
         return ranker
+
+
+# fit_ranker(config, features, labels, groups, feature_names): a fitted ranker, here (below) or on a
+# cluster (the Ray engine's, ``recsys.pipeline.ray_train``)
+FitRanker = Callable[[RankerConfig, np.ndarray, np.ndarray, np.ndarray, list[str]], LambdaRanker]
+
+
+def fit_ranker(
+    config: RankerConfig,
+    features: np.ndarray,
+    labels: np.ndarray,
+    groups: np.ndarray,
+    feature_names: list[str],
+) -> LambdaRanker:
+    """``LambdaRanker(config).fit(...)`` in this process: the local engine's ``FitRanker``."""
+    return LambdaRanker(config).fit(features, labels, groups, feature_names=feature_names)
