@@ -79,7 +79,6 @@ def finetune(
     embedding_cache: str | Path | None = None,
     progress: bool = False,
     tensorboard_dir: str | Path | None = None,
-    parallel: DataParallel | None = None,
 ) -> FinetuneResult:
     """Fine-tune the encoder on co-occurrence pairs of ``train`` and save it into ``out``.
 
@@ -90,10 +89,36 @@ def finetune(
     (``recsys.encoder.embed.embed_items``). With ``train_layers``, ``state_cache`` is a folder where
     the frozen lower layers' outputs are kept between runs (see ``TopLayers.cache_lower``).
     ``progress`` shows a bar and a line per validation on stderr; ``tensorboard_dir`` (which needs the
-    tensorboard package) receives the loss, learning rate and held-out recall. ``parallel``: this
-    process is one worker of a data-parallel run (``recsys.encoder.parallel``), which trains on its
-    share of the pairs; every worker saves the same weights.
+    tensorboard package) receives the loss, learning rate and held-out recall.
     """
+    trained = train_encoder(
+        items,
+        train,
+        config,
+        encoder=encoder,
+        state_cache=state_cache,
+        embedding_cache=embedding_cache,
+        progress=progress,
+        tensorboard_dir=tensorboard_dir,
+    )
+    return trained.save(out)
+
+
+def train_encoder(
+    items: pl.DataFrame,
+    train: Interactions,
+    config: FinetuneConfig | None = None,
+    *,
+    encoder: EncoderConfig | None = None,
+    state_cache: str | Path | None = None,
+    embedding_cache: str | Path | None = None,
+    progress: bool = False,
+    tensorboard_dir: str | Path | None = None,
+    parallel: DataParallel | None = None,
+) -> Trained:
+    """:func:`finetune`'s training, in memory; ``.save(out)`` writes the folder. With ``parallel``
+    this process is one worker of a data-parallel run (``recsys.encoder.parallel``) that trains on
+    its share of the pairs: every worker ends with the same weights, and one of them saves them."""
     config = config or HeadConfig()
     encoder_config = encoder or EncoderConfig()
     if items.height != train.n_items:
@@ -129,12 +154,11 @@ def finetune(
                 on_step=on_step,
                 parallel=parallel,
             )
-    fingerprint_data = data_fingerprint(train, texts, config)
     meta: dict[str, Any] = {
         "finetune": to_dict(config),
         "base_checkpoint": encoder_config.checkpoint,
         "base_fingerprint": base.fingerprint,
-        "data_fingerprint": fingerprint_data,
+        "data_fingerprint": data_fingerprint(train, texts, config),
         **run.meta,
         "train_pairs": len(pairs),
         "held_out_pairs": len(held_out),
@@ -147,23 +171,36 @@ def finetune(
         "timings": clock.timings,
         "history": run.history,
     }
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        tmp.mkdir()
-        base.tokenizer.save_pretrained(tmp)
-        run.write(tmp)
-        write_meta(tmp, base.config, meta)
-    return FinetuneResult(
-        path=out,
-        fingerprint=load_encoder(out).fingerprint,
-        data_fingerprint=fingerprint_data,
-        baseline_recall=run.baseline_recall,
-        best_recall=run.best_recall,
-        best_step=run.best_step,
-        steps=run.steps,
-        wall_seconds=meta["wall_seconds"],
-        history=run.history,
-    )
+    return Trained(base, run, meta)
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A fine-tuned encoder in memory (:func:`train_encoder`): the base, what trained, the metadata."""
+
+    base: ItemEncoder
+    run: _Run
+    meta: dict[str, Any]
+
+    def save(self, out: str | Path) -> FinetuneResult:
+        """Write the encoder folder ``out`` (atomically) and describe it."""
+        out, run = Path(out), self.run
+        with atomic_path(out) as tmp:
+            tmp.mkdir()
+            self.base.tokenizer.save_pretrained(tmp)
+            run.write(tmp)
+            write_meta(tmp, self.base.config, self.meta)
+        return FinetuneResult(
+            path=out,
+            fingerprint=load_encoder(out).fingerprint,
+            data_fingerprint=self.meta["data_fingerprint"],
+            baseline_recall=run.baseline_recall,
+            best_recall=run.best_recall,
+            best_step=run.best_step,
+            steps=run.steps,
+            wall_seconds=self.meta["wall_seconds"],
+            history=run.history,
+        )
 
 
 @dataclass(frozen=True)

@@ -73,24 +73,24 @@ def ray_finetune(
 
 
 def _finetune_worker(loop_config: dict[str, Any]) -> None:
-    """One worker: ``finetune`` on its share of the pairs; rank 0 reports the folder."""
+    """One worker: the training on its share of the pairs; rank 0 saves and reports the folder."""
     from ray.train import Checkpoint
 
-    from recsys.encoder.finetune import finetune
+    from recsys.encoder.finetune import train_encoder
     from recsys.encoder.parallel import DataParallel
 
     context = ray.train.get_context()
     items, train, config, encoder = _inputs(loop_config["inputs"])
     parallel = DataParallel(rank=context.get_world_rank(), world=context.get_world_size())
     cache = Path(loop_config["cache"]) if loop_config["cache"] else None
+    trained = train_encoder(items, train, config, encoder=encoder, embedding_cache=cache, parallel=parallel)
+    if parallel.rank > 0:  # the same weights as rank 0's (recsys.encoder.parallel)
+        ray.train.report({}, checkpoint=None)
+        return
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "encoder"
-        result = finetune(
-            items, train, config, out=out, encoder=encoder, embedding_cache=cache, parallel=parallel
-        )
+        result = trained.save(Path(tmp) / "encoder")
         fields = {k: v for k, v in result.__dict__.items() if k != "path"}
-        checkpoint = Checkpoint.from_directory(str(out)) if parallel.rank == 0 else None
-        ray.train.report({RESULT: json.dumps(fields)}, checkpoint=checkpoint)
+        ray.train.report({RESULT: json.dumps(fields)}, checkpoint=Checkpoint.from_directory(str(result.path)))
 
 
 def ray_fit_ranker(*, workers: int, use_gpu: bool) -> FitRanker:
