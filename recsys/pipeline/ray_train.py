@@ -33,6 +33,9 @@ from recsys.encoder.finetune import FinetuneResult
 from recsys.ranking.ranker import FitRanker, LambdaRanker, RankerConfig
 
 RESULT = "result"  # the metric that carries a worker's FinetuneResult fields, as JSON
+# fewer user groups than this per worker and the ranker trains on fewer workers: a worker's share
+# must hold training groups after the held-out ones are taken, and a few groups gain nothing from more
+MIN_GROUPS_PER_WORKER = 10
 
 
 def _run_config(storage: str, name: str) -> Any:
@@ -94,7 +97,8 @@ def _finetune_worker(loop_config: dict[str, Any]) -> None:
 
 
 def ray_fit_ranker(*, workers: int, use_gpu: bool) -> FitRanker:
-    """The ``FitRanker`` that fits on ``workers`` workers of Ray Train's LightGBM trainer."""
+    """The ``FitRanker`` that fits on up to ``workers`` workers of Ray Train's LightGBM trainer
+    (fewer when the rows hold fewer than ``MIN_GROUPS_PER_WORKER`` user groups a worker)."""
 
     def fit(
         config: RankerConfig, features: np.ndarray, labels: np.ndarray, groups: np.ndarray, names: list[str]
@@ -107,11 +111,12 @@ def ray_fit_ranker(*, workers: int, use_gpu: bool) -> FitRanker:
             "config": to_dict(config),
             "names": names,
         }
+        used = max(1, min(workers, len(groups) // MIN_GROUPS_PER_WORKER))
         with tempfile.TemporaryDirectory(prefix="recsys-ray-train-") as storage:
             trainer = LightGBMTrainer(
                 _ranker_worker,
                 train_loop_config=loop_config,
-                scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu),
+                scaling_config=ScalingConfig(num_workers=used, use_gpu=use_gpu),
                 run_config=_run_config(storage, "ranker"),
             )
             result = trainer.fit()

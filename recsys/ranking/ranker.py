@@ -126,11 +126,16 @@ class LambdaRanker:
         self.report_: dict[str, Any] | None = None
         self._network: dict[str, Any] = {}  # a distributed fit's LightGBM network parameters
         self._shard = (0, 1)  # (rank, world): this worker's groups are those with index % world == rank
+        self._trainings = 0  # LightGBM trainings of a distributed fit so far (``_network_params``)
 
-    def _mine(self, groups: np.ndarray) -> np.ndarray:
-        """Which of ``groups`` this worker trains on (all of them outside a distributed fit)."""
+    def _mine(self, eligible: np.ndarray) -> np.ndarray:
+        """This worker's share of the ``eligible`` groups (a mask): every ``world``-th of them, so
+        that each worker gets some while there are at least ``world`` (all outside a distributed fit)."""
         rank, world = self._shard
-        mine: np.ndarray = np.arange(len(groups)) % world == rank
+        position = np.cumsum(eligible) - 1  # each eligible group's place among them
+        if int(eligible.sum()) < world:
+            raise ValueError(f"{int(eligible.sum())} training groups cannot be shared by {world} workers")
+        mine: np.ndarray = eligible & (position % world == rank)
         return mine
 
     def _params(self, num_leaves: int, learning_rate: float, seed: int) -> dict[str, Any]:
@@ -152,8 +157,25 @@ class LambdaRanker:
             "deterministic": True,
             "force_row_wise": True,
             "verbosity": -1,
-            **({"tree_learner": "data", "pre_partition": True, **self._network} if self._network else {}),
+            **self._network_params(),
         }
+
+    def _network_params(self) -> dict[str, Any]:
+        """A distributed fit's LightGBM network for the next training (one per ``_params`` call).
+
+        Each training listens on its own ports, the ones the trainer gave shifted by the trainings
+        before it (every worker trains the same sequence): a port released by the previous training
+        is not bindable again at once (``Binding port ... failed``).
+        """
+        if not self._network:
+            return {}
+        shift, self._trainings = self._trainings, self._trainings + 1
+        network = {"tree_learner": "data", "pre_partition": True, **self._network}
+        if "machines" in network and "local_listen_port" in network:
+            hosts = [machine.rsplit(":", 1) for machine in str(network["machines"]).split(",")]
+            network["machines"] = ",".join(f"{host}:{int(port) + shift}" for host, port in hosts)
+            network["local_listen_port"] = int(network["local_listen_port"]) + shift
+        return network
 
     def fit(
         self,
@@ -182,7 +204,7 @@ class LambdaRanker:
             raise ValueError(
                 f"the ranker needs at least 2 user groups with a positive label, got {len(groups)}"
             )
-        self._network, self._shard = dict(network or {}), shard
+        self._network, self._shard, self._trainings = dict(network or {}), shard, 0
         fits = [
             self._fit_one(features, labels, groups, feature_names, seed=self.config.seed + b)
             for b in range(self.config.bags)
@@ -212,7 +234,7 @@ class LambdaRanker:
         valid_group = np.zeros(len(groups), dtype=bool)
         valid_group[rng.choice(len(groups), size=n_valid, replace=False)] = True
         row_valid = np.repeat(valid_group, groups)
-        train_group = ~valid_group & self._mine(groups)  # every worker scores all held-out groups
+        train_group = self._mine(~valid_group)  # every worker scores all held-out groups
         row_train = np.repeat(train_group, groups)
         # the prior is chosen on the training groups only, so the held-out ones judge it fairly
         prior_ndcg = (
@@ -270,20 +292,7 @@ class LambdaRanker:
                     }
                 )
         best = max(trials, key=lambda t: t["valid_ndcg"])  # the first of equals: no prior before a prior
-        init = self._init(features, feature_names, best["prior"])
-        mine = np.repeat(self._mine(groups), groups)
-        full = lgb.Dataset(
-            features[mine],
-            labels[mine],
-            group=groups[self._mine(groups)],
-            feature_name=feature_names,
-            init_score=None if init is None else init[mine],
-        )
-        booster = lgb.train(
-            self._params(best["num_leaves"], best["learning_rate"], seed),
-            full,
-            num_boost_round=max(1, best["best_iteration"]),
-        )
+        booster = self._refit(features, labels, groups, feature_names, best=best, seed=seed)
         report = {
             "seed": seed,
             "prior_ndcg": prior_ndcg,
@@ -293,6 +302,32 @@ class LambdaRanker:
             "valid_groups": int(valid_group.sum()),
         }
         return booster, best["prior"], report
+
+    def _refit(
+        self,
+        features: np.ndarray,
+        labels: np.ndarray,
+        groups: np.ndarray,
+        feature_names: list[str],
+        *,
+        best: dict[str, Any],
+        seed: int,
+    ) -> Any:
+        """The ``best`` trial's setting refitted on all (this worker's) groups for its best rounds."""
+        import lightgbm as lgb
+
+        init = self._init(features, feature_names, best["prior"])
+        my_groups = self._mine(np.ones(len(groups), dtype=bool))
+        mine = np.repeat(my_groups, groups)
+        full = lgb.Dataset(
+            features[mine],
+            labels[mine],
+            group=groups[my_groups],
+            feature_name=feature_names,
+            init_score=None if init is None else init[mine],
+        )
+        params = self._params(best["num_leaves"], best["learning_rate"], seed)
+        return lgb.train(params, full, num_boost_round=max(1, best["best_iteration"]))
 
     def _rank_feature_ndcg(
         self, features: np.ndarray, labels: np.ndarray, groups: np.ndarray, feature_names: list[str]
