@@ -437,4 +437,3 @@ def merge_neighbours(proposals: Proposals, n: int, *, n_items: int) -> Neighbour
     best = np.take_along_axis(best, order, axis=1)
     scores = np.where(ids >= 0, 1.0 / (1.0 + best), -np.inf)
     return Neighbours(ids, scores, merged.sources, np.take_along_axis(listed, order[..., None], axis=1))
-

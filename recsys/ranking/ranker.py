@@ -212,7 +212,7 @@ class LambdaRanker:
         self.boosters_ = [booster for booster, _, _ in fits]
         self.priors_ = [prior for _, prior, _ in fits]
         self.feature_names_ = list(feature_names)
-        self.report_ = {"rows": len(features), "bags": [report for _, _, report in fits]}
+        self.report_ = {"rows": len(features), "workers": shard[1], "bags": [report for _, _, report in fits]}
         return self
 
     def _fit_one(
