@@ -16,9 +16,9 @@ number of rounds a lot (9 to 88 rounds across seeds on amazon), and the bag's me
 single booster on each fit measured (docs/studies/ranker_bag.md).
 
 With ``fit(..., network=...)`` the process is one worker of a distributed LightGBM run (Ray Train's
-LightGBM trainer, ``recsys.pipeline.ray_train``): each worker trains on its own user groups, whole
-(``group % world == rank``), and scores every held-out group, so that early stopping, which every
-worker decides on the same model and the same groups, stops all of them at the same round.
+LightGBM trainer): it trains on its whole user groups and scores every held-out group, so that early
+stopping, decided on the same model and the same groups, stops every worker at the same round
+(``recsys.ranking.distributed``).
 
 Saved as LightGBM text models plus JSON (feature names, importance, chosen parameters): loading
 never unpickles. ``explain`` returns each feature's contribution to a candidate's score
@@ -37,6 +37,7 @@ import numpy as np
 
 from recsys.candidates.base import check_fitted
 from recsys.config import from_dict, to_dict
+from recsys.ranking.distributed import Worker
 
 
 @dataclass(frozen=True)
@@ -124,19 +125,7 @@ class LambdaRanker:
         self.priors_: list[str | None] | None = None  # per booster, the rank feature boosted from
         self.feature_names_: list[str] | None = None
         self.report_: dict[str, Any] | None = None
-        self._network: dict[str, Any] = {}  # a distributed fit's LightGBM network parameters
-        self._shard = (0, 1)  # (rank, world): this worker's groups are those with index % world == rank
-        self._trainings = 0  # LightGBM trainings of a distributed fit so far (``_network_params``)
-
-    def _mine(self, eligible: np.ndarray) -> np.ndarray:
-        """This worker's share of the ``eligible`` groups (a mask): every ``world``-th of them, so
-        that each worker gets some while there are at least ``world`` (all outside a distributed fit)."""
-        rank, world = self._shard
-        position = np.cumsum(eligible) - 1  # each eligible group's place among them
-        if int(eligible.sum()) < world:
-            raise ValueError(f"{int(eligible.sum())} training groups cannot be shared by {world} workers")
-        mine: np.ndarray = eligible & (position % world == rank)
-        return mine
+        self._worker = Worker()  # this process's part in a distributed fit (the whole fit by default)
 
     def _params(self, num_leaves: int, learning_rate: float, seed: int) -> dict[str, Any]:
         c = self.config
@@ -157,25 +146,8 @@ class LambdaRanker:
             "deterministic": True,
             "force_row_wise": True,
             "verbosity": -1,
-            **self._network_params(),
+            **self._worker.params(),
         }
-
-    def _network_params(self) -> dict[str, Any]:
-        """A distributed fit's LightGBM network for the next training (one per ``_params`` call).
-
-        Each training listens on its own ports, the ones the trainer gave shifted by the trainings
-        before it (every worker trains the same sequence): a port released by the previous training
-        is not bindable again at once (``Binding port ... failed``).
-        """
-        if not self._network:
-            return {}
-        shift, self._trainings = self._trainings, self._trainings + 1
-        network = {"tree_learner": "data", "pre_partition": True, **self._network}
-        if "machines" in network and "local_listen_port" in network:
-            hosts = [machine.rsplit(":", 1) for machine in str(network["machines"]).split(",")]
-            network["machines"] = ",".join(f"{host}:{int(port) + shift}" for host, port in hosts)
-            network["local_listen_port"] = int(network["local_listen_port"]) + shift
-        return network
 
     def fit(
         self,
@@ -204,7 +176,7 @@ class LambdaRanker:
             raise ValueError(
                 f"the ranker needs at least 2 user groups with a positive label, got {len(groups)}"
             )
-        self._network, self._shard, self._trainings = dict(network or {}), shard, 0
+        self._worker = Worker(dict(network or {}), rank=shard[0], world=shard[1])
         fits = [
             self._fit_one(features, labels, groups, feature_names, seed=self.config.seed + b)
             for b in range(self.config.bags)
@@ -234,7 +206,7 @@ class LambdaRanker:
         valid_group = np.zeros(len(groups), dtype=bool)
         valid_group[rng.choice(len(groups), size=n_valid, replace=False)] = True
         row_valid = np.repeat(valid_group, groups)
-        train_group = self._mine(~valid_group)  # every worker scores all held-out groups
+        train_group = self._worker.share(~valid_group)  # every worker scores all held-out groups
         row_train = np.repeat(train_group, groups)
         # the prior is chosen on the training groups only, so the held-out ones judge it fairly
         prior_ndcg = (
@@ -248,6 +220,7 @@ class LambdaRanker:
         if prior_ndcg:
             priors.append(max(prior_ndcg, key=lambda name: prior_ndcg[name]))
         trials: list[dict[str, Any]] = []
+        bins = self._worker.bins(features, ~row_valid, feature_names, min_data_in_leaf=c.min_data_in_leaf)
         for prior in priors:
             init = self._init(features, feature_names, prior)
             train = lgb.Dataset(
@@ -257,6 +230,7 @@ class LambdaRanker:
                 feature_name=feature_names,
                 init_score=None if init is None else init[row_train],
                 free_raw_data=False,
+                reference=bins,
             )
             valid = lgb.Dataset(
                 features[row_valid],
@@ -317,7 +291,7 @@ class LambdaRanker:
         import lightgbm as lgb
 
         init = self._init(features, feature_names, best["prior"])
-        my_groups = self._mine(np.ones(len(groups), dtype=bool))
+        my_groups = self._worker.share(np.ones(len(groups), dtype=bool))
         mine = np.repeat(my_groups, groups)
         full = lgb.Dataset(
             features[mine],
@@ -325,6 +299,12 @@ class LambdaRanker:
             group=groups[my_groups],
             feature_name=feature_names,
             init_score=None if init is None else init[mine],
+            reference=self._worker.bins(
+                features,
+                np.ones(len(features), dtype=bool),
+                feature_names,
+                min_data_in_leaf=self.config.min_data_in_leaf,
+            ),
         )
         params = self._params(best["num_leaves"], best["learning_rate"], seed)
         return lgb.train(params, full, num_boost_round=max(1, best["best_iteration"]))
