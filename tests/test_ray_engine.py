@@ -31,6 +31,7 @@ from recsys.encoder.config import EncoderConfig, HeadConfig, LayersConfig, Proje
 from recsys.encoder.model import load_encoder  # noqa: E402
 from recsys.pipeline.engine import LocalEngine  # noqa: E402
 from recsys.pipeline.ray_engine import RayEngine  # noqa: E402
+from recsys.pipeline.ray_train import ray_fit_ranker  # noqa: E402
 from recsys.pipeline.train import TrainConfig  # noqa: E402
 from recsys.pipeline.two_stage import TwoStage  # noqa: E402
 from recsys.ranking.ranker import LambdaRanker  # noqa: E402
@@ -165,10 +166,12 @@ def test_finetuning_on_one_worker_is_the_local_run_and_layers_train_on_two(
     assert two.steps == 4 and load_encoder(tmp_path / "layers").fingerprint == two.fingerprint
 
 
-def test_ranker_ndcg_is_within_0_005_of_the_local_run(engine: RayEngine, tmp_path: Path) -> None:
-    """The pipeline fitted once; its ranker refitted on Ray from the same rows (2 workers, whole
-    user groups each) ranks the same candidates within 0.005 NDCG@10 of the local ranker, over 400
-    test users (one user's hit at the top moves NDCG@10 by 0.0025)."""
+def test_ranker_ndcg_on_ray_against_the_local_run(cluster: object, tmp_path: Path) -> None:
+    """The pipeline fitted once; its ranker refitted on Ray Train's LightGBM trainer from the same
+    rows ranks the same candidates, over 400 test users (one user's hit at the top moves NDCG@10 by
+    0.0025): on one worker within 0.005 NDCG@10 of the local ranker (the same model); on two
+    workers, each training on its whole user groups, within 0.01. Data-parallel LightGBM does not
+    grow the serial trees: gaps of 0.004 to 0.007 were measured here (docs/results_parts/i23-ray.md)."""
     from recsys.evaluation.metrics import ranking_metrics
     from recsys.evaluation.protocol import item_information
     from recsys.ranking.ranker import fit_ranker
@@ -192,9 +195,8 @@ def test_ranker_ndcg_is_within_0_005_of_the_local_run(engine: RayEngine, tmp_pat
 
     model = TwoStage(pipeline, items=dataset.items, item_embeddings=embeddings, fit_ranker=local)
     model.fit(task.train)
-    assert engine.fit_ranker is not None
-    on_ray = engine.fit_ranker(*rows[0])
-    assert on_ray.report_ is not None and on_ray.report_["workers"] == 2
+    one, two = (ray_fit_ranker(workers=n, use_gpu=False)(*rows[0]) for n in (1, 2))
+    assert [r.report_["workers"] if r.report_ else None for r in (one, two)] == [1, 2]
 
     def ndcg(ranker: LambdaRanker) -> float:
         model.ranker_ = ranker
@@ -202,10 +204,10 @@ def test_ranker_ndcg_is_within_0_005_of_the_local_run(engine: RayEngine, tmp_pat
         metrics = ranking_metrics(ids, task.targets, ks=[10], information=item_information(task.train))
         return float(metrics["ndcg@10"])
 
-    local_ndcg = ndcg(fit_ranker(*rows[0]))
-    ray_ndcg = ndcg(on_ray)
-    print(f"NDCG@10 local {local_ndcg:.6f}, Ray ranker {ray_ndcg:.6f}")  # shown by pytest -rP
-    assert abs(ray_ndcg - local_ndcg) <= 0.005, (local_ndcg, ray_ndcg)
+    local_ndcg, one_ndcg, two_ndcg = ndcg(fit_ranker(*rows[0])), ndcg(one), ndcg(two)
+    print(f"NDCG@10 local {local_ndcg:.6f}, Ray 1 worker {one_ndcg:.6f}, 2 workers {two_ndcg:.6f}")  # -rP
+    assert abs(one_ndcg - local_ndcg) <= 0.005, (local_ndcg, one_ndcg)
+    assert abs(two_ndcg - local_ndcg) <= 0.01, (local_ndcg, two_ndcg)
 
 
 def test_nightly_job_runs_on_ray(cluster: object, bert: Path, tmp_path: Path) -> None:
