@@ -180,20 +180,46 @@ def write_snapshot(
     )
     item_keys = items.select(pl.col(S.ITEM_ID).cast(pl.String), pl.lit(cutoff, dtype=pl.Int64).alias(D.NOW))
     item_feats = C.item_features(interactions, items, item_keys, config=config).drop(D.NOW)
+    return write_tables(
+        folder,
+        states=states,
+        item_features=item_feats,
+        items=items,
+        cutoff=cutoff,
+        config=config,
+        events_through=events_through,
+    )
+
+
+def write_tables(
+    folder: str | Path,
+    *,
+    states: pl.DataFrame,
+    item_features: pl.DataFrame,
+    items: pl.DataFrame,
+    cutoff: int,
+    config: FeatureConfig,
+    events_through: int | None = None,
+) -> Snapshot:
+    """Write a snapshot folder from its computed tables, atomically: ``states`` (``user_states`` of
+    every user as of ``cutoff``, first-seen order) and ``item_features`` (every item, catalogue
+    order). :func:`write_snapshot` computes them here; ``recsys.pipeline.ray_engine`` on a cluster."""
+    if events_through is not None and events_through < 0:
+        raise ValueError(f"events_through must be a sequence number >= 0, got {events_through}")
     manifest: dict[str, Any] = {
         "cutoff": int(cutoff),
         "events_through": events_through,
         "config": config.to_json(),
         "features": D.feature_schema(config),
         "users": states.height,
-        "items": item_feats.height,
+        "items": item_features.height,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     with atomic_path(folder) as tmp:
         tmp.mkdir()
         states.drop(D.NOW).write_parquet(tmp / USER_STATES)
         C.user_features(states, config=config).drop(D.NOW).write_parquet(tmp / USER_FEATURES)
-        item_feats.write_parquet(tmp / ITEM_FEATURES)
+        item_features.write_parquet(tmp / ITEM_FEATURES)
         C.item_attributes(items).write_parquet(tmp / ITEM_ATTRIBUTES)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=_json_default))
     return Snapshot(path=Path(folder), cutoff=int(cutoff), config=config, events_through=events_through)

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import numpy as np
 import scipy.sparse as sp
@@ -69,6 +69,10 @@ class ALSConfig:
         ``Interactions.event_matrix``). Off by default, as in ``PopularityConfig``: what a weight
         means depends on the data (a 0.5 to 5 star rating on MovieLens), and only a validation run
         shows whether it helps as confidence.
+    device
+        ``"auto"``: implicit's CUDA solver where ``implicit.gpu.HAS_CUDA`` (a GPU and implicit built
+        for it), else its CPU one; ``"cpu"`` always the CPU one (bit-for-bit repeats across machines).
+        The GPU solver has no ``use_cg`` or ``num_threads``; the fold-in runs on the CPU either way.
     """
 
     factors: int = 64
@@ -82,6 +86,7 @@ class ALSConfig:
     seed: int = 0
     num_threads: int = 0
     use_weights: bool = False
+    device: Literal["auto", "cpu"] = "auto"
 
     def __post_init__(self) -> None:
         checks = {
@@ -194,14 +199,27 @@ class ALS:
         with threadpool_limits(limits=1, user_api="blas"):
             model = self._new_implicit()
             model.fit(weighted, show_progress=False)
+        if hasattr(model, "to_cpu"):  # the GPU solver keeps its factors on the device
+            model = model.to_cpu()
         self.item_factors_ = np.ascontiguousarray(model.item_factors, dtype=np.float32)
         self._gram_ = self._untrained_ = self._columns_ = None
         return self
 
     def _new_implicit(self) -> Any:
+        import implicit.gpu
         from implicit.cpu.als import AlternatingLeastSquares
 
         cfg = self.config
+        if cfg.device == "auto" and implicit.gpu.HAS_CUDA:
+            from implicit.gpu.als import AlternatingLeastSquares as GpuAlternatingLeastSquares
+
+            return GpuAlternatingLeastSquares(
+                factors=cfg.factors,
+                regularization=cfg.regularization,
+                alpha=cfg.alpha,
+                iterations=cfg.iterations,
+                random_state=cfg.seed,
+            )
         return AlternatingLeastSquares(
             factors=cfg.factors,
             regularization=cfg.regularization,

@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import logging
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,6 +37,10 @@ log = logging.getLogger(__name__)
 EMBEDDING = "embedding"
 TEXT_HASH = "text_hash"
 FINGERPRINT_KEY = b"recsys.encoder_fingerprint"
+
+# encode(trunk, texts): (len(texts), dim) trunk vectors of texts that the cache does not hold; the
+# default encodes in this process, the Ray engine on an actor pool (``recsys.pipeline.ray_engine``)
+Encode = Callable[["ItemEncoder", list[str]], np.ndarray]
 
 
 def text_hashes(texts: list[str]) -> list[str]:
@@ -107,6 +112,7 @@ def embed_items(
     cache_dir: str | Path | None = None,
     onnx_dir: str | Path | None = None,
     progress: bool = False,
+    encode: Encode | None = None,
 ) -> np.ndarray:
     """(n_items, dim) float32 L2-normalised embeddings, in the row order of ``items``.
 
@@ -116,7 +122,8 @@ def embed_items(
     holds the trunk's vectors (BERT and pooling), so an encoder with a projection head reuses them
     and only the cheap head runs again when the head is retrained.
     The exported ONNX graph is kept in ``onnx_dir`` (default ``cache_dir/onnx``; without either it
-    is exported to a temporary folder for this call).
+    is exported to a temporary folder for this call). ``encode`` encodes the texts the cache does
+    not hold with the trunk (default: here, on the runtime of the config).
     """
     from recsys.encoder.model import ItemEncoder, load_encoder
 
@@ -145,8 +152,11 @@ def embed_items(
         vectors = np.zeros((len(unique_list), encoder.dim), dtype=np.float32)
     missing = np.flatnonzero(~found)
     if len(missing):
-        runner = with_runtime(trunk, onnx_dir=onnx_dir)
-        vectors[missing] = runner.encode([texts[i] for i in first[missing]], progress=progress)
+        wanted = [texts[i] for i in first[missing]]
+        if encode is None:
+            vectors[missing] = with_runtime(trunk, onnx_dir=onnx_dir).encode(wanted, progress=progress)
+        else:
+            vectors[missing] = encode(trunk, wanted)
         if cache is not None:
             cache.put(trunk.fingerprint, [unique_list[i] for i in missing], vectors[missing])
     return np.ascontiguousarray(encoder.project(vectors)[inverse.ravel()])

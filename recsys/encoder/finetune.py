@@ -37,6 +37,7 @@ from recsys.data.io import atomic_path
 from recsys.encoder.config import EncoderConfig, FinetuneConfig, HeadConfig, LayersConfig, item_texts
 from recsys.encoder.model import ItemEncoder, load_encoder, write_meta
 from recsys.encoder.pairs import Clock, OnStep, training_pairs
+from recsys.encoder.parallel import DataParallel
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,34 @@ def finetune(
     ``progress`` shows a bar and a line per validation on stderr; ``tensorboard_dir`` (which needs the
     tensorboard package) receives the loss, learning rate and held-out recall.
     """
+    trained = train_encoder(
+        items,
+        train,
+        config,
+        encoder=encoder,
+        state_cache=state_cache,
+        embedding_cache=embedding_cache,
+        progress=progress,
+        tensorboard_dir=tensorboard_dir,
+    )
+    return trained.save(out)
+
+
+def train_encoder(
+    items: pl.DataFrame,
+    train: Interactions,
+    config: FinetuneConfig | None = None,
+    *,
+    encoder: EncoderConfig | None = None,
+    state_cache: str | Path | None = None,
+    embedding_cache: str | Path | None = None,
+    progress: bool = False,
+    tensorboard_dir: str | Path | None = None,
+    parallel: DataParallel | None = None,
+) -> Trained:
+    """:func:`finetune`'s training, in memory; ``.save(out)`` writes the folder. With ``parallel``
+    this process is one worker of a data-parallel run (``recsys.encoder.parallel``) that trains on
+    its share of the pairs: every worker ends with the same weights, and one of them saves them."""
     config = config or HeadConfig()
     encoder_config = encoder or EncoderConfig()
     if items.height != train.n_items:
@@ -112,17 +141,24 @@ def finetune(
                 cache=embedding_cache,
                 progress=progress,
                 on_step=on_step,
+                parallel=parallel,
             )
         else:
             run = _fit_layers(
-                base, texts, (pairs, held_out), config, clock=clock, state_cache=state_cache, on_step=on_step
+                base,
+                texts,
+                (pairs, held_out),
+                config,
+                clock=clock,
+                state_cache=state_cache,
+                on_step=on_step,
+                parallel=parallel,
             )
-    fingerprint_data = data_fingerprint(train, texts, config)
     meta: dict[str, Any] = {
         "finetune": to_dict(config),
         "base_checkpoint": encoder_config.checkpoint,
         "base_fingerprint": base.fingerprint,
-        "data_fingerprint": fingerprint_data,
+        "data_fingerprint": data_fingerprint(train, texts, config),
         **run.meta,
         "train_pairs": len(pairs),
         "held_out_pairs": len(held_out),
@@ -135,23 +171,36 @@ def finetune(
         "timings": clock.timings,
         "history": run.history,
     }
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        tmp.mkdir()
-        base.tokenizer.save_pretrained(tmp)
-        run.write(tmp)
-        write_meta(tmp, base.config, meta)
-    return FinetuneResult(
-        path=out,
-        fingerprint=load_encoder(out).fingerprint,
-        data_fingerprint=fingerprint_data,
-        baseline_recall=run.baseline_recall,
-        best_recall=run.best_recall,
-        best_step=run.best_step,
-        steps=run.steps,
-        wall_seconds=meta["wall_seconds"],
-        history=run.history,
-    )
+    return Trained(base, run, meta)
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A fine-tuned encoder in memory (:func:`train_encoder`): the base, what trained, the metadata."""
+
+    base: ItemEncoder
+    run: _Run
+    meta: dict[str, Any]
+
+    def save(self, out: str | Path) -> FinetuneResult:
+        """Write the encoder folder ``out`` (atomically) and describe it."""
+        out, run = Path(out), self.run
+        with atomic_path(out) as tmp:
+            tmp.mkdir()
+            self.base.tokenizer.save_pretrained(tmp)
+            run.write(tmp)
+            write_meta(tmp, self.base.config, self.meta)
+        return FinetuneResult(
+            path=out,
+            fingerprint=load_encoder(out).fingerprint,
+            data_fingerprint=self.meta["data_fingerprint"],
+            baseline_recall=run.baseline_recall,
+            best_recall=run.best_recall,
+            best_step=run.best_step,
+            steps=run.steps,
+            wall_seconds=self.meta["wall_seconds"],
+            history=run.history,
+        )
 
 
 @dataclass(frozen=True)
@@ -178,6 +227,7 @@ def _fit_head(
     cache: str | Path | None,
     progress: bool,
     on_step: OnStep,
+    parallel: DataParallel | None,
 ) -> _Run:
     """Embed the catalogue with ``base`` (through the cache), then train a head on the vectors."""
     from recsys.encoder.embed import embed_items
@@ -186,7 +236,7 @@ def _fit_head(
     vectors = embed_items(items, encoder=base, cache_dir=cache, progress=progress)
     clock.lap("embed")
     prepare_seconds = clock.elapsed()
-    run = train_head(vectors, *split, config, on_step=on_step)
+    run = train_head(vectors, *split, config, on_step=on_step, parallel=parallel)
     clock.lap("train")
     meta = {"lora": False, "head": {"hidden": run.head.hidden}, "best_epoch": run.best_epoch, "device": "cpu"}
     scores = (run.baseline_recall, run.best_recall, run.best_step, run.steps)
@@ -202,11 +252,14 @@ def _fit_layers(
     clock: Clock,
     state_cache: str | Path | None,
     on_step: OnStep,
+    parallel: DataParallel | None,
 ) -> _Run:
     """Train the transformer (``recsys.encoder.layers``); with LoRA only the adapters are saved."""
     from recsys.encoder.layers import train_layers
 
-    run = train_layers(base, texts, *split, config, clock=clock, state_cache=state_cache, on_step=on_step)
+    run = train_layers(
+        base, texts, *split, config, clock=clock, state_cache=state_cache, on_step=on_step, parallel=parallel
+    )
     meta = {
         "lora": config.lora is not None,
         "seconds_per_step": clock.timings.get("steps", 0.0) / max(1, run.steps),

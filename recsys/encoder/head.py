@@ -25,6 +25,7 @@ from torch import nn
 
 from recsys.encoder.config import HeadConfig
 from recsys.encoder.pairs import EarlyStopping, OnStep, held_out_recall, info_nce
+from recsys.encoder.parallel import DataParallel
 from recsys.encoder.threads import intra_op_threads
 
 HEAD_FILE = "head.safetensors"
@@ -95,24 +96,33 @@ def train_head(
     config: HeadConfig,
     *,
     on_step: OnStep = lambda record: None,
+    parallel: DataParallel | None = None,
 ) -> HeadRun:
     """Fit a head on (n_items, dim) unit ``vectors`` and (n, 2) item-index ``pairs``.
 
     ``held_out`` pairs are scored (Recall@10) before training and after every epoch; ``on_step``
-    sees each record of the history as it is made (``recsys.encoder.pairs.OnStep``).
+    sees each record of the history as it is made (``recsys.encoder.pairs.OnStep``). With
+    ``parallel`` this worker trains on its share of ``pairs`` (``recsys.encoder.parallel``).
     """
     settings = config.head
     with intra_op_threads(settings.threads):
-        return _train(vectors, pairs, held_out, config, on_step=on_step)
+        return _train(vectors, pairs, held_out, config, on_step=on_step, parallel=parallel)
 
 
 def _train(
-    vectors: np.ndarray, pairs: np.ndarray, held_out: np.ndarray, config: HeadConfig, *, on_step: OnStep
+    vectors: np.ndarray,
+    pairs: np.ndarray,
+    held_out: np.ndarray,
+    config: HeadConfig,
+    *,
+    on_step: OnStep,
+    parallel: DataParallel | None,
 ) -> HeadRun:
     settings = config.head
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     x = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
+    pairs = pairs if parallel is None else parallel.shard(pairs)
     head = ProjectionHead(x.shape[1], settings.hidden)
     optimizer = torch.optim.AdamW(head.parameters(), lr=settings.lr, weight_decay=config.weight_decay)
     batch = min(settings.batch_size, len(pairs))
@@ -141,6 +151,8 @@ def _train(
             loss = info_nce(out[:, 0], out[:, 1], chosen[:, 0], chosen[:, 1], config.temperature)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if parallel is not None:
+                parallel.average_gradients(head.parameters())
             torch.nn.utils.clip_grad_norm_(head.parameters(), config.max_grad_norm)
             optimizer.step()
             losses.append(float(loss.detach()))

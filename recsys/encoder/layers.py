@@ -29,6 +29,7 @@ from recsys.data.io import atomic_path
 from recsys.encoder.config import LayersConfig
 from recsys.encoder.model import ItemEncoder, cls_pool, mean_pool
 from recsys.encoder.pairs import Clock, EarlyStopping, EmbedFn, OnStep, info_nce, pair_recall
+from recsys.encoder.parallel import DataParallel
 
 TIMED_STEPS = 5  # with a time budget, the plan is fitted to the speed of the first steps
 
@@ -180,17 +181,21 @@ def train_layers(
     clock: Clock,
     state_cache: str | Path | None = None,
     on_step: OnStep = lambda record: None,
+    parallel: DataParallel | None = None,
 ) -> LayersRun:
     """Train ``base``'s transformer on item-index ``pairs`` of the item ``texts``; ``clock`` times phases.
 
     ``state_cache`` keeps the frozen lower layers' outputs between runs (``TopLayers.cache_lower``).
     ``on_step`` sees each record of the history as it is made (``recsys.encoder.pairs.OnStep``).
+    With ``parallel`` this worker trains on its share of ``pairs`` (``recsys.encoder.parallel``).
     """
+    pairs = pairs if parallel is None else parallel.shard(pairs)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, embed = _prepare(base, texts, config, device=device, clock=clock, state_cache=state_cache)
     steps_per_epoch = len(pairs) // config.batch_size if len(pairs) >= 2 * config.batch_size else 1
     total = config.epochs * steps_per_epoch
-    optimiser = _Optimiser(model, config, device=device, total=min(total, config.max_steps or total))
+    planned = min(total, config.max_steps or total)
+    optimiser = _Optimiser(model, config, device=device, total=planned, parallel=parallel)
     history: list[dict[str, float]] = [{"step": 0, "recall@10": pair_recall(embed, model, held_out)}]
     clock.lap("evaluate")
     on_step({"total": optimiser.total})
@@ -207,7 +212,8 @@ def train_layers(
                 # seconds per step (evaluations take about one eval_every-th more), then re-plan
                 per_step = (time.perf_counter() - first_step) / TIMED_STEPS * (1 + 2 / config.eval_every)
                 left = config.time_budget_s - clock.elapsed()
-                if optimiser.replan(max(step + 1, step + int(left / per_step))):
+                planned = max(step + 1, step + int(left / per_step))
+                if optimiser.replan(planned if parallel is None else parallel.agree(planned)):
                     on_step({"total": optimiser.total})
             history.append({"step": step, "loss": loss, "lr": optimiser.lr})
             on_step(history[-1])
@@ -279,7 +285,15 @@ class _Optimiser:
     """AdamW on the trainable parameters, linear warm-up then linear decay to 0 at the planned last
     step, gradient clipping, and on CUDA mixed precision (bf16 where supported, else fp16 with a scaler)."""
 
-    def __init__(self, model: nn.Module, config: LayersConfig, *, device: torch.device, total: int) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        config: LayersConfig,
+        *,
+        device: torch.device,
+        total: int,
+        parallel: DataParallel | None = None,
+    ) -> None:
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
         self.total, self.warmup_ratio = total, config.warmup_ratio
@@ -289,6 +303,7 @@ class _Optimiser:
         self.amp = config.amp and device.type == "cuda"
         self.dtype = torch.bfloat16 if self.amp and torch.cuda.is_bf16_supported() else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.dtype == torch.float16)
+        self.parallel = parallel  # gradients averaged over the workers after each backward pass
 
     def _factor(self, s: int) -> float:
         if s < self.warmup:
@@ -313,6 +328,8 @@ class _Optimiser:
             loss = loss_of()
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        if self.parallel is not None:
+            self.parallel.average_gradients(self.params)
         self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
         self.scaler.step(self.optimizer)

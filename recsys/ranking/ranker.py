@@ -15,6 +15,11 @@ score is the mean of the boosters' scores. Which groups are held out moves the c
 number of rounds a lot (9 to 88 rounds across seeds on amazon), and the bag's mean scored above every
 single booster on each fit measured (docs/studies/ranker_bag.md).
 
+With ``fit(..., network=...)`` the process is one worker of a distributed LightGBM run (Ray Train's
+LightGBM trainer): it trains on its whole user groups and scores every held-out group, so that early
+stopping, decided on the same model and the same groups, stops every worker at the same round
+(``recsys.ranking.distributed``).
+
 Saved as LightGBM text models plus JSON (feature names, importance, chosen parameters): loading
 never unpickles. ``explain`` returns each feature's contribution to a candidate's score
 (LightGBM's ``pred_contrib``), so the service can say why an item was recommended.
@@ -23,6 +28,7 @@ never unpickles. ``explain`` returns each feature's contribution to a candidate'
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Self
@@ -31,6 +37,7 @@ import numpy as np
 
 from recsys.candidates.base import check_fitted
 from recsys.config import from_dict, to_dict
+from recsys.ranking.distributed import Worker
 
 
 @dataclass(frozen=True)
@@ -118,6 +125,7 @@ class LambdaRanker:
         self.priors_: list[str | None] | None = None  # per booster, the rank feature boosted from
         self.feature_names_: list[str] | None = None
         self.report_: dict[str, Any] | None = None
+        self._worker = Worker()  # this process's part in a distributed fit (the whole fit by default)
 
     def _params(self, num_leaves: int, learning_rate: float, seed: int) -> dict[str, Any]:
         c = self.config
@@ -138,16 +146,27 @@ class LambdaRanker:
             "deterministic": True,
             "force_row_wise": True,
             "verbosity": -1,
+            **self._worker.params(),
         }
 
     def fit(
-        self, features: np.ndarray, labels: np.ndarray, groups: np.ndarray, *, feature_names: list[str]
+        self,
+        features: np.ndarray,
+        labels: np.ndarray,
+        groups: np.ndarray,
+        *,
+        feature_names: list[str],
+        network: Mapping[str, Any] | None = None,
+        shard: tuple[int, int] = (0, 1),
     ) -> Self:
         """Fit on rows ordered by group; ``groups`` holds each group's size (users in row order).
 
         Per booster of the bag, a random ``valid_fraction`` of groups is held out; each configuration
         of the search (with and without the prior, see the module docstring) stops early on its
         NDCG@eval_at, and the best one is refitted on all groups for its best number of rounds.
+        ``network`` (LightGBM's ``machines``, ``num_machines``, ...) and ``shard`` (``rank, world``)
+        make this process one worker of a distributed run (module docstring); every worker is given
+        all rows and gets the same model.
         """
         if features.shape[1] != len(feature_names):
             raise ValueError(f"{features.shape[1]} feature columns but {len(feature_names)} feature names")
@@ -157,6 +176,7 @@ class LambdaRanker:
             raise ValueError(
                 f"the ranker needs at least 2 user groups with a positive label, got {len(groups)}"
             )
+        self._worker = Worker(dict(network or {}), rank=shard[0], world=shard[1])
         fits = [
             self._fit_one(features, labels, groups, feature_names, seed=self.config.seed + b)
             for b in range(self.config.bags)
@@ -164,7 +184,7 @@ class LambdaRanker:
         self.boosters_ = [booster for booster, _, _ in fits]
         self.priors_ = [prior for _, prior, _ in fits]
         self.feature_names_ = list(feature_names)
-        self.report_ = {"rows": len(features), "bags": [report for _, _, report in fits]}
+        self.report_ = {"rows": len(features), "workers": shard[1], "bags": [report for _, _, report in fits]}
         return self
 
     def _fit_one(
@@ -186,6 +206,8 @@ class LambdaRanker:
         valid_group = np.zeros(len(groups), dtype=bool)
         valid_group[rng.choice(len(groups), size=n_valid, replace=False)] = True
         row_valid = np.repeat(valid_group, groups)
+        train_group = self._worker.share(~valid_group)  # every worker scores all held-out groups
+        row_train = np.repeat(train_group, groups)
         # the prior is chosen on the training groups only, so the held-out ones judge it fairly
         prior_ndcg = (
             self._rank_feature_ndcg(
@@ -198,15 +220,17 @@ class LambdaRanker:
         if prior_ndcg:
             priors.append(max(prior_ndcg, key=lambda name: prior_ndcg[name]))
         trials: list[dict[str, Any]] = []
+        bins = self._worker.bins(features, ~row_valid, feature_names, min_data_in_leaf=c.min_data_in_leaf)
         for prior in priors:
             init = self._init(features, feature_names, prior)
             train = lgb.Dataset(
-                features[~row_valid],
-                labels[~row_valid],
-                group=groups[~valid_group],
+                features[row_train],
+                labels[row_train],
+                group=groups[train_group],
                 feature_name=feature_names,
-                init_score=None if init is None else init[~row_valid],
+                init_score=None if init is None else init[row_train],
                 free_raw_data=False,
+                reference=bins,
             )
             valid = lgb.Dataset(
                 features[row_valid],
@@ -242,13 +266,7 @@ class LambdaRanker:
                     }
                 )
         best = max(trials, key=lambda t: t["valid_ndcg"])  # the first of equals: no prior before a prior
-        init = self._init(features, feature_names, best["prior"])
-        full = lgb.Dataset(features, labels, group=groups, feature_name=feature_names, init_score=init)
-        booster = lgb.train(
-            self._params(best["num_leaves"], best["learning_rate"], seed),
-            full,
-            num_boost_round=max(1, best["best_iteration"]),
-        )
+        booster = self._refit(features, labels, groups, feature_names, best=best, seed=seed)
         report = {
             "seed": seed,
             "prior_ndcg": prior_ndcg,
@@ -258,6 +276,38 @@ class LambdaRanker:
             "valid_groups": int(valid_group.sum()),
         }
         return booster, best["prior"], report
+
+    def _refit(
+        self,
+        features: np.ndarray,
+        labels: np.ndarray,
+        groups: np.ndarray,
+        feature_names: list[str],
+        *,
+        best: dict[str, Any],
+        seed: int,
+    ) -> Any:
+        """The ``best`` trial's setting refitted on all (this worker's) groups for its best rounds."""
+        import lightgbm as lgb
+
+        init = self._init(features, feature_names, best["prior"])
+        my_groups = self._worker.share(np.ones(len(groups), dtype=bool))
+        mine = np.repeat(my_groups, groups)
+        full = lgb.Dataset(
+            features[mine],
+            labels[mine],
+            group=groups[my_groups],
+            feature_name=feature_names,
+            init_score=None if init is None else init[mine],
+            reference=self._worker.bins(
+                features,
+                np.ones(len(features), dtype=bool),
+                feature_names,
+                min_data_in_leaf=self.config.min_data_in_leaf,
+            ),
+        )
+        params = self._params(best["num_leaves"], best["learning_rate"], seed)
+        return lgb.train(params, full, num_boost_round=max(1, best["best_iteration"]))
 
     def _rank_feature_ndcg(
         self, features: np.ndarray, labels: np.ndarray, groups: np.ndarray, feature_names: list[str]
@@ -360,3 +410,19 @@ class LambdaRanker:
         ranker.priors_ = list(priors)
         ranker.report_ = meta["report"]
         return ranker
+
+
+# fit_ranker(config, features, labels, groups, feature_names): a fitted ranker, here (below) or on a
+# cluster (the Ray engine's, ``recsys.pipeline.ray_train``)
+FitRanker = Callable[[RankerConfig, np.ndarray, np.ndarray, np.ndarray, list[str]], LambdaRanker]
+
+
+def fit_ranker(
+    config: RankerConfig,
+    features: np.ndarray,
+    labels: np.ndarray,
+    groups: np.ndarray,
+    feature_names: list[str],
+) -> LambdaRanker:
+    """``LambdaRanker(config).fit(...)`` in this process: the local engine's ``FitRanker``."""
+    return LambdaRanker(config).fit(features, labels, groups, feature_names=feature_names)
