@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MODULES = sorted(m.name for m in pkgutil.walk_packages(benchmarks.__path__, prefix="benchmarks."))
 # a benchmark is a module with a ``main``; the rest (provenance, harness) are what they share
 RUNNABLE = [
+    "benchmarks.ann",
     "benchmarks.encode",
     "benchmarks.events_under_load",
     "benchmarks.feature_store",

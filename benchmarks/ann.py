@@ -1,0 +1,211 @@
+"""ANN retrieval at catalogue scale: the HNSW index of ``recsys.candidates.ann`` against exact scoring.
+
+Synthetic text-like embeddings, not uniform noise: ``clusters`` topics of Pareto-distributed sizes
+(a few large, many small) grouped under broader themes, each with its own spread, all sharing a common
+direction (sentence embeddings are anisotropic: two random titles have cosine ~0.1, near neighbours
+~0.8). Queries are built like user profiles: the normalised mean of 2-5 items from one or two
+clusters, clusters drawn by size. Everything is seeded.
+
+Per query, one at a time, as a service worker answers (one thread): the exact top-100 (``q @ Y.T``
+and a partial sort, as the text source scores) and the index's top-100. Recall@100 is against the
+exact top-100. ``--ef`` sweeps the search width; the figures without prefix are those of the
+default ``AnnConfig.ef_search``. ``--hnswlib`` also builds hnswlib's index on the same vectors (the
+library comparison; hnswlib is not a dependency of the project, install it to run this)::
+
+    flock /tmp/heavy.lock .venv/bin/python -m benchmarks.ann            # 1,000,000 items
+    .venv/bin/python -m benchmarks.ann --quick                          # 20,000 items, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import resource
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.provenance import start_run, write_results
+from recsys.candidates.ann import AnnConfig, AnnIndex, exact_top_k, recall_at_k
+
+K = 100
+
+
+def catalogue(n: int, dim: int, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(n, dim) float32 unit vectors and (n,) cluster of each; see the module docstring."""
+    rng = np.random.default_rng(seed)
+    clusters = max(10, n // 500)
+    themes = _unit(rng.standard_normal((max(5, clusters // 40), dim)).astype(np.float32))
+    noise = rng.standard_normal((clusters, dim)).astype(np.float32) / np.sqrt(dim)
+    centres = themes[rng.integers(0, len(themes), clusters)] + 0.8 * noise  # (clusters, dim)
+    centres += 0.5 * _unit(rng.standard_normal((1, dim)).astype(np.float32))  # the common direction
+    sizes = rng.pareto(1.2, clusters) + 1.0
+    cluster = rng.choice(clusters, n, p=sizes / sizes.sum()).astype(np.int32)
+    spread = np.exp(rng.normal(np.log(0.8), 0.35, clusters)).astype(np.float32)
+    out = np.empty((n, dim), np.float32)
+    for start in range(0, n, 100_000):  # in chunks: the noise of 1M x 384 at once would be 1.5 GB more
+        c = cluster[start : start + 100_000]
+        x = centres[c] + spread[c, None] * rng.standard_normal((len(c), dim), dtype=np.float32) / np.sqrt(dim)
+        out[start : start + len(c)] = _unit(x)
+    return out, cluster
+
+
+def profiles(vectors: np.ndarray, cluster: np.ndarray, count: int, *, seed: int) -> np.ndarray:
+    """(count, dim) user-profile queries: the normalised mean of 2-5 items of one or two clusters."""
+    rng = np.random.default_rng(seed)
+    order = np.argsort(cluster, kind="stable")
+    starts = np.searchsorted(cluster[order], np.arange(cluster.max() + 2))
+    queries = np.empty((count, vectors.shape[1]), np.float32)
+    for q in range(count):
+        picked = []
+        for c in cluster[rng.integers(0, len(cluster), rng.integers(1, 3))]:  # clusters drawn by size
+            members = order[starts[c] : starts[c + 1]]
+            picked.append(rng.choice(members, int(rng.integers(1, 4))))
+        queries[q] = vectors[np.concatenate(picked)].mean(axis=0)
+    return _unit(queries)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return np.asarray(x / np.linalg.norm(x, axis=1, keepdims=True), dtype=np.float32)
+
+
+def latencies_ms(search: Callable[[np.ndarray], object], queries: np.ndarray) -> np.ndarray:
+    """Milliseconds of ``search`` on each query alone, as a (1, dim) batch."""
+    out = np.empty(len(queries))
+    for i in range(len(queries)):
+        start = time.perf_counter()
+        search(queries[i : i + 1])
+        out[i] = (time.perf_counter() - start) * 1e3
+    return out
+
+
+def _row(library: str, ef: int, recall: float, ms: np.ndarray) -> None:
+    p50, p99 = np.median(ms), np.percentile(ms, 99)
+    print(f"{library:8s} ef={ef:4d}  recall@100 {recall:.4f}  p50 {p50:.3f} ms  p99 {p99:.3f} ms")
+
+
+def rss_mb() -> tuple[float, float]:
+    """(current, peak) resident memory of this process in MB."""
+    with open("/proc/self/statm") as f:
+        current = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    return current, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure_faiss(
+    vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray, args: argparse.Namespace
+) -> dict[str, Any]:
+    import faiss
+
+    config = AnnConfig(min_items=1, links=args.links, ef_construction=args.ef_construction)
+    start = time.perf_counter()
+    index = AnnIndex.build(vectors, config)
+    figures: dict[str, Any] = {"build_seconds": time.perf_counter() - start}
+    with tempfile.TemporaryDirectory() as tmp:
+        index.save(Path(tmp) / "ann")
+        figures["index_bytes"] = (Path(tmp) / "ann" / "index.faiss").stat().st_size
+        start = time.perf_counter()
+        index = AnnIndex.load(Path(tmp) / "ann")
+        figures["load_seconds"] = time.perf_counter() - start
+    figures["rss_mb_with_index"] = rss_mb()[0]
+    faiss.omp_set_num_threads(1)  # one worker, one core (a single query never forks anyway)
+    for ef in sorted({max(ef, K) for ef in args.ef} | {AnnConfig().ef_search}):  # never below k
+        index.config = AnnConfig(min_items=1, links=args.links, ef_search=ef)
+        ms = latencies_ms(lambda q: index.search(q, K), queries)
+        recall = recall_at_k(index.search(queries, K)[0], truth)
+        prefix = "" if ef == AnnConfig().ef_search else f"ef{ef}."
+        figures |= {f"{prefix}recall_at_100": recall, f"{prefix}ann_p50_ms": float(np.median(ms))}
+        figures[f"{prefix}ann_p99_ms"] = float(np.percentile(ms, 99))
+        _row("faiss", ef, recall, ms)
+    return figures
+
+
+def measure_hnswlib(
+    vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray, args: argparse.Namespace
+) -> dict[str, Any]:
+    """hnswlib on the same vectors (inner product space: they are unit vectors already)."""
+    import hnswlib
+
+    start = time.perf_counter()
+    index = hnswlib.Index(space="ip", dim=vectors.shape[1])
+    index.init_index(
+        max_elements=len(vectors), M=args.hnswlib_links, ef_construction=args.ef_construction, random_seed=0
+    )
+    index.set_num_threads(os.cpu_count() or 1)
+    index.add_items(vectors)
+    figures: dict[str, Any] = {"hnswlib.build_seconds": time.perf_counter() - start}
+    with tempfile.TemporaryDirectory() as tmp:
+        index.save_index(str(Path(tmp) / "index.bin"))
+        figures["hnswlib.index_bytes"] = (Path(tmp) / "index.bin").stat().st_size
+    figures["hnswlib.rss_mb_with_index"] = rss_mb()[0]
+    index.set_num_threads(1)
+    for ef in sorted({max(ef, K) for ef in args.ef}):  # hnswlib needs ef >= k
+        index.set_ef(ef)
+        ms = latencies_ms(lambda q: index.knn_query(q, K), queries)
+        recall = recall_at_k(index.knn_query(queries, K)[0].astype(np.int64), truth)
+        figures[f"hnswlib.ef{ef}.recall_at_100"] = recall
+        figures[f"hnswlib.ef{ef}.ann_p50_ms"] = float(np.median(ms))
+        figures[f"hnswlib.ef{ef}.ann_p99_ms"] = float(np.percentile(ms, 99))
+        _row("hnswlib", ef, recall, ms)
+    return figures
+
+
+def measure_exact(vectors: np.ndarray, queries: np.ndarray) -> dict[str, Any]:
+    """One query at a time on one BLAS thread, in the text source's layout ((dim, n) columns)."""
+    from threadpoolctl import threadpool_limits
+
+    columns = np.ascontiguousarray(vectors.T)  # (dim, n_items)
+
+    def exact(q: np.ndarray) -> None:
+        row = (q @ columns)[0]
+        np.argpartition(-row, K - 1)[:K]
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        ms = latencies_ms(exact, queries)
+    return {"exact_p50_ms": float(np.median(ms)), "exact_p99_ms": float(np.percentile(ms, 99))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items", type=int, default=1_000_000)
+    parser.add_argument("--dim", type=int, default=384)
+    parser.add_argument("--queries", type=int, default=1000, help="timed one at a time; recall over all")
+    parser.add_argument("--exact-queries", type=int, default=50, help="exact top-100 timed one at a time")
+    parser.add_argument("--ef", type=lambda s: [int(x) for x in s.split(",")], default=[100, 128, 256, 512])
+    parser.add_argument("--links", type=int, default=AnnConfig().links)
+    parser.add_argument("--hnswlib-links", type=int, default=16)
+    parser.add_argument("--ef-construction", type=int, default=AnnConfig().ef_construction)
+    parser.add_argument("--hnswlib", action="store_true", help="also measure hnswlib (not a dependency)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="20,000 items, 200 queries: seconds")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    if args.quick:
+        args.items, args.queries, args.exact_queries = 20_000, 200, 20
+    started = start_run()
+    vectors, cluster = catalogue(args.items, args.dim, seed=args.seed)
+    queries = profiles(vectors, cluster, args.queries, seed=args.seed + 1)
+    truth = exact_top_k(vectors, queries, K)[0]
+    figures: dict[str, Any] = {"items": args.items, "dim": args.dim, "queries": args.queries}
+    figures |= {"library": "faiss", "links": args.links, "ef_construction": args.ef_construction}
+    figures["ef_search"] = AnnConfig().ef_search
+    figures |= measure_exact(vectors, queries[: args.exact_queries])
+    figures["rss_mb_vectors"] = rss_mb()[0]
+    print(f"exact    p50 {figures['exact_p50_ms']:.3f} ms  p99 {figures['exact_p99_ms']:.3f} ms")
+    figures |= measure_faiss(vectors, queries, truth, args)
+    gc.collect()
+    if args.hnswlib:
+        figures |= measure_hnswlib(vectors, queries, truth, args)
+    figures["rss_mb_peak"] = rss_mb()[1]
+    mib, peak = figures["index_bytes"] / 2**20, figures["rss_mb_peak"]
+    print(f"build {figures['build_seconds']:.1f} s  index {mib:.0f} MiB  peak RSS {peak:.0f} MB")
+    out = write_results("ann", figures, params=vars(args), started=started, out=args.out)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
