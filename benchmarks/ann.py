@@ -25,6 +25,7 @@ import resource
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ import numpy as np
 
 from benchmarks.provenance import start_run, write_results
 from recsys.candidates.ann import AnnConfig, AnnIndex, exact_top_k, recall_at_k
+from recsys.data.dataset import Histories
 
 K = 100
 
@@ -57,17 +59,26 @@ def catalogue(n: int, dim: int, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def profiles(vectors: np.ndarray, cluster: np.ndarray, count: int, *, seed: int) -> np.ndarray:
     """(count, dim) user-profile queries: the normalised mean of 2-5 items of one or two clusters."""
+    return profiles_and_histories(vectors, cluster, count, seed=seed)[0]
+
+
+def profiles_and_histories(
+    vectors: np.ndarray, cluster: np.ndarray, count: int, *, seed: int
+) -> tuple[np.ndarray, Histories]:
+    """:func:`profiles`, and the items each profile was made of (the user's history)."""
     rng = np.random.default_rng(seed)
     order = np.argsort(cluster, kind="stable")
     starts = np.searchsorted(cluster[order], np.arange(cluster.max() + 2))
     queries = np.empty((count, vectors.shape[1]), np.float32)
+    histories = []
     for q in range(count):
         picked = []
         for c in cluster[rng.integers(0, len(cluster), rng.integers(1, 3))]:  # clusters drawn by size
             members = order[starts[c] : starts[c + 1]]
             picked.append(rng.choice(members, int(rng.integers(1, 4))))
-        queries[q] = vectors[np.concatenate(picked)].mean(axis=0)
-    return _unit(queries)
+        histories.append(np.concatenate(picked))
+        queries[q] = vectors[histories[-1]].mean(axis=0)
+    return _unit(queries), Histories.from_lists(histories)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -97,7 +108,11 @@ def rss_mb() -> tuple[float, float]:
 
 
 def measure_faiss(
-    vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray, args: argparse.Namespace
+    vectors: np.ndarray,
+    queries: np.ndarray,
+    histories: Histories,
+    truth: np.ndarray,
+    args: argparse.Namespace,
 ) -> dict[str, Any]:
     import faiss
 
@@ -121,7 +136,30 @@ def measure_faiss(
         figures |= {f"{prefix}recall_at_100": recall, f"{prefix}ann_p50_ms": float(np.median(ms))}
         figures[f"{prefix}ann_p99_ms"] = float(np.percentile(ms, 99))
         _row("faiss", ef, recall, ms)
+    index.config = AnnConfig(min_items=1, links=args.links)
+    figures["ranked_p50_ms"] = float(np.median(ranked_ms(index, vectors, queries, histories)))
+    print(f"faiss    a source's request (search, drop the history): p50 {figures['ranked_p50_ms']:.3f} ms")
     return figures
+
+
+def _one(query: np.ndarray, block: Histories) -> tuple[np.ndarray, np.ndarray]:
+    return query, np.ones(1, dtype=bool)
+
+
+def _exact(query: np.ndarray, vectors: np.ndarray, block: Histories) -> np.ndarray:
+    return np.asarray(query @ vectors.T)
+
+
+def ranked_ms(index: AnnIndex, vectors: np.ndarray, queries: np.ndarray, histories: Histories) -> np.ndarray:
+    """Milliseconds of ``AnnIndex.ranked`` for one history at a time: what a source's ``recommend``
+    adds to the search (over-fetch past the history, drop it, the exact path if a row comes back short)."""
+    out = np.empty(len(queries))
+    for i in range(len(queries)):
+        query, history = queries[i : i + 1], histories.rows(i, i + 1)
+        start = time.perf_counter()
+        index.ranked(partial(_one, query), partial(_exact, query, vectors), history, K)
+        out[i] = (time.perf_counter() - start) * 1e3
+    return out
 
 
 def measure_hnswlib(
@@ -188,7 +226,7 @@ def main() -> None:
         args.items, args.queries, args.exact_queries = 20_000, 200, 20
     started = start_run()
     vectors, cluster = catalogue(args.items, args.dim, seed=args.seed)
-    queries = profiles(vectors, cluster, args.queries, seed=args.seed + 1)
+    queries, histories = profiles_and_histories(vectors, cluster, args.queries, seed=args.seed + 1)
     truth = exact_top_k(vectors, queries, K)[0]
     figures: dict[str, Any] = {"items": args.items, "dim": args.dim, "queries": args.queries}
     figures |= {"library": "faiss", "links": args.links, "ef_construction": args.ef_construction}
@@ -196,7 +234,7 @@ def main() -> None:
     figures |= measure_exact(vectors, queries[: args.exact_queries])
     figures["rss_mb_vectors"] = rss_mb()[0]
     print(f"exact    p50 {figures['exact_p50_ms']:.3f} ms  p99 {figures['exact_p99_ms']:.3f} ms")
-    figures |= measure_faiss(vectors, queries, truth, args)
+    figures |= measure_faiss(vectors, queries, histories, truth, args)
     gc.collect()
     if args.hnswlib:
         figures |= measure_hnswlib(vectors, queries, truth, args)
