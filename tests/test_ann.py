@@ -149,6 +149,19 @@ def test_text_source_with_ann_answers_as_exact(tmp_path: Path) -> None:
     np.testing.assert_array_equal(loaded.recommend(histories, 100)[0], got)
 
 
+def test_text_similar_items_through_the_index() -> None:
+    vectors, data, _ = text_case()
+    exact = TextRetriever(TextRetrieverConfig(), item_embeddings=vectors).fit(data)
+    ann = TextRetriever(TextRetrieverConfig(ann=ANY_SIZE), item_embeddings=vectors).fit(data)
+    items = np.arange(0, 3000, 7)
+    want, got = exact.similar_items(items, 50), ann.similar_items(items, 50)
+    assert recall_at_k(got[0], want[0]) >= 0.95
+    assert not (got[0] == items[:, None]).any()  # never the item itself
+    np.testing.assert_allclose(got[1][:, 0], want[1][:, 0], atol=1e-5)
+    with pytest.raises(ValueError, match="outside the catalogue"):
+        ann.similar_items(np.array([3000]), 5)
+
+
 def test_als_with_ann_ranks_by_the_same_score() -> None:
     _, data, histories = text_case()
     config = ALSConfig(factors=16, iterations=5, seed=1, num_threads=1)

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from recsys.candidates.base import BLOCK_ROWS, ScoreFn, check_items, check_n, ranked, top_k
+from recsys.candidates.base import BLOCK_ROWS, ScoreFn, check_items, check_n, neighbours, ranked, top_k
 from recsys.config import from_dict, to_dict
 from recsys.data.dataset import Histories
 from recsys.data.io import atomic_path
@@ -249,6 +249,19 @@ class AnnIndex:
         width = min(n, found.shape[1])
         out_ids[:, :width], out_scores[:, :width] = found[:, :width], found_scores[:, :width]
         return out_ids, out_scores, short
+
+    def similar(
+        self, items: np.ndarray, vectors: np.ndarray, n: int, score_rows: Callable[[np.ndarray], np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``base.neighbours`` through the index: the top ``n`` of each item's vector (``vectors``,
+        (len(items), dim)), never the item itself; a row left short goes to ``score_rows``."""
+        items = np.asarray(items, dtype=np.int64).ravel()
+        check_items(items, self.n_items, "items")
+        itself = Histories(indptr=np.arange(len(items) + 1, dtype=np.int64), items=items.astype(np.int32))
+        ids, scores, short = self._search_unseen(vectors, itself, n, True)
+        if short.any():
+            ids[short], scores[short] = neighbours(score_rows, items[short], n, self.n_items)
+        return ids, scores
 
     def _indexed(self) -> np.ndarray:
         """(n_items,) bool: the items the index holds."""

@@ -29,7 +29,7 @@ import numpy as np
 
 from recsys.candidates.ann import AnnConfig, AnnIndex, build_if_large, load_beside, save_beside
 from recsys.candidates.artifact import read_folder, write_folder
-from recsys.candidates.base import check_fitted, neighbours, ranked
+from recsys.candidates.base import check_fitted, check_items, neighbours, ranked
 from recsys.config import from_dict, to_dict
 from recsys.data.dataset import Histories, Interactions
 
@@ -155,10 +155,15 @@ class TextRetriever:
         return ranked(self._score_block, histories, n, self.n_items, exclude_seen=exclude_seen)
 
     def similar_items(self, items: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """The ``n`` nearest items of each item by embedding cosine, never the item itself."""
+        """The ``n`` nearest items of each item by embedding cosine, never the item itself (searched in
+        ``ann_`` when there is one: the embeddings are unit vectors, so cosine is the inner product)."""
         check_fitted(self, "item_embeddings_")
         assert self.item_embeddings_ is not None
         emb = self.item_embeddings_
+        if self.ann_ is not None:
+            query = np.asarray(items, dtype=np.int64).ravel()
+            check_items(query, self.n_items, "items")  # before the gather below
+            return self.ann_.similar(query, emb[query], n, lambda rows: emb[rows] @ emb.T)
         return neighbours(lambda query: emb[query] @ emb.T, items, n, self.n_items)
 
     def save(self, path: Path) -> None:
