@@ -1,4 +1,4 @@
-"""ANN retrieval at catalogue scale: the HNSW index of ``recsys.candidates.ann`` against exact scoring.
+"""ANN retrieval at catalogue scale: the IVF index of ``recsys.candidates.ann`` against exact scoring.
 
 Synthetic text-like embeddings, not uniform noise: ``clusters`` topics of Pareto-distributed sizes
 (a few large, many small) grouped under broader themes, each with its own spread, all sharing a common
@@ -8,12 +8,14 @@ clusters, clusters drawn by size. Everything is seeded.
 
 Per query, one at a time, as a service worker answers (one thread): the exact top-100 (``q @ Y.T``
 and a partial sort, as the text source scores) and the index's top-100. Recall@100 is against the
-exact top-100. ``--ef`` sweeps the search width; the figures without prefix are those of the
-default ``AnnConfig.ef_search``. ``--hnswlib`` also builds hnswlib's index on the same vectors (the
-library comparison; hnswlib is not a dependency of the project, install it to run this)::
+exact top-100, as the mean over queries and the worst query. ``--probes`` sweeps the cells scanned;
+the figures without prefix are those of the default ``AnnConfig``. ``--hnsw`` also builds the HNSW
+graphs of FAISS and of hnswlib on the same vectors (the library and method comparison; hnswlib is not
+a dependency of the project, install it to run this; at 1M each graph takes ~15 min to build)::
 
-    flock /tmp/heavy.lock .venv/bin/python -m benchmarks.ann            # 1,000,000 items
-    .venv/bin/python -m benchmarks.ann --quick                          # 20,000 items, seconds
+    flock /tmp/heavy.lock .venv/bin/python -m benchmarks.ann                       # 1,000,000 items
+    flock /tmp/heavy.lock .venv/bin/python -m benchmarks.ann --items 100000 --hnsw --out ...
+    .venv/bin/python -m benchmarks.ann --quick                                      # 20,000 items
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.provenance import start_run, write_results
-from recsys.candidates.ann import AnnConfig, AnnIndex, exact_top_k, recall_at_k
+from recsys.candidates.ann import AnnConfig, AnnIndex, exact_top_k, recall_per_row
 from recsys.data.dataset import Histories
 
 K = 100
@@ -95,11 +97,6 @@ def latencies_ms(search: Callable[[np.ndarray], object], queries: np.ndarray) ->
     return out
 
 
-def _row(library: str, ef: int, recall: float, ms: np.ndarray) -> None:
-    p50, p99 = np.median(ms), np.percentile(ms, 99)
-    print(f"{library:8s} ef={ef:4d}  recall@100 {recall:.4f}  p50 {p50:.3f} ms  p99 {p99:.3f} ms")
-
-
 def rss_mb() -> tuple[float, float]:
     """(current, peak) resident memory of this process in MB."""
     with open("/proc/self/statm") as f:
@@ -107,19 +104,19 @@ def rss_mb() -> tuple[float, float]:
     return current, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure_faiss(
+def measure_ivf(
     vectors: np.ndarray,
     queries: np.ndarray,
     histories: Histories,
     truth: np.ndarray,
     args: argparse.Namespace,
 ) -> dict[str, Any]:
+    """Our index: build, save, load, then each ``--probes`` setting, one query at a time."""
     import faiss
 
-    config = AnnConfig(min_items=1, links=args.links, ef_construction=args.ef_construction)
     start = time.perf_counter()
-    index = AnnIndex.build(vectors, config)
-    figures: dict[str, Any] = {"build_seconds": time.perf_counter() - start}
+    index = AnnIndex.build(vectors, AnnConfig(min_items=1))
+    figures: dict[str, Any] = {"build_seconds": time.perf_counter() - start, "lists": int(index.index.nlist)}
     with tempfile.TemporaryDirectory() as tmp:
         index.save(Path(tmp) / "ann")
         figures["index_bytes"] = (Path(tmp) / "ann" / "index.faiss").stat().st_size
@@ -127,18 +124,82 @@ def measure_faiss(
         index = AnnIndex.load(Path(tmp) / "ann")
         figures["load_seconds"] = time.perf_counter() - start
     figures["rss_mb_with_index"] = rss_mb()[0]
-    faiss.omp_set_num_threads(1)  # one worker, one core (a single query never forks anyway)
-    for ef in sorted({max(ef, K) for ef in args.ef} | {AnnConfig().ef_search}):  # never below k
-        index.config = AnnConfig(min_items=1, links=args.links, ef_search=ef)
-        ms = latencies_ms(lambda q: index.search(q, K), queries)
-        recall = recall_at_k(index.search(queries, K)[0], truth)
-        prefix = "" if ef == AnnConfig().ef_search else f"ef{ef}."
-        figures |= {f"{prefix}recall_at_100": recall, f"{prefix}ann_p50_ms": float(np.median(ms))}
-        figures[f"{prefix}ann_p99_ms"] = float(np.percentile(ms, 99))
-        _row("faiss", ef, recall, ms)
-    index.config = AnnConfig(min_items=1, links=args.links)
+    faiss.omp_set_num_threads(1)  # one worker, one core
+    default = AnnConfig().probes
+    for probes in sorted({*args.probes, default}):
+        index.config = AnnConfig(min_items=1, probes=probes)
+        prefix = "" if probes == default else f"probes{probes}."
+        figures |= _figures(
+            prefix, "faiss-ivf", f"probes={probes}", lambda q: index.search(q, K)[0], queries, truth
+        )
+    index.config = AnnConfig(min_items=1)
     figures["ranked_p50_ms"] = float(np.median(ranked_ms(index, vectors, queries, histories)))
-    print(f"faiss    a source's request (search, drop the history): p50 {figures['ranked_p50_ms']:.3f} ms")
+    print(f"faiss-ivf  a source's request (search, drop the history): p50 {figures['ranked_p50_ms']:.3f} ms")
+    faiss.omp_set_num_threads(os.cpu_count() or 1)
+    return figures
+
+
+def _figures(
+    prefix: str,
+    label: str,
+    setting: str,
+    search: Callable[[np.ndarray], np.ndarray],
+    queries: np.ndarray,
+    truth: np.ndarray,
+) -> dict[str, Any]:
+    """Recall (mean, worst query) of ``search`` over all queries, and its one-query latencies."""
+    ms = latencies_ms(search, queries)
+    recall = recall_per_row(np.asarray(search(queries), dtype=np.int64), truth)
+    p50, p99 = float(np.median(ms)), float(np.percentile(ms, 99))
+    print(
+        f"{label:10s} {setting:12s} recall@100 {recall.mean():.4f} (worst {recall.min():.2f})"
+        f"  p50 {p50:.3f} ms  p99 {p99:.3f} ms"
+    )
+    return {
+        f"{prefix}recall_at_100": float(recall.mean()),
+        f"{prefix}recall_at_100_worst": float(recall.min()),
+        f"{prefix}ann_p50_ms": p50,
+        f"{prefix}ann_p99_ms": p99,
+    }
+
+
+def measure_hnsw(
+    vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray, args: argparse.Namespace
+) -> dict[str, Any]:
+    """The graphs we did not keep: FAISS's HNSW (M=32) and hnswlib's (M=16), efConstruction 100."""
+    import faiss
+    import hnswlib
+
+    threads = os.cpu_count() or 1
+    figures: dict[str, Any] = {}
+    start = time.perf_counter()
+    graph = faiss.IndexHNSWFlat(vectors.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
+    graph.hnsw.efConstruction = 100
+    graph.add(vectors)
+    figures["faiss_hnsw.build_seconds"] = time.perf_counter() - start
+    faiss.omp_set_num_threads(1)
+    for ef in sorted(set(args.ef)):
+        params = faiss.SearchParametersHNSW(efSearch=ef)  # type: ignore[attr-defined]
+
+        def search(q: np.ndarray, params: Any = params, graph: Any = graph) -> np.ndarray:
+            return np.asarray(graph.search(q, K, params=params)[1])
+
+        figures |= _figures(f"faiss_hnsw.ef{ef}.", "faiss-hnsw", f"ef={ef}", search, queries, truth)
+    faiss.omp_set_num_threads(threads)
+    del graph
+    gc.collect()
+    start = time.perf_counter()
+    index = hnswlib.Index(space="ip", dim=vectors.shape[1])
+    index.init_index(max_elements=len(vectors), M=16, ef_construction=100, random_seed=0)
+    index.set_num_threads(threads)
+    index.add_items(vectors)
+    figures["hnswlib.build_seconds"] = time.perf_counter() - start
+    index.set_num_threads(1)
+    for ef in sorted(set(args.ef)):
+        index.set_ef(ef)
+        figures |= _figures(
+            f"hnswlib.ef{ef}.", "hnswlib", f"ef={ef}", lambda q: index.knn_query(q, K)[0], queries, truth
+        )
     return figures
 
 
@@ -162,36 +223,6 @@ def ranked_ms(index: AnnIndex, vectors: np.ndarray, queries: np.ndarray, histori
     return out
 
 
-def measure_hnswlib(
-    vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray, args: argparse.Namespace
-) -> dict[str, Any]:
-    """hnswlib on the same vectors (inner product space: they are unit vectors already)."""
-    import hnswlib
-
-    start = time.perf_counter()
-    index = hnswlib.Index(space="ip", dim=vectors.shape[1])
-    index.init_index(
-        max_elements=len(vectors), M=args.hnswlib_links, ef_construction=args.ef_construction, random_seed=0
-    )
-    index.set_num_threads(os.cpu_count() or 1)
-    index.add_items(vectors)
-    figures: dict[str, Any] = {"hnswlib.build_seconds": time.perf_counter() - start}
-    with tempfile.TemporaryDirectory() as tmp:
-        index.save_index(str(Path(tmp) / "index.bin"))
-        figures["hnswlib.index_bytes"] = (Path(tmp) / "index.bin").stat().st_size
-    figures["hnswlib.rss_mb_with_index"] = rss_mb()[0]
-    index.set_num_threads(1)
-    for ef in sorted({max(ef, K) for ef in args.ef}):  # hnswlib needs ef >= k
-        index.set_ef(ef)
-        ms = latencies_ms(lambda q: index.knn_query(q, K), queries)
-        recall = recall_at_k(index.knn_query(queries, K)[0].astype(np.int64), truth)
-        figures[f"hnswlib.ef{ef}.recall_at_100"] = recall
-        figures[f"hnswlib.ef{ef}.ann_p50_ms"] = float(np.median(ms))
-        figures[f"hnswlib.ef{ef}.ann_p99_ms"] = float(np.percentile(ms, 99))
-        _row("hnswlib", ef, recall, ms)
-    return figures
-
-
 def measure_exact(vectors: np.ndarray, queries: np.ndarray) -> dict[str, Any]:
     """One query at a time on one BLAS thread, in the text source's layout ((dim, n) columns)."""
     from threadpoolctl import threadpool_limits
@@ -207,17 +238,19 @@ def measure_exact(vectors: np.ndarray, queries: np.ndarray) -> dict[str, Any]:
     return {"exact_p50_ms": float(np.median(ms)), "exact_p99_ms": float(np.percentile(ms, 99))}
 
 
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",")]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=1_000_000)
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--queries", type=int, default=1000, help="timed one at a time; recall over all")
     parser.add_argument("--exact-queries", type=int, default=50, help="exact top-100 timed one at a time")
-    parser.add_argument("--ef", type=lambda s: [int(x) for x in s.split(",")], default=[100, 128, 256, 512])
-    parser.add_argument("--links", type=int, default=AnnConfig().links)
-    parser.add_argument("--hnswlib-links", type=int, default=16)
-    parser.add_argument("--ef-construction", type=int, default=AnnConfig().ef_construction)
-    parser.add_argument("--hnswlib", action="store_true", help="also measure hnswlib (not a dependency)")
+    parser.add_argument("--probes", type=_ints, default=[16, 32, 128], help="cells scanned, comma-separated")
+    parser.add_argument("--ef", type=_ints, default=[128, 256, 512, 1024], help="HNSW search widths")
+    parser.add_argument("--hnsw", action="store_true", help="also FAISS HNSW and hnswlib (not a dependency)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="20,000 items, 200 queries: seconds")
     parser.add_argument("--out", type=Path, default=None)
@@ -229,15 +262,14 @@ def main() -> None:
     queries, histories = profiles_and_histories(vectors, cluster, args.queries, seed=args.seed + 1)
     truth = exact_top_k(vectors, queries, K)[0]
     figures: dict[str, Any] = {"items": args.items, "dim": args.dim, "queries": args.queries}
-    figures |= {"library": "faiss", "links": args.links, "ef_construction": args.ef_construction}
-    figures["ef_search"] = AnnConfig().ef_search
+    figures |= {"library": "faiss", "index": "IVFFlat", "probes": AnnConfig().probes}
     figures |= measure_exact(vectors, queries[: args.exact_queries])
     figures["rss_mb_vectors"] = rss_mb()[0]
     print(f"exact    p50 {figures['exact_p50_ms']:.3f} ms  p99 {figures['exact_p99_ms']:.3f} ms")
-    figures |= measure_faiss(vectors, queries, histories, truth, args)
+    figures |= measure_ivf(vectors, queries, histories, truth, args)
     gc.collect()
-    if args.hnswlib:
-        figures |= measure_hnswlib(vectors, queries, truth, args)
+    if args.hnsw:
+        figures |= measure_hnsw(vectors, queries, truth, args)
     figures["rss_mb_peak"] = rss_mb()[1]
     mib, peak = figures["index_bytes"] / 2**20, figures["rss_mb_peak"]
     print(f"build {figures['build_seconds']:.1f} s  index {mib:.0f} MiB  peak RSS {peak:.0f} MB")

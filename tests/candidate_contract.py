@@ -106,7 +106,7 @@ TINY_SEQUENTIAL = SequentialConfig(
     max_len=8, hidden=16, layers=1, heads=1, dropout=0.1, lr=0.01, batch_size=32,
     max_epochs=30, patience=30, use_text=False, seed=3, threads=1,
 )  # fmt: skip
-ANY_SIZE = AnnConfig(min_items=1, build_threads=1)  # one build thread: the same graph every time
+ANY_SIZE = AnnConfig(min_items=1, build_threads=1)  # one build thread: the same index every time
 # The community data has rank 2. With more factors than that, ALS spends the rest on the noise of
 # which random items each of only 80 users picked, and the order of unseen items becomes noise too.
 FACTORIES: list[Factory] = [
@@ -127,7 +127,7 @@ FACTORIES: list[Factory] = [
     Factory("text", "text", TextRetrieverConfig()),
     Factory("cooccurrence", "cooccurrence", CoOccurrenceConfig()),
     Factory("sequential", "sequential", TINY_SEQUENTIAL),
-    # the same sources searching an HNSW index (built for any catalogue size here): same contract
+    # the same sources searching an IVF index (built for any catalogue size here): same contract
     Factory(
         "als-ann",
         "als",

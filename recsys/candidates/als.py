@@ -14,7 +14,7 @@ trained item (empty, or cold items only) has no preference signal and gets no re
 ``-1``): compose with ``Popularity`` for cold users.
 
 For a catalogue of at least ``ann.min_items`` items, ``fit`` also indexes the trained item factors in
-an HNSW graph (``recsys.candidates.ann``): ``x_u . y_i`` is a plain inner product, which the index
+an inverted-file index (``recsys.candidates.ann``): ``x_u . y_i`` is a plain inner product, which the index
 ranks by directly, so ``recommend`` searches it instead.
 
 >>> from recsys.data.dataset import Histories, Interactions
@@ -180,7 +180,7 @@ class ALS:
     length_norm_ : numpy.ndarray or None
         (n_items,) BM25 item length normalisation from training (only with ``bm25``).
     ann_ : AnnIndex or None
-        HNSW index of the trained items' factors, for catalogues of at least ``config.ann.min_items``.
+        IVF index of the trained items' factors, for catalogues of at least ``config.ann.min_items``.
     """
 
     def __init__(self, config: ALSConfig | None = None) -> None:

@@ -1,16 +1,25 @@
-"""Approximate top-k by inner product (a FAISS HNSW graph), with the exact NumPy reference beside it.
+"""Approximate top-k by inner product (a FAISS inverted-file index), with the exact NumPy reference.
 
 The text, ALS and sequential sources score a query vector against every item vector: ``q . y_i``.
-At a million items that exact product costs ~100 ms a request; an HNSW graph answers the same top-100
-in about a millisecond with recall@100 above 0.95 (``benchmarks/ann.py``, docs/RESULTS.md).
+At a million 384-d items that exact product costs ~100 ms a request on one core. An inverted file
+(IVF) cuts the catalogue into ``lists`` k-means cells and scans, per query, only the items of the
+``probes`` cells whose centroids score highest: a few per cent of the catalogue, scored exactly
+(``benchmarks/ann.py``; figures in docs/RESULTS.md, the choice in docs/studies/ann.md).
 
-The graph is built and searched with the inner product itself (FAISS's ``METRIC_INNER_PRODUCT``, the
-"ip-NSW" of Morozov & Babenko 2018), so the scores it returns are the sources' own scores, for unit
-text embeddings and unnormalised ALS or sequential vectors alike. Lifting the items to one norm by an
-extra coordinate (Bachrach et al. 2014) turns the problem into a metric one but searched worse: on
-3,000 Gaussian 16-d items of norms 0.1x-3x, recall@50 0.92 lifted against 1.00 direct, at the same
-``ef_search`` (``tests/test_ann.py`` holds the direct one). Only ``rows`` (for ALS: trained items) are
-indexed.
+Why IVF and not an HNSW graph: on clustered, text-like vectors with user-profile queries (the mean
+of items from one or two clusters), HNSW graphs (FAISS's and hnswlib's alike) left some queries
+with none of their true top-100, however wide the search (ef 1024), while IVF's worst query still
+found most of them; and IVF builds in about a minute where HNSW takes a quarter of an hour at 1M.
+
+ALS and sequential item vectors have unequal norms, and k-means cells by inner product then favour
+the long vectors. Every item is therefore lifted to the same norm ``R`` (the largest) by one extra
+coordinate, and every query gets a zero there (Bachrach et al. 2014):
+
+    y'_i = [y_i, sqrt(R^2 - |y_i|^2)],   q' = [q, 0],   q' . y'_i = q . y_i,   |y'_i| = R,
+
+so the cells are cut by direction and the scores FAISS returns are still the sources' own. On 4,000
+clustered 64-d items scaled by 0.1x-3x, 64 cells, 8 probes: recall@100 0.97 lifted, 0.83 without.
+Unit text embeddings get a zero extra coordinate. Only ``rows`` (for ALS: trained items) are indexed.
 
 The index is saved in FAISS's own binary format (``faiss.write_index``, no pickle) beside a JSON
 config and the ``rows`` array. ``faiss`` is imported on first use, so ``import recsys`` stays cheap.
@@ -49,44 +58,52 @@ answerable (no evidence, or a score that is not an inner product) go to the exac
 
 @dataclass(frozen=True)
 class AnnConfig:
-    """When a source builds an HNSW index, and how.
+    """When a source builds an IVF index, and how.
 
     Parameters
     ----------
     min_items
         Catalogue size from which ``fit`` builds the index and ``recommend`` searches it; below it
         scoring stays exact. 50,000: the bundled demo (9,742 items) and the shared data (4,344) stay
-        exact with a margin of 5x, and exact scoring of 384-d vectors costs ~0.18 ms per 1,000
-        items on one core (~9 ms at 50k, ~18 ms at 100k: ``benchmarks/ann.py``, docs/studies/ann.md),
-        several times the service's whole request floor.
-    links
-        HNSW edges per node (FAISS's ``M``): more is better recall per visited node, more memory.
-    ef_construction, ef_search
-        Candidate list sizes while building and searching; ``ef_search`` is raised to the number of
-        results asked for when that is larger. 256 keeps a margin above recall@100 0.95 on data
-        never seen (0.986 at 20k clustered items, 0.993 at 100k with ef 200; 1M: docs/RESULTS.md).
+        exact with a margin of 5x, while exact scoring of 384-d vectors costs ~0.18 ms per 1,000
+        items on one core (docs/studies/ann.md), several times the service's request floor at 50k.
+    lists
+        k-means cells (0: ``4 * sqrt(n)``, FAISS's rule of thumb, at most one per 39 items so that
+        k-means has points to fit).
+    probes
+        Cells scanned per query: recall against speed. Items of a cell are scored exactly.
+    train_iterations
+        k-means iterations (FAISS's default is 25; 10 reach the same recall at 1M, docs/studies/ann.md).
     build_threads
-        OpenMP threads while building (0: FAISS's default, all cores). Parallel insertion makes the
-        graph depend on thread timing; 1 builds the same graph every time, about twice as slowly.
+        OpenMP threads while building (0: FAISS's default, all cores).
     """
 
     min_items: int = 50_000
-    links: int = 32
-    ef_construction: int = 100
-    ef_search: int = 256
+    lists: int = 0
+    probes: int = 64
+    train_iterations: int = 10
     build_threads: int = 0
 
     def __post_init__(self) -> None:
         checks = {
             "min_items": self.min_items >= 1,
-            "links": 2 <= self.links <= 256,
-            "ef_construction": self.ef_construction >= 1,
-            "ef_search": self.ef_search >= 1,
+            "lists": self.lists >= 0,
+            "probes": self.probes >= 1,
+            "train_iterations": self.train_iterations >= 1,
             "build_threads": self.build_threads >= 0,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise ValueError(f"AnnConfig.{bad[0]} out of range: {getattr(self, bad[0])!r}")
+
+    def cells(self, n: int) -> int:
+        """Number of k-means cells for ``n`` indexed items.
+
+        >>> AnnConfig().cells(1_000_000), AnnConfig().cells(100), AnnConfig(lists=10).cells(1_000_000)
+        (4000, 2, 10)
+        """
+        wanted = self.lists or int(4 * np.sqrt(n))
+        return max(1, min(wanted, n // 39))
 
 
 def exact_top_k(items: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -110,16 +127,26 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
     >>> round(recall_at_k(np.array([[1, 2, 3], [4, 5, -1]]), np.array([[3, 2, 9], [4, -1, -1]])), 4)
     0.8333
     """
+    return float(recall_per_row(found, truth).mean())
+
+
+def recall_per_row(found: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """(rows,) share of each row's true ids that ``found`` holds (the worst row matters too).
+
+    >>> found, truth = np.array([[1, 2, 3], [4, 5, -1]]), np.array([[3, 2, 9], [4, -1, -1]])
+    >>> recall_per_row(found, truth).round(3).tolist()
+    [0.667, 1.0]
+    """
     rows = np.arange(len(truth), dtype=np.int64)[:, None]
     keys_true = np.where(truth >= 0, rows * (1 << 32) + truth, -1)
     keys_found = np.where(found >= 0, rows * (1 << 32) + found, -2)
     hit = np.isin(keys_true, keys_found) & (truth >= 0)
-    per_row = hit.sum(axis=1) / np.maximum((truth >= 0).sum(axis=1), 1)
-    return float(per_row.mean())
+    per_row: np.ndarray = hit.sum(axis=1) / np.maximum((truth >= 0).sum(axis=1), 1)
+    return per_row
 
 
 class AnnIndex:
-    """An HNSW graph over item vectors answering top-k by inner product; see the module docstring.
+    """An inverted file over item vectors answering top-k by inner product; see the module docstring.
 
     Attributes
     ----------
@@ -145,12 +172,18 @@ class AnnIndex:
             raise ValueError(f"ANN vectors must be a finite (n_items, dim) array, got shape {vectors.shape}")
         rows = np.arange(len(vectors), dtype=np.int32) if rows is None else np.asarray(rows, np.int32)
         check_items(rows, len(vectors), "ANN rows")
-        chosen = np.ascontiguousarray(vectors[rows])  # (n_indexed, dim)
-        index = faiss.IndexHNSWFlat(chosen.shape[1], config.links, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = config.ef_construction
+        chosen = vectors[rows]  # (n_indexed, dim)
+        norms = np.linalg.norm(chosen.astype(np.float64), axis=1)
+        lift = np.sqrt(np.maximum(norms.max(initial=0.0) ** 2 - norms**2, 0.0)).astype(np.float32)
+        chosen = np.ascontiguousarray(np.hstack([chosen, lift[:, None]]))  # (n_indexed, dim + 1)
+        dim, cells = chosen.shape[1], config.cells(len(chosen))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, cells, faiss.METRIC_INNER_PRODUCT)
+        index.cp.niter = config.train_iterations
+        index.cp.max_points_per_centroid = 64  # k-means on a (seeded) sample of 64 items per cell
         previous = faiss.omp_get_max_threads()
         faiss.omp_set_num_threads(config.build_threads or previous)
         try:
+            index.train(chosen)
             index.add(chosen)
         finally:
             faiss.omp_set_num_threads(previous)
@@ -158,20 +191,21 @@ class AnnIndex:
 
     @property
     def dim(self) -> int:
-        """Dimension of the queries and item vectors."""
-        return int(self.index.d)
+        """Dimension of the queries and item vectors (the index holds one more: the lift)."""
+        return int(self.index.d) - 1
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(queries, dim) -> ``(ids, scores)`` (queries, k): item indices and inner products, best
-        first, padded with -1 / -inf where the index holds fewer than ``k`` items."""
+        first, padded with -1 / -inf where the probed cells hold fewer than ``k`` items."""
         import faiss
 
         check_n(k)
         queries = np.asarray(queries, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise ValueError(f"ANN queries must be (n, {self.dim}), got shape {queries.shape}")
-        params = faiss.SearchParametersHNSW(efSearch=max(self.config.ef_search, k))  # type: ignore[attr-defined]
-        scores, found = self.index.search(np.ascontiguousarray(queries), k, params=params)  # (queries, k)
+        params = faiss.SearchParametersIVF(nprobe=self.config.probes)  # type: ignore[call-arg]
+        lifted = np.ascontiguousarray(np.hstack([queries, np.zeros((len(queries), 1), np.float32)]))
+        scores, found = self.index.search(lifted, k, params=params)  # (queries, k)
         ids = np.where(found >= 0, self.rows[np.maximum(found, 0)], -1).astype(np.int32)
         return ids, np.where(found >= 0, scores, -np.inf).astype(np.float32)
 

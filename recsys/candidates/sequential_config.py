@@ -52,7 +52,7 @@ class SequentialConfig:
         only, and a fixed count across machines.
     ann
         For a catalogue of at least ``ann.min_items`` items, ``save`` indexes the item output vectors
-        in an HNSW graph that the saved model's scorer (``sequential_numpy``) searches; the torch
+        in an IVF index that the saved model's scorer (``sequential_numpy``) searches; the torch
         model itself, used only while training, scores exactly.
     """
 

@@ -3,7 +3,7 @@
 The service must not import torch, yet it answers with the sequential model. This module reads the
 same folder (``config.json`` + ``model.safetensors``, via ``safetensors.numpy``) and runs the SASRec
 forward pass in NumPy for the most recent position only. It is the plain reference next to the
-torch model; a test holds the two equal. A folder saved with an HNSW index (``ann/``, catalogues of
+torch model; a test holds the two equal. A folder saved with an IVF index (``ann/``, catalogues of
 ``ann.min_items`` or more) is searched instead of scoring every item; histories without items keep
 the popularity answer, which is not an inner product.
 """

@@ -7,7 +7,7 @@ the one before ``decay``, then ``decay**2``, ...), or explicit ``weights``. Ever
 blocks of histories, including items nobody has interacted with yet: cold-start items are found
 as soon as they have an embedding. ``fit`` learns nothing from behaviour; it checks the catalogue
 size and keeps the normalised embeddings, and, for a catalogue of at least ``ann.min_items`` items,
-builds an HNSW index that ``recommend`` searches instead (``recsys.candidates.ann``).
+builds an IVF index that ``recommend`` searches instead (``recsys.candidates.ann``).
 
 >>> from recsys.data.dataset import Histories, Interactions
 >>> emb = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9]], dtype=np.float32)
@@ -82,7 +82,7 @@ class TextRetriever:
         (n_items, dim) float32, L2-normalised rows (all-zero rows for items without text stay zero
         and score 0).
     ann_ : AnnIndex or None
-        The HNSW index over ``item_embeddings_``, for catalogues of at least ``config.ann.min_items``.
+        The IVF index over ``item_embeddings_``, for catalogues of at least ``config.ann.min_items``.
     """
 
     def __init__(self, config: TextRetrieverConfig | None = None, *, item_embeddings: np.ndarray) -> None:
