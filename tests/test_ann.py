@@ -5,17 +5,23 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pytest
+from candidate_contract import N_ITEMS, TINY_SEQUENTIAL, community_data, community_embeddings
 
 from benchmarks.ann import catalogue, profiles
 from recsys.candidates.als import ALS, ALSConfig
 from recsys.candidates.ann import AnnConfig, AnnIndex, exact_top_k, recall_at_k
 from recsys.candidates.base import mask_history, top_k
 from recsys.candidates.text import TextRetriever, TextRetrieverConfig
+from recsys.data import schema as S
 from recsys.data.dataset import Histories, Interactions
+from recsys.pipeline.two_stage import CandidatesConfig, TwoStage, TwoStageConfig
+from recsys.ranking.ranker import RankerConfig
 
 ANY_SIZE = AnnConfig(min_items=1, build_threads=1)
 FEW_PROBES = AnnConfig(min_items=1, lists=32, probes=8)  # a quarter of the cells: approximate, not exact
@@ -197,3 +203,25 @@ def test_a_folder_saved_before_indexes_loads_and_scores_exactly(tmp_path: Path) 
     exact = TextRetriever(TextRetrieverConfig(), item_embeddings=vectors).fit(data)
     for got, want in zip(old.recommend(histories, 20), exact.recommend(histories, 20), strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+def test_a_bundle_carries_each_index_and_answers_the_same_after_loading(tmp_path: Path) -> None:
+    """The two-stage bundle saves ``generators/<source>/ann/`` for the three sources and loads them."""
+    candidates = CandidatesConfig(
+        per_source=10,
+        total=N_ITEMS,
+        als=ALSConfig(factors=2, iterations=10, seed=7, num_threads=1, ann=ANY_SIZE),
+        text=TextRetrieverConfig(ann=ANY_SIZE),
+        sequential=replace(TINY_SEQUENTIAL, ann=ANY_SIZE),
+    )
+    ranker = RankerConfig(search=((7, 0.1),), max_rounds=20, min_data_in_leaf=5, bags=1, num_threads=1)
+    config = TwoStageConfig(candidates=candidates, ranker=ranker, label_protocol="leave-last-out")
+    items = pl.DataFrame({S.ITEM_ID: [f"i{i}" for i in range(N_ITEMS)], S.TITLE: ["t"] * N_ITEMS})
+    model = TwoStage(config, items=items, item_embeddings=community_embeddings()).fit(community_data())
+    model.save(tmp_path / "bundle")
+    for name in ("als", "text", "sequential"):
+        assert (tmp_path / "bundle" / "generators" / name / "ann" / "index.faiss").is_file(), name
+    loaded = TwoStage.load(tmp_path / "bundle")
+    histories = community_data().histories(np.arange(80))
+    for got, want in zip(loaded.recommend(histories, 5), model.recommend(histories, 5), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
