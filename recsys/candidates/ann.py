@@ -161,6 +161,7 @@ class AnnIndex:
         self.rows = np.ascontiguousarray(rows, dtype=np.int32)
         self.n_items = n_items
         self.config = config
+        self._indexed_: np.ndarray | None = None
 
     @classmethod
     def build(cls, vectors: np.ndarray, config: AnnConfig, *, rows: np.ndarray | None = None) -> AnnIndex:
@@ -301,10 +302,11 @@ class AnnIndex:
         return ids, scores
 
     def _indexed(self) -> np.ndarray:
-        """(n_items,) bool: the items the index holds."""
-        mask = np.zeros(self.n_items, dtype=bool)
-        mask[self.rows] = True
-        return mask
+        """(n_items,) bool: the items the index holds; made on first use (not per request)."""
+        if self._indexed_ is None:
+            self._indexed_ = np.zeros(self.n_items, dtype=bool)
+            self._indexed_[self.rows] = True
+        return self._indexed_
 
 
 def build_if_large(
