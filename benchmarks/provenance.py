@@ -44,6 +44,8 @@ LIBRARIES = {
     "onnxruntime": "onnxruntime",
     "bentoml": "bentoml",
     "redis": "redis",
+    "faiss": "faiss-cpu",
+    "hnswlib": "hnswlib",
 }
 ALWAYS = ("numpy", "polars")
 

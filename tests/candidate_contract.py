@@ -17,13 +17,14 @@ model's NumPy twin) to the fitted generator.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from recsys.candidates.als import ALSConfig
+from recsys.candidates.ann import AnnConfig
 from recsys.candidates.base import CandidateGenerator
 from recsys.candidates.cooccurrence import CoOccurrenceConfig
 from recsys.candidates.itemknn import ItemKNNConfig
@@ -105,6 +106,7 @@ TINY_SEQUENTIAL = SequentialConfig(
     max_len=8, hidden=16, layers=1, heads=1, dropout=0.1, lr=0.01, batch_size=32,
     max_epochs=30, patience=30, use_text=False, seed=3, threads=1,
 )  # fmt: skip
+ANY_SIZE = AnnConfig(min_items=1, build_threads=1)  # one build thread: the same index every time
 # The community data has rank 2. With more factors than that, ALS spends the rest on the noise of
 # which random items each of only 80 users picked, and the order of unseen items becomes noise too.
 FACTORIES: list[Factory] = [
@@ -125,6 +127,16 @@ FACTORIES: list[Factory] = [
     Factory("text", "text", TextRetrieverConfig()),
     Factory("cooccurrence", "cooccurrence", CoOccurrenceConfig()),
     Factory("sequential", "sequential", TINY_SEQUENTIAL),
+    # the same sources searching an IVF index (built for any catalogue size here): same contract
+    Factory(
+        "als-ann",
+        "als",
+        ALSConfig(
+            factors=2, iterations=10, regularization=0.05, alpha=5.0, seed=7, num_threads=1, ann=ANY_SIZE
+        ),
+    ),
+    Factory("text-ann", "text", TextRetrieverConfig(ann=ANY_SIZE)),
+    Factory("sequential-ann", "sequential", replace(TINY_SEQUENTIAL, ann=ANY_SIZE)),
 ]
 
 

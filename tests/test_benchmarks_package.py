@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MODULES = sorted(m.name for m in pkgutil.walk_packages(benchmarks.__path__, prefix="benchmarks."))
 # a benchmark is a module with a ``main``; the rest (provenance, harness) are what they share
 RUNNABLE = [
+    "benchmarks.ann",
     "benchmarks.encode",
     "benchmarks.events_under_load",
     "benchmarks.feature_store",
@@ -163,7 +164,7 @@ def test_the_bento_carries_the_service_and_no_harness() -> None:
     assert {"serving/ui/index.html", "serving/ui/ui.css", "serving/ui/ui.js"} <= packed  # the page at /ui
     assert "benchmarks/harness/process.py" in files
     assert not [f for f in packed if f.split("/")[0] not in ("recsys", "feature_store", "serving")]
-    assert not [f for f in packed if "bentoml.service(name=\"echo\"" in (ROOT / f).read_text(errors="ignore")]
+    assert not [f for f in packed if 'bentoml.service(name="echo"' in (ROOT / f).read_text(errors="ignore")]
 
 
 @pytest.mark.slow

@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from recsys.candidates.ann import build_if_large, save_beside
 from recsys.candidates.artifact import read_meta
 from recsys.candidates.base import check_fitted, neighbours, ranked
 from recsys.candidates.sequential_config import SequentialConfig as SequentialConfig  # its old home
@@ -400,6 +401,8 @@ class SequentialRecommender:
             tmp.mkdir()
             (tmp / "config.json").write_text(json.dumps(meta, indent=2))
             save_file(tensors, str(tmp / "model.safetensors"))
+            # the final layer scores state . vector_i: an inner product the index ranks by
+            save_beside(build_if_large(self.item_vectors(), self.config.ann), tmp)
 
     @classmethod
     def load(cls, path: Path) -> SequentialRecommender:

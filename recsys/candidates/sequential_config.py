@@ -11,7 +11,9 @@ ValueError: SequentialConfig.hidden out of range: 15
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from recsys.candidates.ann import AnnConfig
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,10 @@ class SequentialConfig:
         fixed seed and thread count a fit repeats bit for bit on CPU; torch's sums depend on the
         thread count (1 against 2 threads moved item vectors by ~4e-8), so 0 repeats on one machine
         only, and a fixed count across machines.
+    ann
+        For a catalogue of at least ``ann.min_items`` items, ``save`` indexes the item output vectors
+        in an IVF index that the saved model's scorer (``sequential_numpy``) searches; the torch
+        model itself, used only while training, scores exactly.
     """
 
     max_len: int = 50
@@ -66,6 +72,7 @@ class SequentialConfig:
     use_text: bool = True
     seed: int = 0
     threads: int = 0
+    ann: AnnConfig = field(default_factory=AnnConfig)
 
     def __post_init__(self) -> None:
         checks = {

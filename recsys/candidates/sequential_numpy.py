@@ -3,7 +3,9 @@
 The service must not import torch, yet it answers with the sequential model. This module reads the
 same folder (``config.json`` + ``model.safetensors``, via ``safetensors.numpy``) and runs the SASRec
 forward pass in NumPy for the most recent position only. It is the plain reference next to the
-torch model; a test holds the two equal.
+torch model; a test holds the two equal. A folder saved with an IVF index (``ann/``, catalogues of
+``ann.min_items`` or more) is searched instead of scoring every item; histories without items keep
+the popularity answer, which is not an inner product.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any, Self
 import numpy as np
 from scipy.special import erf
 
+from recsys.candidates.ann import AnnIndex, load_beside
 from recsys.candidates.artifact import read_meta
 from recsys.candidates.base import check_fitted, neighbours, ranked
 from recsys.data.dataset import Histories, Interactions
@@ -42,6 +45,7 @@ class SequentialScorer:
         self.vectors_: np.ndarray | None = None  # (n_items + 1, hidden); last row: padding
         self.columns_: np.ndarray | None = None  # (hidden, n_items) contiguous copy of vectors_[:n_items].T
         self.meta_: dict[str, Any] = {}
+        self.ann_: AnnIndex | None = None
 
     def fit(self, data: Interactions) -> Self:
         raise TypeError("SequentialScorer only answers; fit a SequentialRecommender and load its folder")
@@ -62,6 +66,7 @@ class SequentialScorer:
         out.vectors_ = np.ascontiguousarray(vectors, dtype=np.float32)
         # the scoring layout: same products as vectors_[:n_items].T, faster with OpenBLAS
         out.columns_ = np.ascontiguousarray(out.vectors_[: int(meta["n_items"])].T)
+        out.ann_ = load_beside(path, out.n_items)
         return out
 
     @property
@@ -111,13 +116,19 @@ class SequentialScorer:
         out: np.ndarray = _layer_norm(x[:, -1], w["ln_f.weight"], w["ln_f.bias"])
         return out
 
-    def _score_block(self, block: Histories) -> np.ndarray:
-        assert self.columns_ is not None and self.weights_ is not None
+    def _states(self, block: Histories) -> np.ndarray:
+        """(block, hidden) final state of each history: its scores are ``state @ columns_``."""
         max_len = int(self.meta_["config"]["max_len"])
         width = max(1, int(min(block.lengths().max(initial=0), max_len)))
         last = block.last(width)
-        seq = np.where(last < 0, self.n_items, last)
-        scores = self._last_states(seq) @ self.columns_  # (block, n_items)
+        return self._last_states(np.where(last < 0, self.n_items, last))
+
+    def _queries(self, block: Histories) -> tuple[np.ndarray, np.ndarray]:
+        return self._states(block), block.lengths() > 0  # empty: popularity, scored exactly
+
+    def _score_block(self, block: Histories) -> np.ndarray:
+        assert self.columns_ is not None and self.weights_ is not None
+        scores = self._states(block) @ self.columns_  # (block, n_items)
         empty = block.lengths() == 0
         if empty.any():  # nothing to condition on: most popular first, as the torch model does
             scores[empty] = np.log1p(self.weights_["item_counts"].astype(np.float32))
@@ -126,6 +137,8 @@ class SequentialScorer:
     def recommend(
         self, histories: Histories, n: int, *, exclude_seen: bool = True
     ) -> tuple[np.ndarray, np.ndarray]:
+        if self.ann_ is not None:
+            return self.ann_.ranked(self._queries, self._score_block, histories, n, exclude_seen=exclude_seen)
         return ranked(self._score_block, histories, n, self.n_items, exclude_seen=exclude_seen)
 
     def similar_items(self, items: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -6,7 +6,8 @@ recency-weighted mean of its last ``last_n`` item embeddings (the most recent it
 the one before ``decay``, then ``decay**2``, ...), or explicit ``weights``. Every item is scored in
 blocks of histories, including items nobody has interacted with yet: cold-start items are found
 as soon as they have an embedding. ``fit`` learns nothing from behaviour; it checks the catalogue
-size and keeps the normalised embeddings.
+size and keeps the normalised embeddings, and, for a catalogue of at least ``ann.min_items`` items,
+builds an IVF index that ``recommend`` searches instead (``recsys.candidates.ann``).
 
 >>> from recsys.data.dataset import Histories, Interactions
 >>> emb = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9]], dtype=np.float32)
@@ -20,14 +21,15 @@ size and keeps the normalised embeddings.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
 
 import numpy as np
 
+from recsys.candidates.ann import AnnConfig, AnnIndex, build_if_large, load_beside, save_beside
 from recsys.candidates.artifact import read_folder, write_folder
-from recsys.candidates.base import check_fitted, neighbours, ranked
+from recsys.candidates.base import check_fitted, check_items, neighbours, ranked
 from recsys.config import from_dict, to_dict
 from recsys.data.dataset import Histories, Interactions
 
@@ -46,11 +48,14 @@ class TextRetrieverConfig:
         Weight ratio between consecutive history positions (1.0: plain mean of the last items).
     weights
         Explicit weights, most recent first (overrides ``decay``; length ``last_n``).
+    ann
+        When and how ``fit`` builds an approximate index (catalogues of ``ann.min_items`` or more).
     """
 
     last_n: int = 3
     decay: float = 0.5
     weights: tuple[float, ...] = ()
+    ann: AnnConfig = field(default_factory=AnnConfig)
 
     def __post_init__(self) -> None:
         if self.last_n < 1:
@@ -76,6 +81,8 @@ class TextRetriever:
     item_embeddings_ : numpy.ndarray
         (n_items, dim) float32, L2-normalised rows (all-zero rows for items without text stay zero
         and score 0).
+    ann_ : AnnIndex or None
+        The IVF index over ``item_embeddings_``, for catalogues of at least ``config.ann.min_items``.
     """
 
     def __init__(self, config: TextRetrieverConfig | None = None, *, item_embeddings: np.ndarray) -> None:
@@ -83,6 +90,7 @@ class TextRetriever:
         self.item_embeddings = item_embeddings
         self.item_embeddings_: np.ndarray | None = None
         self._columns_: np.ndarray | None = None  # derived from item_embeddings_ on first use
+        self.ann_: AnnIndex | None = None
 
     def fit(self, data: Interactions) -> Self:
         """Check that the embeddings cover ``data``'s catalogue and keep them normalised."""
@@ -97,6 +105,7 @@ class TextRetriever:
         norms = np.linalg.norm(emb, axis=1, keepdims=True)
         self.item_embeddings_ = np.ascontiguousarray(emb / np.where(norms > 0, norms, 1.0))
         self._columns_ = None
+        self.ann_ = build_if_large(self.item_embeddings_, self.config.ann)
         return self
 
     @property
@@ -121,6 +130,9 @@ class TextRetriever:
         scores[block.lengths() == 0] = -np.inf  # no history, no evidence: the row pads with -1
         return scores
 
+    def _queries(self, block: Histories) -> tuple[np.ndarray, np.ndarray]:
+        return self.profiles(block), block.lengths() > 0  # an empty history has no profile
+
     def _columns(self) -> np.ndarray:
         """(dim, n_items) contiguous copy of the embeddings, made on first use.
 
@@ -137,22 +149,30 @@ class TextRetriever:
         self, histories: Histories, n: int, *, exclude_seen: bool = True
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top ``n`` items by cosine to each history's profile, excluding its items unless
-        ``exclude_seen`` is False: ``(ids, scores)``, (batch, n)."""
+        ``exclude_seen`` is False: ``(ids, scores)``, (batch, n). Searched in ``ann_`` when there is one."""
+        if self.ann_ is not None:
+            return self.ann_.ranked(self._queries, self._score_block, histories, n, exclude_seen=exclude_seen)
         return ranked(self._score_block, histories, n, self.n_items, exclude_seen=exclude_seen)
 
     def similar_items(self, items: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """The ``n`` nearest items of each item by embedding cosine, never the item itself."""
+        """The ``n`` nearest items of each item by embedding cosine, never the item itself (searched in
+        ``ann_`` when there is one: the embeddings are unit vectors, so cosine is the inner product)."""
         check_fitted(self, "item_embeddings_")
         assert self.item_embeddings_ is not None
         emb = self.item_embeddings_
+        if self.ann_ is not None:
+            query = np.asarray(items, dtype=np.int64).ravel()
+            check_items(query, self.n_items, "items")  # before the gather below
+            return self.ann_.similar(query, emb[query], n, lambda rows: emb[rows] @ emb.T)
         return neighbours(lambda query: emb[query] @ emb.T, items, n, self.n_items)
 
     def save(self, path: Path) -> None:
-        """A folder with ``config.json`` and ``item_embeddings.npy`` (no pickle)."""
+        """A folder with ``config.json`` and ``item_embeddings.npy`` (no pickle), and ``ann/``."""
         check_fitted(self, "item_embeddings_")
         assert self.item_embeddings_ is not None
         meta = {"format": FORMAT, "config": to_dict(self.config), "n_items": self.n_items}
         write_folder(path, meta, {"item_embeddings": self.item_embeddings_})
+        save_beside(self.ann_, path)
 
     @classmethod
     def load(cls, path: str | Path) -> TextRetriever:
@@ -160,4 +180,5 @@ class TextRetriever:
         config = from_dict(TextRetrieverConfig, meta["config"], where=f"{path}/config.json")
         model = cls(config, item_embeddings=arrays["item_embeddings"])
         model.item_embeddings_ = np.ascontiguousarray(arrays["item_embeddings"], dtype=np.float32)
+        model.ann_ = load_beside(path, model.n_items)
         return model
