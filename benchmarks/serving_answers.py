@@ -28,7 +28,15 @@ from benchmarks.provenance import provenance, start_run
 from benchmarks.serving import request_bodies
 
 
-def dump(home: Path, requests: int, out: Path, *, interactions: Path | None, params: dict[str, Any]) -> None:
+def dump(
+    home: Path,
+    requests: int,
+    out: Path,
+    *,
+    interactions: Path | None,
+    compile_ranker: bool,
+    params: dict[str, Any],
+) -> None:
     started = start_run()
     os.environ["BENTOML_HOME"] = str(home.resolve())
     from feature_store.online import open_store
@@ -39,7 +47,7 @@ def dump(home: Path, requests: int, out: Path, *, interactions: Path | None, par
 
     bodies = request_bodies(interactions or bundled_paths()[1], unknown_share=0.1, count=requests, seed=0)
 
-    recommender = Recommender.load(registry.current().path)
+    recommender = Recommender.load(registry.current().path, compile_ranker=compile_ranker)
     store = open_store(registry.default_online_store_url())
     context = [str(recommender._ids[0]), str(recommender._ids[49])]
     answers: list[list[Any]] = []
@@ -83,13 +91,25 @@ def main() -> None:
     parser.add_argument("--home", type=Path, help="BENTOML_HOME with a published bundle.")
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--interactions", type=Path, default=None, help="Where real user ids come from.")
+    parser.add_argument(
+        "--compile-ranker",
+        action="store_true",
+        help="Compile the ranker first, as `recsys serve --compile-ranker`.",
+    )
     parser.add_argument("--out", type=Path, help="Where to write the answers (JSON).")
     parser.add_argument("--compare", type=Path, nargs=2, metavar=("BEFORE", "AFTER"))
     args = parser.parse_args()
     if args.compare:
         compare(*args.compare)
     elif args.home and args.out:
-        dump(args.home, args.requests, args.out, interactions=args.interactions, params=vars(args))
+        dump(
+            args.home,
+            args.requests,
+            args.out,
+            interactions=args.interactions,
+            compile_ranker=args.compile_ranker,
+            params=vars(args),
+        )
     else:
         parser.error("give --home and --out to dump answers, or --compare BEFORE AFTER")
 

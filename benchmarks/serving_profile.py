@@ -80,6 +80,11 @@ def main() -> None:
     parser.add_argument("--home", type=Path, required=True, help="BENTOML_HOME with a published bundle.")
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--interactions", type=Path, default=None, help="Where real user ids come from.")
+    parser.add_argument(
+        "--compile-ranker",
+        action="store_true",
+        help="Compile the ranker first, as `recsys serve --compile-ranker`.",
+    )
     parser.add_argument("--out", type=Path, default=None, help="JSON file for the per-stage figures.")
     args = parser.parse_args()
     started = start_run()
@@ -92,7 +97,7 @@ def main() -> None:
     from recsys.pipeline.recommender import Recommender
 
     version = registry.current()
-    recommender = Recommender.load(version.path)
+    recommender = Recommender.load(version.path, compile_ranker=args.compile_ranker)
     store = open_store(registry.default_online_store_url())
     interactions = args.interactions or bundled_paths()[1]
     bodies = request_bodies(interactions, unknown_share=0.1, count=args.requests, seed=0)

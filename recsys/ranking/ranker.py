@@ -25,12 +25,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 
 from recsys.candidates.base import check_fitted
 from recsys.config import from_dict, to_dict
+
+if TYPE_CHECKING:
+    from recsys.ranking.compiled import CompiledBag
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,7 @@ class LambdaRanker:
         self.priors_: list[str | None] | None = None  # per booster, the rank feature boosted from
         self.feature_names_: list[str] | None = None
         self.report_: dict[str, Any] | None = None
+        self.compiled_: CompiledBag | None = None  # set by compile(): predict's fast path
 
     def _params(self, num_leaves: int, learning_rate: float, seed: int) -> dict[str, Any]:
         c = self.config
@@ -287,6 +291,8 @@ class LambdaRanker:
         service answering one user per request wants 1: its concurrency comes from requests, not from
         OpenMP)."""
         boosters, priors, names = self._checked(features)
+        if self.compiled_ is not None:
+            return self.compiled_.predict(features)
         threads = self.config.num_threads if num_threads is None else num_threads
         total = np.zeros(len(features))
         for booster, prior in zip(boosters, priors, strict=True):
@@ -294,6 +300,15 @@ class LambdaRanker:
             if prior is not None:
                 total += prior_scores(features[:, names.index(prior)])
         return (total / len(boosters)).astype(np.float32)
+
+    def compile(self) -> bool:
+        """Compile the bag for ``predict`` (``recsys.ranking.compiled``: lleaves, in this process);
+        False, and ``predict`` stays on LightGBM, where the bag cannot be compiled."""
+        from recsys.ranking.compiled import compile_bag
+
+        boosters, priors, _ = self._checked(np.zeros((0, len(self.feature_names_ or []))))
+        self.compiled_ = compile_bag(boosters, priors)
+        return self.compiled_ is not None
 
     def contributions(self, features: np.ndarray) -> np.ndarray:
         """(n, n_features + 1): each feature's contribution to each row's score, and the bias last;
