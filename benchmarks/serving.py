@@ -257,6 +257,7 @@ def measure_both(
         "workers": args.workers,
         "duration_s": args.duration,
         "unknown_share": args.unknown_share,
+        "compile_ranker": args.compile_ranker,
     }
     port = free_port()
     echo_command = bentoml_serve_command("benchmarks.harness.echo:Echo", port=port)
@@ -265,7 +266,8 @@ def measure_both(
             measure("echo", echo, bodies, levels=args.concurrency, duration=args.duration, warmup=args.warmup)
         )
     port = free_port()
-    command = recsys_serve_command(port=port, options=["--workers", str(args.workers)])
+    options = ["--workers", str(args.workers)] + (["--compile-ranker"] if args.compile_ranker else [])
+    command = recsys_serve_command(port=port, options=options)
     with running(command, port=port, env=env) as server:
         results.update(
             measure(
@@ -337,6 +339,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--workers", type=int, default=1, help="Server worker processes (both servers).")
     parser.add_argument("--unknown-share", type=float, default=0.1)
+    parser.add_argument(
+        "--compile-ranker", action="store_true", help="Serve with `recsys serve --compile-ranker`."
+    )
     parser.add_argument("--repeats", type=int, default=1, help="Runs back to back, kept as a `runs` list.")
     parser.add_argument("--home", type=Path, default=None, help="BENTOML_HOME with a published bundle.")
     parser.add_argument("--interactions", type=Path, default=None, help="Where real user ids come from.")
