@@ -159,4 +159,4 @@ def test_the_bento_carries_the_service_and_no_harness() -> None:
     assert {"serving/service.py", "serving/schemas.py", "recsys/pipeline/recommender.py"} <= packed
     assert "benchmarks/harness/process.py" in files
     assert not [f for f in packed if f.split("/")[0] not in ("recsys", "feature_store", "serving")]
-    assert not [f for f in packed if "bentoml.service(name=\"echo\"" in (ROOT / f).read_text(errors="ignore")]
+    assert not [f for f in packed if 'bentoml.service(name="echo"' in (ROOT / f).read_text(errors="ignore")]
