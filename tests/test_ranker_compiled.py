@@ -70,3 +70,24 @@ def test_models_with_other_features_are_not_merged(bag: LambdaRanker) -> None:
     other = text.replace("feature_names=good_score", "feature_names=other_score", 1)
     with pytest.raises(ValueError, match="different feature_names"):
         merged_model_text([text, other])
+
+
+def test_the_service_loads_a_bundle_with_its_ranker_compiled_and_answers_the_same() -> None:
+    """``recsys serve --compile-ranker`` (``RECSYS_COMPILE_RANKER=1``): the loader compiles the bag,
+    and the answers are the LightGBM bag's, items and scores."""
+    pytest.importorskip("lleaves")
+    from serving.runtime import Settings, bundle_loader
+    from tests.serving_fixtures import tiny_bundle, tiny_tables
+
+    plain = bundle_loader(Settings.from_env({}))(tiny_bundle())
+    compiled = bundle_loader(Settings.from_env({"RECSYS_COMPILE_RANKER": "1"}))(tiny_bundle())
+    assert plain.model.ranker_ is not None and plain.model.ranker_.compiled_ is None
+    assert compiled.model.ranker_ is not None and compiled.model.ranker_.compiled_ is not None
+    _, interactions = tiny_tables()
+    histories = interactions.group_by("user_id", maintain_order=True).agg("item_id")["item_id"].to_list()
+    for history in histories[:40]:
+        ours, theirs = (r.recommend(history, n=10) for r in (compiled, plain))
+        assert [a.item_id for a in ours] == [b.item_id for b in theirs]
+        np.testing.assert_allclose([a.score for a in ours], [b.score for b in theirs], rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="RECSYS_COMPILE_RANKER must be 0 or 1"):
+        Settings.from_env({"RECSYS_COMPILE_RANKER": "yes"})
