@@ -36,10 +36,12 @@ unit: setup
 # trains the demo one first when nothing is published yet. Local only: `make serve SERVE_HOST=0.0.0.0`
 # exposes it on every interface (set RECSYS_EVENTS_TOKEN then).
 # (not HOST: csh exports HOST as the machine's name)
+# --compile-ranker: each worker compiles the ranker (lleaves, the dev extras have it) before it
+# answers, seconds to a minute at start; then ranking costs a fraction (docs/studies/serving_cost.md).
 SERVE_HOST ?= 127.0.0.1
 serve: setup
 	$(VENV)/bin/recsys models current >/dev/null 2>&1 || $(VENV)/bin/recsys demo
-	$(VENV)/bin/recsys serve --host $(SERVE_HOST) --port 3000 --workers 2
+	$(VENV)/bin/recsys serve --host $(SERVE_HOST) --port 3000 --workers 2 --compile-ranker
 
 # The Redis tests need a real redis-server binary; install it where we can (root with apt-get).
 redis:

@@ -8,7 +8,8 @@ with ``git archive`` into a folder, copy this ``benchmarks/`` folder into it and
     .venv/bin/python -m benchmarks.serving_answers --home H --out before.json
     .venv/bin/python -m benchmarks.serving_answers --compare before.json after.json
 
-Requests: the benchmark's bodies (real demo user ids, 10% unknown), varied so the fallbacks and options
+Requests: the benchmark's bodies (real user ids of ``--interactions``, the demo's by default, 10%
+unknown), varied so the fallbacks and options
 are covered: every 5th asks for n=50, every 11th adds two context items, every 13th keeps seen items,
 every 7th passes an (empty) filter. Each answer is ``[item_id, score, sources]`` per item; the dump
 also records the run's provenance (commit, dirty flag), so each dump says which code answered.
@@ -27,7 +28,15 @@ from benchmarks.provenance import provenance, start_run
 from benchmarks.serving import request_bodies
 
 
-def dump(home: Path, requests: int, out: Path, *, params: dict[str, Any]) -> None:
+def dump(
+    home: Path,
+    requests: int,
+    out: Path,
+    *,
+    interactions: Path | None,
+    compile_ranker: bool,
+    params: dict[str, Any],
+) -> None:
     started = start_run()
     os.environ["BENTOML_HOME"] = str(home.resolve())
     from feature_store.online import open_store
@@ -36,9 +45,9 @@ def dump(home: Path, requests: int, out: Path, *, params: dict[str, Any]) -> Non
     from recsys.pipeline import registry
     from recsys.pipeline.recommender import Filters, Recommender
 
-    bodies = request_bodies(bundled_paths()[1], unknown_share=0.1, count=requests, seed=0)
+    bodies = request_bodies(interactions or bundled_paths()[1], unknown_share=0.1, count=requests, seed=0)
 
-    recommender = Recommender.load(registry.current().path)
+    recommender = Recommender.load(registry.current().path, compile_ranker=compile_ranker)
     store = open_store(registry.default_online_store_url())
     context = [str(recommender._ids[0]), str(recommender._ids[49])]
     answers: list[list[Any]] = []
@@ -81,13 +90,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--home", type=Path, help="BENTOML_HOME with a published bundle.")
     parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--interactions", type=Path, default=None, help="Where real user ids come from.")
+    parser.add_argument(
+        "--compile-ranker",
+        action="store_true",
+        help="Compile the ranker first, as `recsys serve --compile-ranker`.",
+    )
     parser.add_argument("--out", type=Path, help="Where to write the answers (JSON).")
     parser.add_argument("--compare", type=Path, nargs=2, metavar=("BEFORE", "AFTER"))
     args = parser.parse_args()
     if args.compare:
         compare(*args.compare)
     elif args.home and args.out:
-        dump(args.home, args.requests, args.out, params=vars(args))
+        dump(
+            args.home,
+            args.requests,
+            args.out,
+            interactions=args.interactions,
+            compile_ranker=args.compile_ranker,
+            params=vars(args),
+        )
     else:
         parser.error("give --home and --out to dump answers, or --compare BEFORE AFTER")
 

@@ -6,8 +6,9 @@ Run from the project root::
 
 It loads the current bundle of the BentoML home ``H`` (as the service does), reads user records from
 the online store ``recsys train`` loaded, and answers the same request mix as ``benchmarks.serving``
-(real demo user ids, 10% unknown, n=10), one request at a time. Every stage is timed by wrapping the
-function that does it (thread CPU time, so other processes on the machine do not count), and the total
+(real user ids of ``--interactions``, the bundled MovieLens by default, 10% unknown, n=10), one
+request at a time. Every stage is timed by wrapping the function that does it (thread CPU time, so
+other processes on the machine do not count), and the total
 is the whole ``recommend`` call (the rest of it, history rows, filters and the popularity fallback, is
 what the listed stages leave); ``store`` is the online-store read the service does first. Prints the
 median and mean milliseconds per request of each stage and, with ``--out``, writes them as flat JSON
@@ -78,6 +79,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--home", type=Path, required=True, help="BENTOML_HOME with a published bundle.")
     parser.add_argument("--requests", type=int, default=400)
+    parser.add_argument("--interactions", type=Path, default=None, help="Where real user ids come from.")
+    parser.add_argument(
+        "--compile-ranker",
+        action="store_true",
+        help="Compile the ranker first, as `recsys serve --compile-ranker`.",
+    )
     parser.add_argument("--out", type=Path, default=None, help="JSON file for the per-stage figures.")
     args = parser.parse_args()
     started = start_run()
@@ -90,9 +97,10 @@ def main() -> None:
     from recsys.pipeline.recommender import Recommender
 
     version = registry.current()
-    recommender = Recommender.load(version.path)
+    recommender = Recommender.load(version.path, compile_ranker=args.compile_ranker)
     store = open_store(registry.default_online_store_url())
-    bodies = request_bodies(bundled_paths()[1], unknown_share=0.1, count=args.requests, seed=0)
+    interactions = args.interactions or bundled_paths()[1]
+    bodies = request_bodies(interactions, unknown_share=0.1, count=args.requests, seed=0)
     users = [json.loads(b)["user_id"] for b in bodies]
     for user in users[:20]:  # warm-up
         record = store.get_records([user])[0]

@@ -24,6 +24,7 @@ sessions of their own, so nothing else would stop them when the arbiter is kille
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import os
@@ -52,6 +53,7 @@ ENV_WORKERS = "RECSYS_WORKERS"
 ENV_THREADS = "RECSYS_THREADS"
 ENV_EVENTS_TOKEN = "RECSYS_EVENTS_TOKEN"
 ENV_EVENTS_MAX_SKEW = "RECSYS_EVENTS_MAX_SKEW_S"
+ENV_COMPILE_RANKER = "RECSYS_COMPILE_RANKER"  # "1": compile each loaded bundle's ranker (lleaves)
 ENV_SERVER_PID = "RECSYS_SERVER_PID"  # the arbiter's pid: ``recsys serve`` becomes the arbiter (execve)
 DEFAULT_EVENTS_MAX_SKEW_S = 300.0
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
@@ -81,6 +83,7 @@ class Settings:
     events_max_skew_s: float = DEFAULT_EVENTS_MAX_SKEW_S  # how far in the future an event may be
     poll_seconds: float = 1.0
     threads: int = 2  # batch/explain/similar requests scored at once per worker (events have their own)
+    compile_ranker: bool = False  # compile each loaded bundle's ranker before serving it
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -96,7 +99,15 @@ class Settings:
             events_token=env.get(ENV_EVENTS_TOKEN) or None,
             events_max_skew_s=_seconds(env, ENV_EVENTS_MAX_SKEW, DEFAULT_EVENTS_MAX_SKEW_S),
             poll_seconds=_seconds(env, ENV_POLL_SECONDS, 1.0),
+            compile_ranker=_flag(env, ENV_COMPILE_RANKER),
         )
+
+
+def _flag(env: dict[str, str], name: str) -> bool:
+    raw = env.get(name) or "0"
+    if raw not in ("0", "1"):
+        raise ValueError(f"{name} must be 0 or 1, got {raw!r}")
+    return raw == "1"
 
 
 def _seconds(env: dict[str, str], name: str, default: float) -> float:
@@ -162,10 +173,17 @@ class Loaded:
     loaded_at: str
 
 
-def _load_bundle(path: Path) -> Recommender:
+def _load_bundle(path: Path, *, compile_ranker: bool = False) -> Recommender:
     from recsys.pipeline.recommender import Recommender
 
-    return Recommender.load(path)
+    return Recommender.load(path, compile_ranker=compile_ranker)
+
+
+def bundle_loader(settings: Settings) -> Callable[[Path], Recommender]:
+    """How the service turns a bundle into a recommender: ``Recommender.load``, compiling the
+    ranker when ``settings.compile_ranker`` says so. It runs in the loader's thread, so the previous
+    model keeps serving while a new one compiles."""
+    return functools.partial(_load_bundle, compile_ranker=settings.compile_ranker)
 
 
 def settle_heap() -> None:

@@ -49,6 +49,7 @@ from serving.runtime import (
     Loaded,
     ModelHolder,
     Settings,
+    bundle_loader,
     default_store_url,
     die_with_parent,
     server_pid,
@@ -164,7 +165,10 @@ class Recsys:
         self.settings = Settings.from_env()
         self.store: OnlineStore = open_store(self.settings.store_url or default_store_url())
         self.models = ModelHolder(
-            pinned_tag=self.settings.model_tag, poll_seconds=self.settings.poll_seconds, store=self.store
+            pinned_tag=self.settings.model_tag,
+            poll_seconds=self.settings.poll_seconds,
+            store=self.store,
+            load=bundle_loader(self.settings),
         )
         self.models.start()
         self._limiter = anyio.CapacityLimiter(self.settings.threads)

@@ -6,12 +6,16 @@ the library the fast form re-implements (implicit's fold-in) or the plain NumPy 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
 
 from recsys.candidates.als import ALS, ALSConfig, count_matrix, fold_in
 from recsys.candidates.base import mask_history, ranked, top_k
+from recsys.candidates.cooccurrence import CoOccurrence, CoOccurrenceConfig
+from recsys.candidates.itemknn import ItemKNN, ItemKNNConfig
 from recsys.candidates.text import TextRetriever, TextRetrieverConfig
 from recsys.data.dataset import Histories, Interactions
 from recsys.pipeline.recommender import stable_top
@@ -183,3 +187,42 @@ def test_stable_top_equals_the_full_stable_sort(n: int) -> None:
     np.testing.assert_array_equal(stable_top(scores, n), np.argsort(-scores, kind="stable")[:n])
     scores[2] = np.nan
     np.testing.assert_array_equal(stable_top(scores, n), np.argsort(-scores, kind="stable")[:n])
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: ItemKNN(ItemKNNConfig(neighbours=20, num_threads=1)),
+        lambda: ItemKNN(ItemKNNConfig(neighbours=50, similarity="bm25", num_threads=1)),
+        lambda: CoOccurrence(CoOccurrenceConfig(neighbours=15)),
+        lambda: CoOccurrence(CoOccurrenceConfig(popularity_fallback=False, history_len=4, recency_decay=0.7)),
+    ],
+)
+def test_one_history_merges_neighbour_lists_as_the_sparse_product(make: Any) -> None:
+    """The request path's item-to-item scores (one history: its items' stored neighbour lists
+    merged) equal the sparse product of the batch path bit for bit, and so does the top list."""
+    data = _interactions()
+    model = make().fit(data)
+    histories = _histories(data.n_items)
+    for row in range(len(histories)):
+        one = histories.rows(row, row + 1)
+        np.testing.assert_array_equal(model._score_block(one), model._score_sparse(one))
+    single = [model.recommend(histories.rows(r, r + 1), 15) for r in range(len(histories))]
+    batch_ids, batch_scores = model.recommend(histories, 15)  # blocks of many rows: the sparse product
+    np.testing.assert_array_equal(np.concatenate([ids for ids, _ in single]), batch_ids)
+    np.testing.assert_array_equal(np.concatenate([scores for _, scores in single]), batch_scores)
+
+
+def test_one_rows_transition_entries_equal_scipy_indexing() -> None:
+    """The last-item transition feature of one request (binary search in its last item's sorted
+    neighbour list) reads the same entries as scipy's fancy indexing, absent ones 0."""
+    from recsys.ranking.features import _entries
+
+    model = CoOccurrence(CoOccurrenceConfig(neighbours=15)).fit(_interactions())
+    transitions = model.similarity_
+    assert transitions is not None and transitions.has_sorted_indices
+    candidates = np.arange(transitions.shape[1])
+    for last in range(transitions.shape[0]):  # rows with and without entries (untrained items)
+        rows = np.full(len(candidates), last)
+        expected = np.asarray(transitions[rows, candidates]).ravel()
+        np.testing.assert_array_equal(_entries(transitions, rows, candidates), expected)

@@ -174,6 +174,28 @@ def neighbours(
     return ids, scores
 
 
+def neighbour_evidence(matrix: sp.csr_matrix, rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """(n_cols,) float32: ``weights @ matrix[rows]`` for one query, 0 where no row has an entry.
+
+    The request path's form of an item-to-item source (one history): it merges the query items'
+    stored neighbour lists instead of building two sparse matrices and multiplying them, which cost
+    more in scipy's per-call overhead than the sum itself. It adds exactly as scipy's CSR product
+    does (float32 products, accumulated in float32 row by row in ``rows`` order), so a test holds
+    the two bit for bit. ``rows`` ascending and distinct, ``weights`` aligned with them.
+
+    >>> m = sp.csr_matrix(np.array([[0, 2, 1], [0, 0, 3], [1, 0, 0]], dtype=np.float32))
+    >>> neighbour_evidence(m, np.array([0, 1]), np.array([1.0, 0.5])).tolist()
+    [0.0, 2.0, 2.5]
+    """
+    starts = matrix.indptr[rows]
+    lengths = matrix.indptr[rows + 1] - starts
+    # the positions of every entry of the chosen rows in matrix.data, row after row
+    at = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(int(lengths.sum()))
+    out = np.zeros(matrix.shape[1], dtype=np.float32)
+    np.add.at(out, matrix.indices[at], matrix.data[at] * np.repeat(weights.astype(np.float32), lengths))
+    return out
+
+
 def sparse_rows(matrix: sp.csr_matrix, rows: np.ndarray) -> np.ndarray:
     """Dense (len(rows), n_cols) copy of sparse rows, ``-inf`` where there is no entry."""
     part = matrix[rows].tocoo()

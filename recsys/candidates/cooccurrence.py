@@ -31,7 +31,14 @@ import numpy as np
 import scipy.sparse as sp
 
 from recsys.candidates.artifact import read_folder, write_folder
-from recsys.candidates.base import check_fitted, check_items, neighbours, ranked, sparse_rows
+from recsys.candidates.base import (
+    check_fitted,
+    check_items,
+    neighbour_evidence,
+    neighbours,
+    ranked,
+    sparse_rows,
+)
 from recsys.config import from_dict, to_dict
 from recsys.data.dataset import Histories, Interactions
 
@@ -161,6 +168,22 @@ class CoOccurrence:
         return q
 
     def _score_block(self, block: Histories) -> np.ndarray:
+        assert self.similarity_ is not None
+        if len(block) == 1:  # one request: merge its last items' neighbour lists (same scores)
+            last = block.last(self.config.history_len)[0]  # (L,), most recent last, -1 padded
+            weights = self.config.recency_decay ** np.arange(len(last) - 1, -1, -1, dtype=np.float64)
+            items, where = np.unique(last[last >= 0], return_inverse=True)
+            summed = np.zeros(len(items), dtype=np.float32)  # a repeated item's weights, oldest first
+            np.add.at(summed, where, weights[last >= 0].astype(np.float32))
+            evidence_row = neighbour_evidence(self.similarity_, items, summed)
+            dense = self._base_scores()
+            has = evidence_row != 0
+            dense[has] = evidence_row[has]
+            return dense[None]
+        return self._score_sparse(block)
+
+    def _score_sparse(self, block: Histories) -> np.ndarray:
+        """(block, n_items): ``query_matrix(block) @ similarity_`` over the base scores."""
         assert self.similarity_ is not None
         evidence = (self.query_matrix(block) @ self.similarity_).tocoo()  # (block, n_items) sparse
         dense = np.broadcast_to(self._base_scores(), (len(block), self.n_items)).copy()

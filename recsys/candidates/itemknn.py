@@ -30,7 +30,7 @@ import scipy.sparse as sp
 
 from recsys.candidates.als import count_matrix
 from recsys.candidates.artifact import read_folder, write_folder
-from recsys.candidates.base import check_fitted, neighbours, ranked, sparse_rows
+from recsys.candidates.base import check_fitted, neighbour_evidence, neighbours, ranked, sparse_rows
 from recsys.config import from_dict, to_dict
 from recsys.data.dataset import Histories, Interactions
 
@@ -121,6 +121,15 @@ class ItemKNN:
         return int(self.similarity_.shape[0])
 
     def _score_block(self, block: Histories) -> np.ndarray:
+        assert self.similarity_ is not None
+        if len(block) == 1:  # one request: merge its items' neighbour lists (same scores, bit for bit)
+            items, counts = np.unique(block.sequence(0), return_counts=True)
+            evidence_row = neighbour_evidence(self.similarity_, items, counts)
+            return np.where(evidence_row != 0, evidence_row, np.float32(-np.inf))[None]
+        return self._score_sparse(block)
+
+    def _score_sparse(self, block: Histories) -> np.ndarray:
+        """(block, n_items): ``count_matrix(block) @ similarity_``, -inf where there is no evidence."""
         assert self.similarity_ is not None
         evidence = (count_matrix(block, self.n_items) @ self.similarity_).tocoo()  # (block, n_items)
         dense = np.full((len(block), self.n_items), -np.inf, np.float32)

@@ -68,6 +68,14 @@ def serve(
             "--poll-seconds", min=0.0, help="How often to check for a new current version (0: never)."
         ),
     ] = 1.0,
+    compile_ranker: Annotated[
+        bool,
+        typer.Option(
+            "--compile-ranker/--no-compile-ranker",
+            help="Compile each loaded bundle's ranker with lleaves (pip install 'recsys[fast]') before "
+            "serving it: several times cheaper ranking, for seconds to a minute more per load.",
+        ),
+    ] = False,
 ) -> None:
     """Serve recommendations over HTTP from the BentoML model store ($BENTOML_HOME).
 
@@ -96,6 +104,7 @@ def serve(
     env[runtime.ENV_WORKERS] = str(workers)
     env[runtime.ENV_POLL_SECONDS] = str(poll_seconds)
     env[runtime.ENV_THREADS] = str(threads)
+    env[runtime.ENV_COMPILE_RANKER] = "1" if compile_ranker else "0"
     # One request is small: BLAS/OpenMP thread pools per request only fight the other requests.
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env.setdefault(name, "1")

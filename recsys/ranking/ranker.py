@@ -31,13 +31,16 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 
 from recsys.candidates.base import check_fitted
 from recsys.config import from_dict, to_dict
 from recsys.ranking.distributed import Worker
+
+if TYPE_CHECKING:
+    from recsys.ranking.compiled import CompiledBag
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,7 @@ class LambdaRanker:
         self.feature_names_: list[str] | None = None
         self.report_: dict[str, Any] | None = None
         self._worker = Worker()  # this process's part in a distributed fit (the whole fit by default)
+        self.compiled_: CompiledBag | None = None  # set by compile(): predict's fast path
 
     def _params(self, num_leaves: int, learning_rate: float, seed: int) -> dict[str, Any]:
         c = self.config
@@ -337,6 +341,8 @@ class LambdaRanker:
         service answering one user per request wants 1: its concurrency comes from requests, not from
         OpenMP)."""
         boosters, priors, names = self._checked(features)
+        if self.compiled_ is not None:
+            return self.compiled_.predict(features)
         threads = self.config.num_threads if num_threads is None else num_threads
         total = np.zeros(len(features))
         for booster, prior in zip(boosters, priors, strict=True):
@@ -344,6 +350,15 @@ class LambdaRanker:
             if prior is not None:
                 total += prior_scores(features[:, names.index(prior)])
         return (total / len(boosters)).astype(np.float32)
+
+    def compile(self) -> bool:
+        """Compile the bag for ``predict`` (``recsys.ranking.compiled``: lleaves, in this process);
+        False, and ``predict`` stays on LightGBM, where the bag cannot be compiled."""
+        from recsys.ranking.compiled import compile_bag
+
+        boosters, priors, _ = self._checked(np.zeros((0, len(self.feature_names_ or []))))
+        self.compiled_ = compile_bag(boosters, priors)
+        return self.compiled_ is not None
 
     def contributions(self, features: np.ndarray) -> np.ndarray:
         """(n, n_features + 1): each feature's contribution to each row's score, and the bias last;
