@@ -10,7 +10,10 @@ What repeats and why:
 - torch (the sequential source): on CPU, at a fixed seed and a fixed thread count, the weights
   repeat exactly; a *different* thread count changes its float sums (about 4e-8 on this data with 1
   against 2 threads), so ``SequentialConfig.threads = 0`` ("all cores") repeats on one machine
-  only. Stopping is by epochs and patience, never a clock.
+  only. Stopping is by epochs and patience, never a clock. The bundle's sequential model is too
+  small for torch's parallel kernels (fewer than 32,768 values a batch), so a second test fits it
+  at a size that uses them: there, looking item vectors up by indexing (``vectors[seq]``) summed a
+  repeated item's gradient with racing atomic adds, and two fits differed.
 
 Only what holds a clock may differ: creation times, version names and seconds.
 """
@@ -24,9 +27,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+import torch
 from pipeline_helpers import save_tiny_bert, vocabulary
 from reproducible_fit import tables
+
+from recsys.candidates.sequential import SequentialConfig, SequentialRecommender
+from recsys.data.dataset import Dataset
 
 TESTS = Path(__file__).resolve().parent
 CLOCKS = {"created", "created_at", "version", "seconds", "fit_seconds", "embed_seconds"}
@@ -81,3 +89,19 @@ def test_two_trainings_give_the_same_bundle_bit_for_bit(tmp_path: Path) -> None:
     for booster in stopping["ranker"]:
         assert booster["stop_reason"] in ("early_stopping", "max_rounds")
         assert 1 <= booster["best_iteration"] <= booster["rounds"] <= 30
+
+
+def test_the_sequential_source_repeats_bit_for_bit_where_torch_runs_in_parallel() -> None:
+    # 100 MovieLens users (13,946 events), 128 windows of 20 items x 32 wide: 81,920 values a batch,
+    # above the 32,768 where torch splits an op over its two threads
+    items, interactions = tables(users=100)
+    data = Dataset.from_tables(items, interactions).to_interactions()
+    text = np.random.default_rng(0).standard_normal((data.n_items, 24)).astype(np.float32)
+    config = SequentialConfig(hidden=32, layers=1, heads=1, max_len=20, max_epochs=1, patience=1, threads=2)
+    first, second = (SequentialRecommender(config, item_embeddings=text).fit(data) for _ in range(2))
+
+    assert first.model_ is not None and second.model_ is not None
+    a, b = first.model_.state_dict(), second.model_.state_dict()
+    assert [name for name in a if not torch.equal(a[name], b[name])] == []
+    histories = data.histories(np.arange(data.n_users))
+    assert np.array_equal(first.recommend(histories, 20)[1], second.recommend(histories, 20)[1])

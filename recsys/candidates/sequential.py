@@ -142,7 +142,11 @@ class SASRec(nn.Module):
         t = seq.shape[1]
         pad = seq == self.n_items  # (batch, seq)
         positions = torch.arange(t - 1, -1, -1, device=seq.device)  # distance from the window's end
-        x = self.drop(vectors[seq] + self.pos_emb(positions))  # (batch, seq, hidden)
+        # F.embedding, not vectors[seq]: indexing's backward (index_put_ with accumulate) adds the
+        # rows of a repeated item with racing atomic float adds once a batch holds >= 32768 values
+        # and torch runs > 1 thread, so a seed did not repeat (amazon: weights ~1e-7 apart after one
+        # epoch); embedding's backward gives each thread its own rows, summed in index order
+        x = self.drop(F.embedding(seq, vectors) + self.pos_emb(positions))  # (batch, seq, hidden)
         causal = torch.ones(t, t, dtype=torch.bool, device=seq.device).tril()
         # every query may see itself, so all-padding rows never produce NaN; their outputs are unused
         allowed = (causal & ~pad[:, None, :]) | torch.eye(t, dtype=torch.bool, device=seq.device)
