@@ -41,16 +41,19 @@ OBJECT_STORE = 256 * 2**20  # the machine's memory is shared: Ray's default is 3
 
 @pytest.fixture(scope="module")
 def cluster() -> object:
-    """A local Ray instance for the module; afterwards, no Ray process of it is left."""
+    """A local Ray instance for the module; afterwards, no Ray process of it is left (children of
+    this process that other tests' fixtures started before it, such as servers, are not Ray's)."""
     import psutil
 
+    def children() -> list[psutil.Process]:
+        return [p for p in psutil.Process().children(recursive=True) if p.is_running()]
+
+    before = {p.pid for p in children()}
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=OBJECT_STORE, log_to_driver=False)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
     deadline = time.monotonic() + 20
-    while (left := [p for p in psutil.Process().children(recursive=True) if p.is_running()]) and (
-        time.monotonic() < deadline
-    ):
+    while (left := [p for p in children() if p.pid not in before]) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not left, f"Ray left processes behind: {[p.name() for p in left]}"
 
