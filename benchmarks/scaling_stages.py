@@ -283,7 +283,7 @@ def embed_point(n_items: int, out: Path, *, seed: int = 0) -> None:
 
     record = Recorder(Point(interactions=n_items, items=n_items), Guards(1e9, 1e9), out)
     shop = generate(ShopSpec(n_items=n_items, n_interactions=n_items, seed=seed))
-    encoder = load_encoder(None, config=EncoderConfig())
+    encoder = load_encoder("", config=EncoderConfig())  # "": the packaged default
     with record.stage("embedding"):
         vectors = embed_items(shop.items, encoder=encoder)
     record.facts |= {"items": n_items, "dim": int(vectors.shape[1]), "vocabulary": shop.vocabulary_source,
