@@ -181,7 +181,7 @@ class TwoStage:
         seconds = rows.fit_seconds | {"ranker": time.perf_counter() - start}
         self.feature_names_ = rows.feature_names
         self.generators_ = fit_sources(self.fit_source, data, self.config.candidates.sources, seconds)
-        self.snapshot_ = self._snapshot(data)
+        self.snapshot_ = self.item_snapshot(data)
         # why each iterative part stopped: every early-stopped source fit (the labels' fit, then the
         # served one) and each booster of the ranker's bag (its chosen trial, refitted for its rounds)
         assert self.ranker_.report_ is not None
@@ -221,7 +221,7 @@ class TwoStage:
         self, generators: Mapping[str, CandidateGenerator], data: Interactions, users: np.ndarray
     ) -> CandidateRows:
         """Featurised candidates of ``users``' histories in ``data``, all features as of its end."""
-        return self._candidate_rows(generators, data.histories(users), self._snapshot(data))
+        return self._candidate_rows(generators, data.histories(users), self.item_snapshot(data))
 
     @property
     def _feature_config(self) -> FeatureConfig:
@@ -238,14 +238,13 @@ class TwoStage:
             }
         )
 
-    def _snapshot(self, data: Interactions) -> F.ItemSnapshot:
+    def item_snapshot(self, data: Interactions) -> F.ItemSnapshot:
+        """The item features as of the end of ``data``, as ``fit`` serves them."""
         now = int(data.timestamps.max()) + 1 if len(data) else 0
         embeddings = self.item_embeddings if self.config.text_features else None
         return F.ItemSnapshot.build(
             self._events(data), self.items, config=self._feature_config, now=now, embeddings=embeddings
         )
-
-    item_snapshot = _snapshot  # the item features as of the end of ``data``, as ``fit`` serves them
 
     # --- answering ---------------------------------------------------------------------------------
     def _candidate_rows(
