@@ -132,3 +132,32 @@ def test_head_training_runs_on_its_own_thread_count_and_restores_torch_s() -> No
     assert torch.get_num_threads() == before
     with pytest.raises(ValueError, match="threads"):
         ProjectionConfig(threads=-1)
+
+
+def test_a_warm_start_begins_at_the_earlier_head_and_keeps_its_last_epoch(
+    tiny_bert: Path, tmp_path: Path
+) -> None:
+    """``head.start``: the nightly job's warm start. It begins where the earlier head ended (same
+    held-out recall before any update), trains exactly ``max_epochs`` and keeps the last weights (its
+    held-out pairs were the earlier head's training pairs), and refuses a head of another base."""
+    from safetensors.numpy import load_file
+
+    items, data = toy_items(), toy_interactions()
+    encoder_config = EncoderConfig(checkpoint=str(tiny_bert), max_tokens=16)
+    earlier = finetune(items, data, tiny_head_config(), out=tmp_path / "earlier", encoder=encoder_config)
+    before = load_file(str(tmp_path / "earlier" / "head.safetensors"))
+    head = dataclasses.replace(tiny_head_config().head, start=str(tmp_path / "earlier"), max_epochs=2)
+    warm = finetune(items, data, tiny_head_config(head=head), out=tmp_path / "warm", encoder=encoder_config)
+    assert warm.baseline_recall == pytest.approx(earlier.best_recall)
+    epochs = [h for h in warm.history if "loss" in h]
+    assert len(epochs) == 2 and warm.best_step == warm.steps and warm.best_recall == epochs[-1]["recall@10"]
+    after = load_file(str(tmp_path / "warm" / "head.safetensors"))
+    assert all(not np.array_equal(before[k], after[k]) for k in before)  # it trained on
+    assert json.loads((tmp_path / "warm" / "recsys_encoder.json").read_text())["head"]["start"] == head.start
+
+    other = EncoderConfig(checkpoint=str(tiny_bert), max_tokens=32)  # another base fingerprint
+    with pytest.raises(ValueError, match="trained on another base encoder"):
+        finetune(items, data, tiny_head_config(head=head), out=tmp_path / "bad", encoder=other)
+    cold = dataclasses.replace(head, start=str(tiny_bert))
+    with pytest.raises(ValueError, match="not an encoder folder with a projection head"):
+        finetune(items, data, tiny_head_config(head=cold), out=tmp_path / "bad", encoder=encoder_config)

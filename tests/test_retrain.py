@@ -376,3 +376,60 @@ def test_a_production_bundle_this_code_cannot_read_is_no_bar(shop: Path) -> None
     summary = last_summary(shop)
     assert result.returncode == 0, (result.stderr, summary)
     assert "cannot be evaluated by this code" in summary["gate"]["reason"] and summary["published"]
+
+
+def test_the_head_starts_from_production_s_and_from_scratch_on_its_schedule(
+    tmp_path: Path, bert: Path
+) -> None:
+    """Night 1 trains the head from scratch (with early stopping); night 2 starts from production's
+    head and trains ``warm_head_epochs``; a week after the from-scratch head, night 3 starts over.
+    Each night is a subprocess (BentoML binds ``BENTOML_HOME`` at import) told the date."""
+    needs_ingest()
+    config = write_config(tmp_path, bert, extra="tolerance = 1.0\nwarm_head_epochs = 1\n")
+    head = "[train.encoder_training]\nvalidation_pairs = 20\n"
+    head += "[train.encoder_training.head]\nhidden = 16\nbatch_size = 32\n"
+    config.write_text(config.read_text().replace("finetune = false\n", f"finetune = true\n{head}"))
+    drop(tmp_path, "items.parquet", shop_items())
+    code = (
+        "import json, sys; from datetime import date; from recsys.pipeline.retrain import run_retrain; "
+        "from recsys.pipeline.retrain_config import load_retrain_config; "
+        "s = run_retrain(load_retrain_config(sys.argv[1]), log=lambda e: print(json.dumps(e)), "
+        "today=date.fromisoformat(sys.argv[2])); assert s.outcome == 'published', s"
+    )
+    env = {
+        **os.environ,
+        "BENTOML_HOME": str(tmp_path / "bentoml"),
+        "RECSYS_RUNS_DIR": str(tmp_path / "records"),
+    }
+
+    def night(day: int, today: str) -> tuple[list[dict], Path]:
+        drop(tmp_path, f"events-{day}.parquet", shop_events(days=range(day, day + 10), seed=day))
+        command = [sys.executable, "-c", code, str(config), today]
+        run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr
+        tag = current(tmp_path)
+        assert tag is not None
+        return [
+            json.loads(line) for line in run.stdout.splitlines()
+        ], tmp_path / "bentoml" / "models" / tag.replace(":", "/")
+
+    def records(bundle: Path) -> tuple[dict, dict]:
+        metadata = json.loads((bundle / "metadata.json").read_text())["encoder"]
+        return metadata, json.loads((bundle / "encoder" / "recsys_encoder.json").read_text())
+
+    events, production = night(0, "2026-03-01")
+    assert any(e["event"] == "head_from_scratch" and "no production" in e["reason"] for e in events), events
+    metadata, encoder = records(production)
+    assert metadata["head_from_scratch"] == "2026-03-01" and encoder["head"]["start"] == ""
+
+    events, bundle = night(10, "2026-03-02")
+    (warm,) = [e for e in events if e["event"] == "head_warm_start"]
+    assert warm["start"] == str(production / "encoder") and warm["epochs"] == 1
+    metadata, encoder = records(bundle)
+    assert encoder["head"]["start"] == warm["start"] and len(encoder["history"]) == 2  # epochs 0 and 1
+    assert metadata["head_from_scratch"] == "2026-03-01"  # its lineage
+
+    events, bundle = night(20, "2026-03-08")
+    (cold,) = [e for e in events if e["event"] == "head_from_scratch"]
+    assert cold["reason"] == "schedule: 7 days since the head was trained from scratch on 2026-03-01"
+    assert records(bundle)[0]["head_from_scratch"] == "2026-03-08"

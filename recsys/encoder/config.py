@@ -18,7 +18,7 @@ only the settings its method reads. ``method`` chooses between them when a TOML 
 ... class Train:
 ...     encoder_training: FinetuneConfig = field(default_factory=HeadConfig)
 >>> from_dict(Train, {"encoder_training": {"head": {"max_epochs": 10}}}).encoder_training.head
-ProjectionConfig(hidden=384, lr=0.001, batch_size=256, max_epochs=10, threads=1)
+ProjectionConfig(hidden=384, lr=0.001, batch_size=256, max_epochs=10, threads=1, start='')
 >>> from_dict(Train, {"encoder_training": {"method": "layers", "lora": True}}).encoder_training.lora
 LoraConfig(r=8, alpha=16, dropout=0.1, targets=('query', 'key', 'value', 'dense'))
 >>> from_dict(Train, {"encoder_training": {"method": "lora"}})
@@ -99,6 +99,12 @@ class ProjectionConfig:
     on 1 and 21.9 s on 2 on the project's two shared cores at a load average near 15. So one thread is
     the default: 25% slower on idle cores, several times faster on busy ones (a nightly job rarely
     has the machine to itself). The weights can differ in the last bits between thread counts.
+
+    ``start`` is a fine-tuned encoder folder whose head this one begins from (a warm start, as the
+    nightly job does between its from-scratch nights); it must have been trained on the same base
+    encoder. Its training pairs were almost all of tonight's pairs, the held-out ones included, so
+    held-out recall cannot choose among its epochs: a warm start trains exactly ``max_epochs`` and
+    keeps the last weights (the recall is still recorded). Empty: the identity, with early stopping.
     """
 
     hidden: int = 384
@@ -106,6 +112,7 @@ class ProjectionConfig:
     batch_size: int = 256  # pairs per step
     max_epochs: int = 50  # early stopping on held-out pair recall usually ends it within ~10
     threads: int = 1
+    start: str = ""
 
     def __post_init__(self) -> None:
         _check(

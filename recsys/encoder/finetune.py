@@ -25,7 +25,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
@@ -38,6 +38,9 @@ from recsys.encoder.config import EncoderConfig, FinetuneConfig, HeadConfig, Lay
 from recsys.encoder.model import ItemEncoder, load_encoder, write_meta
 from recsys.encoder.pairs import Clock, OnStep, training_pairs
 from recsys.encoder.parallel import DataParallel
+
+if TYPE_CHECKING:
+    from recsys.encoder.head import ProjectionHead
 
 
 @dataclass(frozen=True)
@@ -229,18 +232,41 @@ def _fit_head(
     on_step: OnStep,
     parallel: DataParallel | None,
 ) -> _Run:
-    """Embed the catalogue with ``base`` (through the cache), then train a head on the vectors."""
+    """Embed the catalogue with ``base`` (through the cache), then train a head on the vectors
+    (from the head of ``config.head.start`` when it names one)."""
     from recsys.encoder.embed import embed_items
     from recsys.encoder.head import train_head
 
     vectors = embed_items(items, encoder=base, cache_dir=cache, progress=progress)
+    start = _start_head(Path(config.head.start), base, config) if config.head.start else None
     clock.lap("embed")
     prepare_seconds = clock.elapsed()
-    run = train_head(vectors, *split, config, on_step=on_step, parallel=parallel)
+    run = train_head(vectors, *split, config, start=start, on_step=on_step, parallel=parallel)
     clock.lap("train")
-    meta = {"lora": False, "head": {"hidden": run.head.hidden}, "best_epoch": run.best_epoch, "device": "cpu"}
+    meta = {
+        "lora": False,
+        "head": {"hidden": run.head.hidden, "start": config.head.start},
+        "best_epoch": run.best_epoch,
+        "device": "cpu",
+    }
     scores = (run.baseline_recall, run.best_recall, run.best_step, run.steps)
     return _Run(*scores, prepare_seconds, run.history, meta, run.head.save)
+
+
+def _start_head(folder: Path, base: ItemEncoder, config: HeadConfig) -> ProjectionHead:
+    """The head saved in the fine-tuned encoder ``folder``, checked to sit on ``base``."""
+    from recsys.encoder.head import ProjectionHead
+    from recsys.encoder.model import read_meta
+
+    meta = read_meta(folder)
+    if meta is None or "head" not in meta:
+        raise ValueError(f"head.start = {str(folder)!r} is not an encoder folder with a projection head")
+    if meta.get("base_fingerprint") != base.fingerprint:
+        raise ValueError(
+            f"head.start = {str(folder)!r}: its head was trained on another base encoder "
+            f"({meta.get('base_checkpoint')!r}), not on the one this run fine-tunes"
+        )
+    return ProjectionHead.load(folder, dim=base.dim, hidden=config.head.hidden)
 
 
 def _fit_layers(

@@ -10,11 +10,13 @@ embedding cache) and then takes seconds on a CPU, and every new item gets a vect
 co-occurrence pairs, in-batch negatives), AdamW, one pass over the shuffled pairs per epoch, and early
 stopping on held-out pair Recall@10 measured every epoch; the best weights are kept (the start, a zero
 residual, included). On amazon-scientific this beats the frozen encoder on validation where training
-transformer layers did not (docs/RESULTS.md, Encoder).
+transformer layers did not (docs/RESULTS.md, Encoder). A warm start from an earlier head (``start``,
+the nightly job's way) trains a fixed number of epochs instead (``ProjectionConfig.start``).
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,9 +83,9 @@ class ProjectionHead(nn.Module):
 @dataclass(frozen=True)
 class HeadRun:
     head: ProjectionHead  # the best weights seen
-    baseline_recall: float  # held-out pair Recall@10 of the frozen vectors
+    baseline_recall: float  # held-out pair Recall@10 of the start (the frozen vectors, or a warm start)
     best_recall: float
-    best_epoch: int  # 0: no epoch beat the frozen vectors (the head is still the identity)
+    best_epoch: int  # 0: no epoch beat the start (the head is unchanged); a warm start: the last epoch
     best_step: int  # optimiser steps taken when the best weights were seen
     steps: int
     history: list[dict[str, float]] = field(default_factory=list)
@@ -95,6 +97,7 @@ def train_head(
     held_out: np.ndarray,
     config: HeadConfig,
     *,
+    start: ProjectionHead | None = None,
     on_step: OnStep = lambda record: None,
     parallel: DataParallel | None = None,
 ) -> HeadRun:
@@ -102,11 +105,12 @@ def train_head(
 
     ``held_out`` pairs are scored (Recall@10) before training and after every epoch; ``on_step``
     sees each record of the history as it is made (``recsys.encoder.pairs.OnStep``). With
-    ``parallel`` this worker trains on its share of ``pairs`` (``recsys.encoder.parallel``).
+    ``parallel`` this worker trains on its share of ``pairs`` (``recsys.encoder.parallel``). From a
+    ``start`` head (not changed; a copy trains) it runs ``max_epochs`` and keeps the last weights.
     """
     settings = config.head
     with intra_op_threads(settings.threads):
-        return _train(vectors, pairs, held_out, config, on_step=on_step, parallel=parallel)
+        return _train(vectors, pairs, held_out, config, start=start, on_step=on_step, parallel=parallel)
 
 
 def _train(
@@ -115,6 +119,7 @@ def _train(
     held_out: np.ndarray,
     config: HeadConfig,
     *,
+    start: ProjectionHead | None,
     on_step: OnStep,
     parallel: DataParallel | None,
 ) -> HeadRun:
@@ -123,7 +128,7 @@ def _train(
     rng = np.random.default_rng(config.seed)
     x = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
     pairs = pairs if parallel is None else parallel.shard(pairs)
-    head = ProjectionHead(x.shape[1], settings.hidden)
+    head = ProjectionHead(x.shape[1], settings.hidden) if start is None else copy.deepcopy(start).train()
     optimizer = torch.optim.AdamW(head.parameters(), lr=settings.lr, weight_decay=config.weight_decay)
     batch = min(settings.batch_size, len(pairs))
 
@@ -145,8 +150,8 @@ def _train(
     for epoch in range(1, settings.max_epochs + 1):
         order = rng.permutation(len(pairs))
         losses = []
-        for start in range(0, len(order) - batch + 1, batch):  # the last partial batch is dropped
-            chosen = torch.from_numpy(pairs[order[start : start + batch]].astype(np.int64))  # (batch, 2)
+        for first in range(0, len(order) - batch + 1, batch):  # the last partial batch is dropped
+            chosen = torch.from_numpy(pairs[order[first : first + batch]].astype(np.int64))  # (batch, 2)
             out = head(x[chosen.reshape(-1)]).reshape(batch, 2, -1)
             loss = info_nce(out[:, 0], out[:, 1], chosen[:, 0], chosen[:, 1], config.temperature)
             optimizer.zero_grad(set_to_none=True)
@@ -160,8 +165,12 @@ def _train(
         record = {"epoch": epoch, "loss": float(np.mean(losses)), "recall@10": evaluate()}
         history.append(record)
         on_step(record)
-        if best.observe(record["recall@10"], state, step=steps, epoch=epoch):
+        if start is None and best.observe(record["recall@10"], state, step=steps, epoch=epoch):
             break
-    head.load_state_dict(best.state)
     baseline = history[0]["recall@10"]
+    if start is not None:  # held-out recall was the start's training data: the last weights stand
+        return HeadRun(
+            head.eval(), baseline, history[-1]["recall@10"], settings.max_epochs, steps, steps, history
+        )
+    head.load_state_dict(best.state)
     return HeadRun(head.eval(), baseline, best.recall, best.epoch, best.step, steps, history)

@@ -52,6 +52,10 @@ class RetrainConfig:
     finetune_every_days: int = 0
     new_item_share: float = 0.2  # ... or when this share of the catalogue is new tonight
     layers: LayersConfig = field(default_factory=LayersConfig)  # how the layers are fine-tuned
+    # the projection head starts from production's and trains this many epochs (0: from scratch, with
+    # early stopping, every night), and from scratch every head_from_scratch_every_days days
+    warm_head_epochs: int = 2
+    head_from_scratch_every_days: int = 7
     store: str = ""  # online store URL; "" is `recsys train`'s default
     # the pipeline, as `recsys train` reads it, without its model: a file's [train.model] table is
     # kept raw in model_overrides and laid over the data's defaults by pipeline_for
@@ -66,6 +70,8 @@ class RetrainConfig:
             "keep_versions": self.keep_versions >= 2,  # the current one and the one a rollback needs
             "finetune_every_days": self.finetune_every_days >= 0,
             "new_item_share": 0 < self.new_item_share <= 1,
+            "warm_head_epochs": self.warm_head_epochs >= 0,
+            "head_from_scratch_every_days": self.head_from_scratch_every_days >= 1,
         }
         for key, ok in checks.items():
             if not ok:

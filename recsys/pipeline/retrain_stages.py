@@ -29,7 +29,7 @@ from recsys.config import to_dict
 from recsys.data.dataset import Dataset
 from recsys.data.io import atomic_path
 from recsys.data.splits import EvalTask
-from recsys.encoder.config import FinetuneConfig
+from recsys.encoder.config import FinetuneConfig, HeadConfig
 from recsys.pipeline import registry
 from recsys.pipeline.engine import Engine, open_engine
 from recsys.pipeline.lock import die_at
@@ -124,6 +124,60 @@ def _too_few_pairs(task: EvalTask, training: FinetuneConfig) -> str | None:
     return None
 
 
+def _warm_head(
+    config: RetrainConfig, task: EvalTask, stages: Stages, *, today: date
+) -> tuple[RetrainConfig, str | None]:
+    """Start tonight's projection head from production's, unless a from-scratch head is due.
+
+    Returns the config whose head starts where it should and the date of the from-scratch head that
+    tonight's descends from (recorded in the bundle's metadata, so the schedule follows production
+    through refusals and rollbacks), or ``None`` when no head trains tonight.
+    """
+    training = config.train.encoder_training
+    if not config.train.finetune or not isinstance(training, HeadConfig):
+        return config, None
+    start, reason = _production_head(config, task, today=today)
+    if start is None:
+        stages.event("head_from_scratch", reason=reason)
+        return config, today.isoformat()
+    epochs = min(config.warm_head_epochs, training.head.max_epochs)
+    stages.event("head_warm_start", start=str(start), epochs=epochs, from_scratch_on=reason)
+    head = replace(training.head, start=str(start), max_epochs=epochs)
+    train = replace(config.train, encoder_training=replace(training, head=head))
+    return replace(config, train=train), reason
+
+
+def _production_head(config: RetrainConfig, task: EvalTask, *, today: date) -> tuple[Path | None, str]:
+    """(production's encoder folder, the date of its from-scratch head) when tonight's head can start
+    from it, else (``None``, why not)."""
+    from recsys.encoder.model import read_meta
+
+    if not config.warm_head_epochs:
+        return None, "warm_head_epochs = 0"
+    try:
+        bundle = registry.current().path
+    except registry.RegistryError:
+        return None, "no production bundle yet"
+    meta = json.loads((bundle / "metadata.json").read_text())
+    since = meta.get("encoder", {}).get("head_from_scratch")
+    if since is None:  # `recsys train`'s bundles, and nights without a head
+        return None, "production's head was not trained by this job"
+    days = (today - date.fromisoformat(since)).days
+    if days >= config.head_from_scratch_every_days:
+        return None, f"schedule: {days} days since the head was trained from scratch on {since}"
+    if meta["fitted_on"]["before"] > int(task.train.timestamps.max()) + 1:  # gate_days grew
+        return None, "production was fitted on events after tonight's cutoff"
+    encoder, wanted = read_meta(bundle / "encoder") or {}, config.train.encoder
+    same_base = encoder.get("base_checkpoint") == wanted.checkpoint and all(
+        encoder.get("encoder", {}).get(key) == getattr(wanted, key) for key in ("max_tokens", "pooling")
+    )
+    head = encoder.get("head", {})
+    assert isinstance(config.train.encoder_training, HeadConfig)
+    if not same_base or head.get("hidden") != config.train.encoder_training.head.hidden:
+        return None, "production's head sits on another encoder or has another width"
+    return bundle / "encoder", since
+
+
 def _known_items(config: RetrainConfig) -> int:
     """Items of the current production bundle (0 before the first publish): the rest are new tonight."""
     try:
@@ -182,6 +236,7 @@ def _build(
         tmp.mkdir()
         with stages.stage("embed"):
             config, state = _encoder(config, dataset, task, state, stages, today=today, engine=engine)
+            config, head_lineage = _warm_head(config, task, stages, today=today)
             die_at("finetune")  # the head's fine-tuning (or, with finetune = false, where it would be)
             before = cached_vectors(cache)
             embeddings, encoder_record = embed_catalogue(
@@ -193,6 +248,8 @@ def _build(
                 engine=engine,
             )
             embedded = cached_vectors(cache) - before
+            if head_lineage is not None:
+                encoder_record["head_from_scratch"] = head_lineage
             stages.event("embedded", items=embedded, catalogue=dataset.n_items)
         with stages.stage("fit"):
             # the model `recsys train` and `recsys evaluate` fit on this data (recsys.pipeline.defaults)
