@@ -32,6 +32,11 @@ exponents measured on the axes
 seconds) over the measured points of that axis (two or three), for the time and for the memory the
 stage added at its peak.
 
+**Engines** (``--engine local ray``): with ``ray``, each point and each embedding size also runs the
+Ray engine's stages in a child of its own on a local Ray instance (``benchmarks.scaling_ray``): the
+rows ``features@ray`` and ``ranker_train@ray`` beside the local ``features`` and ``ranker_train``,
+and on the embedding axis ``embedding@ray``, ``finetune`` and ``finetune@ray``.
+
 Writes ``benchmarks/results/scaling.json`` (flat ``<point>.<stage>.<figure>``,
 ``exponent.<axis>.<stage>.<figure>``, ``embedding.*``) and the log-log plot ``docs/scaling.png``.
 """
@@ -50,6 +55,14 @@ from typing import Any
 import numpy as np
 
 from benchmarks.provenance import ROOT, start_run, write_results
+from benchmarks.scaling_ray import (
+    EMBED_STAGES,
+    POINT_STAGES,
+    SUFFIX,
+    ray_embed_point,
+    ray_point,
+    stop_leftovers,
+)
 from benchmarks.scaling_stages import Guards, Point, embed_point, run_point
 
 FULL_AXES = {
@@ -229,6 +242,28 @@ def embedding_axis(sizes: list[int], work: Path, *, timeout: float) -> dict[str,
     return out
 
 
+def ray_embedding_axis(
+    sizes: list[int], work: Path, *, timeout: float, workers: int | None
+) -> dict[str, Any]:
+    """The Ray engine's embedding and the head's fine-tuning, local and on Ray, at each of ``sizes``
+    (``benchmarks.scaling_ray.ray_embed_point``, each size in a child)."""
+    out: dict[str, Any] = {}
+    for n in sizes:
+        path = work / f"embed{n}{SUFFIX}.json"
+        record = run_child(ray_embed_point, (n, path, workers), path, timeout=timeout)
+        stop_leftovers(record["facts"].get("ray_pids", []))
+        out[f"embedding.m{n}.ray_workers"] = record["facts"].get("ray_workers")
+        for stage in ("finetune", *(f"{s}{SUFFIX}" for s in EMBED_STAGES)):
+            figures = record["stages"].get(stage, {"status": "not-run"})
+            out[f"embedding.m{n}.{stage}.status"] = figures["status"]
+            if figures["status"] == "measured":
+                out[f"embedding.m{n}.{stage}.seconds"] = figures["seconds"]
+                out[f"embedding.m{n}.{stage}.peak_rss_mb"] = figures["peak_rss_mb"]
+            print(f"  {stage:14s} {n:>8,} items: {figures['status']} "
+                  f"{figures.get('seconds', float('nan')):8.1f} s", flush=True)  # fmt: skip
+    return out
+
+
 def print_table(figures: dict[str, Any], sizes: list[tuple[int, int]], stages: list[str]) -> None:
     print(f"\n{'stage':16s}" + "".join(f"{Point(*s).name:>22s}" for s in sizes))
     for stage in stages:
@@ -305,6 +340,11 @@ def main() -> None:
     parser.add_argument(
         "--embed-items", type=int, nargs="*", default=None, help="default 500 2000 (quick: none)"
     )
+    parser.add_argument(
+        "--engine", nargs="+", choices=["local", "ray"], default=["local"],
+        help="Engines whose stages are measured (ray: a local Ray instance on 2 CPUs).",
+    )  # fmt: skip
+    parser.add_argument("--ray-workers", type=int, default=None, help="default: the Ray engine's own")
     parser.add_argument("--no-sequential", action="store_true", help="Skip the sequential source's fit.")
     parser.add_argument("--work", type=Path, default=Path("/tmp/recsys-scaling"), help="Scratch (emptied).")
     parser.add_argument("--out", type=Path, default=None, help="default benchmarks/results/scaling.json")
@@ -323,6 +363,13 @@ def main() -> None:
     done: dict[tuple[int, int], dict[str, Any]] = {}
     facts: dict[tuple[int, int], dict[str, Any]] = {}
     embedded = embedding_axis(args.embed_items, args.work, timeout=args.point_budget_s)  # first: cheap
+    if "ray" in args.engine:
+        embedded |= ray_embedding_axis(
+            args.embed_items, args.work, timeout=args.point_budget_s, workers=args.ray_workers
+        )
+    stages = (STAGES if "local" in args.engine else []) + (
+        [f"{s}{SUFFIX}" for s in POINT_STAGES] if "ray" in args.engine else []
+    )
     sizes = design(axes)
     for size in sizes:
         left = args.total_budget_s - (time.perf_counter() - clock)
@@ -334,31 +381,42 @@ def main() -> None:
         point = Point(*size, standalone=standalone, model=QUICK_MODEL if quick else {})
         work = args.work / point.name
         work.mkdir()
-        predicted = {s: p for s in STAGES if (p := predict(s, size, done)) is not None}
+        predicted = {s: p for s in stages if (p := predict(s, size, done)) is not None}
         guards = Guards(args.stage_budget_s, args.memory_limit_mb, predicted)
         print(f"{point.name}: {size[0]:,} interactions, {size[1]:,} items", flush=True)
-        record = run_child(run_point, (point, guards, work, work / "stages.json"), work / "stages.json",
-                           timeout=min(args.point_budget_s, left))  # fmt: skip
-        done[size], facts[size] = record["stages"], record["facts"] | {"exitcode": record["exitcode"]}
-        for stage, figures in record["stages"].items():
+        done[size], facts[size] = {}, {}
+        if "local" in args.engine:
+            record = run_child(run_point, (point, guards, work, work / "stages.json"), work / "stages.json",
+                               timeout=min(args.point_budget_s, left))  # fmt: skip
+            done[size], facts[size] = record["stages"], record["facts"] | {"exitcode": record["exitcode"]}
+        if "ray" in args.engine:  # after the local child: its own child, its own Ray instance
+            (work / "ray").mkdir()
+            left = max(60.0, args.total_budget_s - (time.perf_counter() - clock))
+            on_ray = run_child(ray_point, (point, guards, work / "ray", work / "ray.json", args.ray_workers),
+                               work / "ray.json", timeout=min(args.point_budget_s, left))  # fmt: skip
+            stop_leftovers(on_ray["facts"].pop("ray_pids", []))
+            done[size] |= on_ray["stages"]
+            facts[size] |= on_ray["facts"] | {"ray_exitcode": on_ray["exitcode"]}
+        for stage, figures in done[size].items():
             print(f"  {stage:20s} {figures['status']:18s} {figures.get('seconds', float('nan')):9.1f} s  "
                   f"peak {figures.get('peak_rss_mb', float('nan')):8.0f} MB", flush=True)  # fmt: skip
-        if record["facts"].get("published") and (size == sizes[-1] or not quick):  # quick: serve one
+        if facts[size].get("published") and (size == sizes[-1] or not quick):  # quick: serve one
             facts[size] |= {f"serve_{k}": v for k, v in serve(work, seconds=args.serve_seconds).items()}
         shutil.rmtree(work / "data", ignore_errors=True)
+        shutil.rmtree(work / "ray", ignore_errors=True)
         shutil.rmtree(work / "bentoml", ignore_errors=True)
-    slopes = exponents(axes, done, STAGES)
-    figures = flat_figures(done, facts, slopes, STAGES) | embedded
+    slopes = exponents(axes, done, stages)
+    figures = flat_figures(done, facts, slopes, stages) | embedded
     rate = figures.get("embedding.items_per_s")
     for size in done:
         if rate:
             figures[f"{Point(*size).name}.embedding.seconds_extrapolated"] = size[1] / rate
-    print_table(figures, design(axes), STAGES)
+    print_table(figures, design(axes), stages)
     figures |= {
         "design": json.dumps({a: [list(p) for p in ps] for a, ps in axes.items()}),
         "cpu_count": os.cpu_count(),
     }
-    plot(figures, axes, [s for s in STAGES if s != "generate"], args.plot or ROOT / "docs" / "scaling.png")
+    plot(figures, axes, [s for s in stages if s != "generate"], args.plot or ROOT / "docs" / "scaling.png")
     out = write_results("scaling", figures, params=vars(args), started=started, out=args.out)
     print(f"wrote {out}")
 

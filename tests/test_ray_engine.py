@@ -3,7 +3,8 @@
 One module-scoped Ray instance serves every test; it is shut down at the end, and the test checks
 that none of its processes is left. Each stage is compared with the local engine's: the same
 embeddings (within 1e-5), the same feature snapshot, the same fine-tuned encoder on one worker, a
-ranker whose test NDCG@10 is within 0.005 of the local run's, and the nightly job end to end.
+ranker whose test NDCG@10 is within 0.005 of the local run's (on one worker, and on two where LightGBM's
+data-parallel trees can be the serial ones), and the nightly job end to end.
 """
 
 from __future__ import annotations
@@ -172,9 +173,11 @@ def test_finetuning_on_one_worker_is_the_local_run_and_layers_train_on_two(
 def test_ranker_ndcg_on_ray_against_the_local_run(cluster: object, tmp_path: Path) -> None:
     """The pipeline fitted once; its ranker refitted on Ray Train's LightGBM trainer from the same
     rows ranks the same candidates, over 400 test users (one user's hit at the top moves NDCG@10 by
-    0.0025): on one worker within 0.005 NDCG@10 of the local ranker (the same model); on two
-    workers, each training on its whole user groups, within 0.01. Data-parallel LightGBM does not
-    grow the serial trees: gaps of 0.004 to 0.007 were measured here (docs/results_parts/i23-ray.md)."""
+    0.0025), within 0.005 NDCG@10 of the local ranker: on one worker with the pipeline's settings,
+    and on two workers, each training on its whole user groups, with ``min_data_in_leaf = 1`` (where
+    the two workers grew the local trees in 4 of 7 fits compared, and the gaps measured were within
+    0.0039). With the pipeline's 5 they differ more (gaps up to 0.011): LightGBM's data-parallel
+    learner checks it against leaf counts estimated from the hessians (docs/studies/ray_ranker_gap.md)."""
     from recsys.evaluation.metrics import ranking_metrics
     from recsys.evaluation.protocol import item_information
     from recsys.ranking.ranker import fit_ranker
@@ -186,11 +189,12 @@ def test_ranker_ndcg_on_ray_against_the_local_run(cluster: object, tmp_path: Pat
     config = config.for_data(tables[1])
     assert config.model is not None
     pipeline = replace(config.model, ranker=replace(config.model.ranker, bags=2))  # 4 LightGBM trainings
+    assert pipeline.ranker.min_data_in_leaf > 1  # the one-worker fit runs the setting two workers cannot
     dataset = Dataset.from_tables(*tables)
     task = config.split(dataset.to_interactions()).test
     encoder = load_encoder(bert, config=config.encoder)
     embeddings = LocalEngine().embed(dataset.items, encoder=encoder, checkpoint=bert, cache_dir=None)
-    rows: list[tuple[Any, ...]] = []
+    rows: list[Any] = []
 
     def local(*args: Any) -> LambdaRanker:
         rows.append(args)
@@ -198,7 +202,10 @@ def test_ranker_ndcg_on_ray_against_the_local_run(cluster: object, tmp_path: Pat
 
     model = TwoStage(pipeline, items=dataset.items, item_embeddings=embeddings, fit_ranker=local)
     model.fit(task.train)
-    one, two = (ray_fit_ranker(workers=n, use_gpu=False)(*rows[0]) for n in (1, 2))
+    ranker_config, *arrays = rows[0]
+    exact = replace(ranker_config, min_data_in_leaf=1)
+    one = ray_fit_ranker(workers=1, use_gpu=False)(ranker_config, *arrays)
+    two = ray_fit_ranker(workers=2, use_gpu=False)(exact, *arrays)
     assert [r.report_["workers"] if r.report_ else None for r in (one, two)] == [1, 2]
 
     def ndcg(ranker: LambdaRanker) -> float:
@@ -207,10 +214,11 @@ def test_ranker_ndcg_on_ray_against_the_local_run(cluster: object, tmp_path: Pat
         metrics = ranking_metrics(ids, task.targets, ks=[10], information=item_information(task.train))
         return float(metrics["ndcg@10"])
 
-    local_ndcg, one_ndcg, two_ndcg = ndcg(fit_ranker(*rows[0])), ndcg(one), ndcg(two)
-    print(f"NDCG@10 local {local_ndcg:.6f}, Ray 1 worker {one_ndcg:.6f}, 2 workers {two_ndcg:.6f}")  # -rP
-    assert abs(one_ndcg - local_ndcg) <= 0.005, (local_ndcg, one_ndcg)
-    assert abs(two_ndcg - local_ndcg) <= 0.01, (local_ndcg, two_ndcg)
+    local_one, local_two = fit_ranker(ranker_config, *arrays), fit_ranker(exact, *arrays)
+    ndcgs = [ndcg(r) for r in (local_one, one, local_two, two)]
+    print("NDCG@10 local, Ray 1 worker; local, Ray 2 workers (min_data_in_leaf 1):", ndcgs)  # -rP
+    assert abs(ndcgs[1] - ndcgs[0]) <= 0.005, ndcgs
+    assert abs(ndcgs[3] - ndcgs[2]) <= 0.005, ndcgs
 
 
 def test_nightly_job_runs_on_ray(cluster: object, bert: Path, tmp_path: Path) -> None:

@@ -6,7 +6,8 @@
   folder is the checkpoint, copied to ``out``: the same folder the local engine writes.
 * ``ray_fit_ranker``: ``LambdaRanker.fit`` on each worker of Ray Train's ``LightGBMTrainer``, with its
   network parameters: each worker trains on whole user groups (``recsys.ranking.ranker``), and rank
-  0 saves the booster bag as LightGBM text, which the driver loads.
+  0 saves the booster bag as LightGBM text, which the driver loads. On one worker it is the local
+  bag; on more, its trees can differ where ``min_data_in_leaf`` binds (``recsys.ranking.distributed``).
 
 Every worker receives the arrays through the object store and keeps its share; on data too large
 for one worker's memory, the rows would instead come as a Ray Dataset partitioned by user.

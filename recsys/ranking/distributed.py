@@ -6,7 +6,13 @@
 * **The same bins**: LightGBM finds each feature's bin boundaries on one worker's share; every worker
   is given all rows, so it builds the bins from the rows the local fit bins from, before the
   network is up, and uses them as its training set's reference. The histograms summed over the
-  workers are then the local fit's, and so are the trees, up to the order of the sums.
+  workers are then the local fit's, up to the order of the sums.
+* **Other trees where** ``min_data_in_leaf`` **binds**: LightGBM's data-parallel learner does not
+  count a leaf's rows; it carries the count its split estimated from the hessians, where the serial
+  learner counts them, and checks ``min_data_in_leaf`` against it. With LambdaRank's uneven hessians
+  the estimates are far off (3,749 rows counted, 1,285 estimated), so two workers split leaves the
+  local fit keeps whole. At ``min_data_in_leaf = 1`` the trees were the local ones in most fits
+  measured, not all (``docs/studies/ray_ranker_gap.md``).
 * **A port per training**: a listener released by one LightGBM training cannot be bound again at
   once (``Binding port ... failed``), so each training shifts the ports the trainer gave by the
   trainings before it; every worker trains the same sequence.
