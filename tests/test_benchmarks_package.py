@@ -30,6 +30,7 @@ MODULES = sorted(m.name for m in pkgutil.walk_packages(benchmarks.__path__, pref
 # a benchmark is a module with a ``main``; the rest (provenance, harness) are what they share
 RUNNABLE = [
     "benchmarks.ann",
+    "benchmarks.catalogue_size",
     "benchmarks.encode",
     "benchmarks.events_under_load",
     "benchmarks.feature_store",
