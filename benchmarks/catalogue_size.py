@@ -8,6 +8,9 @@ Run from the project root (heavy: under the shared lock, one size per run keeps 
         --out benchmarks/results/catalogue_size_1m.json                                     # one size
     .venv/bin/python -m benchmarks.catalogue_size --quick                                 # a minute
 
+``--keep`` keeps each size's data and published bundle under ``--work``; ``--reuse`` then serves
+them again without training (a change to the serving path, measured on the same bundles).
+
 Each size is a synthetic shop of ``benchmarks.synthetic`` (three-level categories, power-law
 popularity, sessions that stay in a leaf) with the **same number of interactions** (``--interactions``),
 so that only the catalogue varies, and clustered 384-d item embeddings given directly (not BERT). A
@@ -129,10 +132,16 @@ def serve(work: Path, args: argparse.Namespace) -> dict[str, Any]:
 def size_figures(items: int, args: argparse.Namespace, root: Path) -> dict[str, Any]:
     """Train, serve and measure one catalogue size; flat figures without the size prefix."""
     work = root / f"m{items}"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    trained = work / "trained.json"  # the training child's record, kept with ``--keep`` for ``--reuse``
     print(f"m{items}: {items:,} items, {args.interactions:,} interactions", flush=True)
-    record = train(items, args, work)
+    record = json.loads(trained.read_text()) if args.reuse and trained.is_file() else None
+    if record is None or record["facts"]["point"]["interactions"] != args.interactions:
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        record = train(items, args, work)
+        trained.write_text(json.dumps(record))
+    else:
+        print("  reusing the bundle trained earlier (--reuse)", flush=True)
     out: dict[str, Any] = {"train_exitcode": record["exitcode"], "train_seconds": record["seconds"]}
     for stage, figures in record["stages"].items():
         out[f"train.{stage}.status"] = figures["status"]
@@ -145,7 +154,7 @@ def size_figures(items: int, args: argparse.Namespace, root: Path) -> dict[str, 
     out |= {k: v for k, v in facts.items() if isinstance(v, int | float | str) and not isinstance(v, bool)}
     if facts.get("published"):
         out |= serve(work, args)
-    if not args.keep:
+    if not (args.keep or args.reuse):
         shutil.rmtree(work, ignore_errors=True)
     return out
 
@@ -201,6 +210,9 @@ def main() -> None:
     parser.add_argument("--memory-limit-mb", type=float, default=14_000.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", action="store_true", help="Keep each size's data and bundle.")
+    parser.add_argument(
+        "--reuse", action="store_true", help="Serve a size's bundle kept by an earlier --keep run."
+    )
     parser.add_argument("--work", type=Path, default=Path("/tmp/recsys-catalogue-size"), help="Scratch.")
     parser.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/")
     args = parser.parse_args()
