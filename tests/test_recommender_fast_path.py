@@ -221,6 +221,10 @@ def test_one_history_merges_neighbour_lists_as_the_sparse_product(make: Any) -> 
         batch_ids, batch_scores = model.recommend(histories, 15, exclude_seen=exclude_seen)
         np.testing.assert_array_equal(np.concatenate([ids for ids, _ in single]), batch_ids)
         np.testing.assert_array_equal(np.concatenate([scores for _, scores in single]), batch_scores)
+        # and both as the dense reference: every item's score row, ranked by top_k
+        dense = ranked(model._score_sparse, histories, 15, data.n_items, exclude_seen=exclude_seen)
+        np.testing.assert_array_equal(dense[0], batch_ids)
+        np.testing.assert_array_equal(dense[1], batch_scores)
 
 
 def test_one_rows_transition_entries_equal_scipy_indexing() -> None:

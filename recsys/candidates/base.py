@@ -243,6 +243,34 @@ def neighbour_sums(
     return cols, sums
 
 
+def sparse_ranked(
+    score_block: Callable[[Histories], sp.spmatrix], histories: Histories, n: int, n_items: int, *,
+    exclude_seen: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """:func:`ranked` for a source whose scores are sparse (absent entries: no evidence, ``-inf``):
+    ``score_block(block)`` is a (block, n_items) sparse matrix, and only its stored entries are
+    ranked, so a batch costs its evidence, not batch x catalogue. The same answer as ``ranked`` over
+    the dense form, bit for bit.
+    """
+    check_n(n)
+    check_items(histories.items, n_items, "histories.items")
+    ids = np.full((len(histories), n), -1, dtype=np.int32)
+    scores = np.full((len(histories), n), -np.inf, dtype=np.float32)
+    for start in range(0, len(histories), BLOCK_ROWS):
+        stop = min(start + BLOCK_ROWS, len(histories))
+        block = histories.rows(start, stop)
+        entries = sp.coo_matrix(score_block(block))
+        row, col = entries.row.astype(np.int64), entries.col.astype(np.int64)
+        neg = -entries.data.astype(np.float32)
+        keep = neg < np.inf
+        if exclude_seen:
+            seen_rows = np.repeat(np.arange(len(block), dtype=np.int64), block.lengths())
+            seen = seen_rows * (1 << 32) + block.items[block.indptr[0] : block.indptr[-1]]
+            keep &= ~np.isin(row * (1 << 32) + col, seen)
+        ids[start:stop], scores[start:stop] = _first_per_row(row[keep], col[keep], neg[keep], len(block), n)
+    return ids, scores
+
+
 def neighbour_evidence(matrix: sp.csr_matrix, rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """(n_cols,) float32: :func:`neighbour_sums` as a dense row, 0 where no row has an entry.
 

@@ -35,8 +35,8 @@ from recsys.candidates.base import (
     check_items,
     check_n,
     neighbour_sums,
-    ranked,
     sparse_neighbours,
+    sparse_ranked,
     top_entries,
 )
 from recsys.config import from_dict, to_dict
@@ -135,7 +135,8 @@ class ItemKNN:
 
         The same answer, bit for bit, as ``ranked(self._score_sparse, ...)`` (the scores add up as
         scipy's product does, ``top_entries`` orders as ``top_k``), at a cost of history x neighbours
-        instead of the catalogue. Batches (offline evaluation, campaigns) take one sparse product.
+        instead of the catalogue. Batches (offline evaluation, campaigns) take one sparse product per
+        block and rank its entries (``sparse_ranked``), never a dense (block, catalogue) row either.
         """
         assert self.similarity_ is not None
         check_n(n)
@@ -147,10 +148,16 @@ class ItemKNN:
             evidence &= ~np.isin(cols, items)
         return top_entries(cols[evidence], sums[evidence], n)
 
-    def _score_sparse(self, block: Histories) -> np.ndarray:
-        """(block, n_items): ``count_matrix(block) @ similarity_``, -inf where there is no evidence."""
+    def _evidence(self, block: Histories) -> sp.csr_matrix:
+        """(block, n_items) sparse: ``count_matrix(block) @ similarity_``."""
         assert self.similarity_ is not None
-        evidence = (count_matrix(block, self.n_items) @ self.similarity_).tocoo()  # (block, n_items)
+        evidence: sp.csr_matrix = count_matrix(block, self.n_items) @ self.similarity_
+        return evidence
+
+    def _score_sparse(self, block: Histories) -> np.ndarray:
+        """(block, n_items) dense :meth:`_evidence`, -inf where there is none: the reference that
+        the sparse paths are tested against."""
+        evidence = self._evidence(block).tocoo()
         dense = np.full((len(block), self.n_items), -np.inf, np.float32)
         dense[evidence.row, evidence.col] = evidence.data
         return dense
@@ -163,7 +170,7 @@ class ItemKNN:
         check_fitted(self, "similarity_")
         if len(histories) == 1:
             return self._recommend_one(histories, n, exclude_seen=exclude_seen)
-        return ranked(self._score_sparse, histories, n, self.n_items, exclude_seen=exclude_seen)
+        return sparse_ranked(self._evidence, histories, n, self.n_items, exclude_seen=exclude_seen)
 
     def similar_items(self, items: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``n`` most similar items of each item (its similarity row, never the item itself), read
