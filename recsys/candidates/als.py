@@ -370,12 +370,13 @@ class ALS:
         """Read a folder written by :meth:`save`."""
         meta = read_meta(path, FORMAT)
         config = from_dict(ALSConfig, meta["config"], where=f"{Path(path) / 'config.json'}:config")
-        arrays = read_arrays(path, ("item_factors", "length_norm") if config.bm25 else ("item_factors",))
+        names = ("item_factors", "length_norm") if config.bm25 else ("item_factors",)
+        arrays = read_arrays(path, names, mapped=True)  # a request gathers its history's rows
         model = cls(config)
         n = int(meta["n_items"])
         if arrays["item_factors"].shape != (n, config.factors):
             raise ValueError(f"{path}: item_factors.npy is not ({n}, {config.factors})")
-        model.item_factors_ = arrays["item_factors"].astype(np.float32)
+        model.item_factors_ = np.asarray(arrays["item_factors"], dtype=np.float32)
         model.length_norm_ = arrays.get("length_norm")
         model.ann_ = load_beside(path, n)
         model.ann_cosine_ = load_beside(path, n, name=COSINE_FOLDER)

@@ -243,7 +243,9 @@ class AnnIndex:
         file = Path(path) / INDEX_FILE
         if not file.is_file():
             raise FileNotFoundError(f"{file}: index missing from the saved ANN folder")
-        index = faiss.read_index(str(file))
+        # mapped, not read (IO_FLAG_MMAP): the inverted lists stay in the file, a search reads the cells
+        # it probes, and the workers of one machine share the pages (docs/studies/catalogue_size.md)
+        index = faiss.read_index(str(file), faiss.IO_FLAG_MMAP)
         if index.ntotal != len(rows):
             raise ValueError(f"{file}: holds {index.ntotal} vectors, rows.npy names {len(rows)}")
         return cls(index, rows, int(meta["n_items"]), config)

@@ -176,7 +176,8 @@ class TextRetriever:
 
     @classmethod
     def load(cls, path: str | Path) -> TextRetriever:
-        meta, arrays = read_folder(path, FORMAT, ("item_embeddings",))
+        # mapped, not read: a request gathers a few history rows (the ANN index answers the rest)
+        meta, arrays = read_folder(path, FORMAT, ("item_embeddings",), mapped=True)
         config = from_dict(TextRetrieverConfig, meta["config"], where=f"{path}/config.json")
         model = cls(config, item_embeddings=arrays["item_embeddings"])
         model.item_embeddings_ = np.ascontiguousarray(arrays["item_embeddings"], dtype=np.float32)

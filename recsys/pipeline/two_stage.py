@@ -388,7 +388,8 @@ class TwoStage:
         config = from_dict(TwoStageConfig, meta["config"], where=f"{path / 'two_stage.json'}:config")
         features = from_dict(FeatureConfig, meta["features"], where=f"{path / 'two_stage.json'}:features")
         emb_path = path / "item_embeddings.npy"
-        embeddings = np.load(emb_path, allow_pickle=False) if emb_path.exists() else None
+        # mapped read-only (the bundle never changes): requests gather only their candidates' rows
+        embeddings = np.load(emb_path, allow_pickle=False, mmap_mode="r") if emb_path.exists() else None
         model = cls(config, items=pl.read_parquet(path / "items.parquet"), item_embeddings=embeddings)
         model.generators_ = {
             name: source(name).load(path / "generators" / name) for name in config.candidates.sources
