@@ -9,7 +9,8 @@ Run from the project root (heavy: under the shared lock, one size per run keeps 
     .venv/bin/python -m benchmarks.catalogue_size --quick                                 # a minute
 
 ``--keep`` keeps each size's data and published bundle under ``--work``; ``--reuse`` then serves
-them again without training (a change to the serving path, measured on the same bundles).
+them again without training (a change to the serving path, measured on the same bundles);
+``--train-only`` trains and keeps without serving, so that a 1M-item size fits two 15-minute runs.
 
 Each size is a synthetic shop of ``benchmarks.synthetic`` (three-level categories, power-law
 popularity, sessions that stay in a leaf) with the **same number of interactions** (``--interactions``),
@@ -152,9 +153,9 @@ def size_figures(items: int, args: argparse.Namespace, root: Path) -> dict[str, 
               f"peak {figures.get('peak_rss_mb', float('nan')):7.0f} MB", flush=True)  # fmt: skip
     facts = record["facts"]
     out |= {k: v for k, v in facts.items() if isinstance(v, int | float | str) and not isinstance(v, bool)}
-    if facts.get("published"):
+    if facts.get("published") and not args.train_only:
         out |= serve(work, args)
-    if not (args.keep or args.reuse):
+    if not (args.keep or args.reuse or args.train_only):
         shutil.rmtree(work, ignore_errors=True)
     return out
 
@@ -213,6 +214,7 @@ def main() -> None:
     parser.add_argument(
         "--reuse", action="store_true", help="Serve a size's bundle kept by an earlier --keep run."
     )
+    parser.add_argument("--train-only", action="store_true", help="Train and keep, serve later (--reuse).")
     parser.add_argument("--work", type=Path, default=Path("/tmp/recsys-catalogue-size"), help="Scratch.")
     parser.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/")
     args = parser.parse_args()

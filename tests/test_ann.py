@@ -250,3 +250,18 @@ def test_a_bundle_carries_each_index_and_answers_the_same_after_loading(tmp_path
     histories = community_data().histories(np.arange(80))
     for got, want in zip(loaded.recommend(histories, 5), model.recommend(histories, 5), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_the_text_source_is_fitted_once_per_catalogue_and_embeddings() -> None:
+    """Text learns nothing from the interactions: the label windows and the final model share one fit
+    (at 1M items its index build takes minutes); other embeddings, or any other source, fit anew."""
+    als = ALSConfig(factors=2, iterations=2, num_threads=1)
+    config = TwoStageConfig(candidates=CandidatesConfig(als=als))
+    items = pl.DataFrame({S.ITEM_ID: [f"i{i}" for i in range(N_ITEMS)], S.TITLE: ["t"] * N_ITEMS})
+    data = community_data()
+    model = TwoStage(config, items=items, item_embeddings=community_embeddings())
+    first = model.fit_source("text", data)
+    assert model.fit_source("text", data) is first
+    assert model.fit_source("als", data) is not model.fit_source("als", data)
+    model.item_embeddings = community_embeddings().copy()
+    assert model.fit_source("text", data) is not first

@@ -85,6 +85,10 @@ class TextRetriever:
         The IVF index over ``item_embeddings_``, for catalogues of at least ``config.ann.min_items``.
     """
 
+    # ``fit`` reads only the embeddings and the catalogue size: the pipeline fits it once and shares it
+    # between the label windows and the served model (``TwoStage.fit_source``)
+    learns_from_interactions = False
+
     def __init__(self, config: TextRetrieverConfig | None = None, *, item_embeddings: np.ndarray) -> None:
         self.config = config or TextRetrieverConfig()
         self.item_embeddings = item_embeddings
