@@ -96,7 +96,14 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         kth = np.where(np.isnan(kth), np.inf, kth)  # NaN among the k best: every scored entry competes
     else:
         kth = np.full(rows, np.inf)
-    row, col = np.nonzero((neg <= kth[:, None]) & (neg < np.inf))  # row-major: items ascending
+    row, col = np.nonzero(neg < kth[:, None])  # fewer than k per row: better than the k-th best
+    # entries tied with the k-th best fill the rest in item order (np.nonzero is row-major), so only
+    # k per row are ever sorted, however many items tie (a popularity fallback's equal counts)
+    tied_row, tied_col = np.nonzero((neg == kth[:, None]) & (neg < np.inf))
+    need = k - np.bincount(row, minlength=rows)  # (rows,) places left for tied entries
+    position = np.arange(len(tied_row)) - np.searchsorted(tied_row, np.arange(rows))[tied_row]
+    fill = position < need[tied_row]
+    row, col = np.concatenate([row, tied_row[fill]]), np.concatenate([col, tied_col[fill]])
     return _first_per_row(row, col, neg[row, col], rows, k)
 
 
