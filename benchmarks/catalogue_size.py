@@ -227,9 +227,10 @@ def main() -> None:
     figures: dict[str, Any] = {"interactions": args.interactions, "sources": ",".join(SOURCES)}
     for items in sorted(sizes):
         figures |= {f"m{items}.{k}": v for k, v in size_figures(items, args, args.work).items()}
-    figures |= ratios(figures, sorted(sizes))
+        figures |= ratios(figures, sorted(sizes))
+        # after every size: a run stopped by its time limit keeps the sizes it measured
+        out = write_results("catalogue_size", figures, params=vars(args), started=started, out=args.out)
     print_table(figures, sorted(sizes))
-    out = write_results("catalogue_size", figures, params=vars(args), started=started, out=args.out)
     print(f"wrote {out}")
 
 
