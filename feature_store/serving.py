@@ -258,8 +258,7 @@ class ServingFeatures:
         return same
 
     def _seen(self, record: Record, rows: np.ndarray) -> np.ndarray:
-        mask = np.zeros(len(self.row_of), dtype=np.int8)
+        # per candidate, not a catalogue-wide mask: a request's cost must not grow with the catalogue
         seen = [r for r in map(self.row_of.get, record[D.SEEN]) if r is not None]
-        mask[seen] = 1
-        out: np.ndarray = mask[rows]
+        out: np.ndarray = np.isin(rows, np.asarray(seen, dtype=np.int64)).astype(np.int8)
         return out

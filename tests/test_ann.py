@@ -189,6 +189,30 @@ def test_als_with_ann_ranks_by_the_same_score() -> None:
     assert (empty == -1).all()
 
 
+def test_als_similar_items_through_the_cosine_index(tmp_path: Path) -> None:
+    """ALS ranks neighbours by cosine: its unit-vector index holds the exact answer's recall, never
+    returns the item itself, gives an untrained item no neighbours, and survives save and load."""
+    _, data, _ = text_case(n_users=3000)
+    exact = ALS(ALSConfig(factors=16, iterations=5, seed=1, num_threads=1)).fit(data)
+    half = AnnConfig(min_items=1, lists=32, probes=16)
+    ann = ALS(ALSConfig(factors=16, iterations=5, seed=1, num_threads=1, ann=half)).fit(data)
+    assert exact.ann_cosine_ is None and ann.ann_cosine_ is not None
+    trained = np.flatnonzero(data.item_counts() > 0)
+    items = trained[::7]
+    want, got = exact.similar_items(items, 50), ann.similar_items(items, 50)
+    assert recall_at_k(got[0], want[0]) >= 0.95
+    assert not (got[0] == items[:, None]).any()
+    np.testing.assert_allclose(got[1][:, 0], want[1][:, 0], atol=1e-5)  # the best cosine itself
+    untrained = np.flatnonzero(data.item_counts() == 0)[:3]
+    assert len(untrained) == 3
+    assert (ann.similar_items(untrained, 5)[0] == -1).all()
+    assert not np.isin(got[0], untrained).any()
+    ann.save(tmp_path / "als")
+    loaded = ALS.load(tmp_path / "als")
+    for a, b in zip(loaded.similar_items(items, 50), got, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_a_folder_saved_before_indexes_loads_and_scores_exactly(tmp_path: Path) -> None:
     """No ``ann/`` and no ``ann`` key in config.json: what bundles written before this look like."""
     vectors, data, histories = text_case(500)
@@ -221,7 +245,23 @@ def test_a_bundle_carries_each_index_and_answers_the_same_after_loading(tmp_path
     model.save(tmp_path / "bundle")
     for name in ("als", "text", "sequential"):
         assert (tmp_path / "bundle" / "generators" / name / "ann" / "index.faiss").is_file(), name
+    assert (tmp_path / "bundle" / "generators" / "als" / "ann_cosine" / "index.faiss").is_file()
     loaded = TwoStage.load(tmp_path / "bundle")
     histories = community_data().histories(np.arange(80))
     for got, want in zip(loaded.recommend(histories, 5), model.recommend(histories, 5), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_the_text_source_is_fitted_once_per_catalogue_and_embeddings() -> None:
+    """Text learns nothing from the interactions: the label windows and the final model share one fit
+    (at 1M items its index build takes minutes); other embeddings, or any other source, fit anew."""
+    als = ALSConfig(factors=2, iterations=2, num_threads=1)
+    config = TwoStageConfig(candidates=CandidatesConfig(als=als))
+    items = pl.DataFrame({S.ITEM_ID: [f"i{i}" for i in range(N_ITEMS)], S.TITLE: ["t"] * N_ITEMS})
+    data = community_data()
+    model = TwoStage(config, items=items, item_embeddings=community_embeddings())
+    first = model.fit_source("text", data)
+    assert model.fit_source("text", data) is first
+    assert model.fit_source("als", data) is not model.fit_source("als", data)
+    model.item_embeddings = community_embeddings().copy()
+    assert model.fit_source("text", data) is not first

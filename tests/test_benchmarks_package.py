@@ -31,6 +31,7 @@ MODULES = sorted(m.name for m in pkgutil.walk_packages(benchmarks.__path__, pref
 RUNNABLE = [
     "benchmarks.ann",
     "benchmarks.ann_quality",
+    "benchmarks.catalogue_size",
     "benchmarks.encode",
     "benchmarks.events_under_load",
     "benchmarks.feature_store",

@@ -13,7 +13,7 @@ import pytest
 import scipy.sparse as sp
 
 from recsys.candidates.als import ALS, ALSConfig, count_matrix, fold_in
-from recsys.candidates.base import mask_history, ranked, top_k
+from recsys.candidates.base import mask_history, neighbours, ranked, sparse_rows, top_entries, top_k
 from recsys.candidates.cooccurrence import CoOccurrence, CoOccurrenceConfig
 from recsys.candidates.itemknn import ItemKNN, ItemKNNConfig
 from recsys.candidates.text import TextRetriever, TextRetrieverConfig
@@ -117,7 +117,7 @@ def test_scores_in_column_layout_equal_the_plain_product() -> None:
 
 
 def _reference_top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Plain top-k by a full stable sort (the order ``top_k`` must give when scores do not tie)."""
+    """Plain top-k by a full stable sort: the order ``top_k`` must give, ties in item order."""
     order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     top = np.take_along_axis(scores, order, axis=1).astype(np.float32)
     ids = np.where(np.isneginf(top), -1, order).astype(np.int32)
@@ -139,10 +139,14 @@ def test_single_row_top_k_equals_the_batched_form(k: int) -> None:
         single = top_k(scores[r : r + 1], k)
         np.testing.assert_array_equal(single[0], batched[0][r : r + 1])
         np.testing.assert_array_equal(single[1], batched[1][r : r + 1])
-    distinct = np.delete(np.arange(5), 1)  # without ties the order is unique: the full sort agrees
-    reference = _reference_top_k(scores[distinct], k)
-    np.testing.assert_array_equal(batched[0][distinct], reference[0])
-    np.testing.assert_array_equal(batched[1][distinct], reference[1])
+    reference = _reference_top_k(scores, k)  # ties too: the full stable sort's order, items ascending
+    np.testing.assert_array_equal(batched[0], reference[0])
+    np.testing.assert_array_equal(batched[1], reference[1])
+    for r in range(len(scores)):  # from a row's scored entries alone (the per-candidate fast paths)
+        entries = np.flatnonzero(np.isfinite(scores[r]))[::-1]  # in any order
+        found = top_entries(entries, scores[r, entries], k)
+        np.testing.assert_array_equal(found[0], reference[0][r : r + 1])
+        np.testing.assert_array_equal(found[1], reference[1][r : r + 1])
 
 
 def test_mask_history_equals_the_sparse_reference() -> None:
@@ -204,13 +208,23 @@ def test_one_history_merges_neighbour_lists_as_the_sparse_product(make: Any) -> 
     data = _interactions()
     model = make().fit(data)
     histories = _histories(data.n_items)
-    for row in range(len(histories)):
-        one = histories.rows(row, row + 1)
-        np.testing.assert_array_equal(model._score_block(one), model._score_sparse(one))
-    single = [model.recommend(histories.rows(r, r + 1), 15) for r in range(len(histories))]
-    batch_ids, batch_scores = model.recommend(histories, 15)  # blocks of many rows: the sparse product
-    np.testing.assert_array_equal(np.concatenate([ids for ids, _ in single]), batch_ids)
-    np.testing.assert_array_equal(np.concatenate([scores for _, scores in single]), batch_scores)
+    if isinstance(model, CoOccurrence):  # its one-history path still fills a dense row
+        for row in range(len(histories)):
+            one = histories.rows(row, row + 1)
+            np.testing.assert_array_equal(model._score_block(one), model._score_sparse(one))
+    for exclude_seen in (True, False):
+        single = [
+            model.recommend(histories.rows(r, r + 1), 15, exclude_seen=exclude_seen)
+            for r in range(len(histories))
+        ]
+        # blocks of many rows: the sparse product
+        batch_ids, batch_scores = model.recommend(histories, 15, exclude_seen=exclude_seen)
+        np.testing.assert_array_equal(np.concatenate([ids for ids, _ in single]), batch_ids)
+        np.testing.assert_array_equal(np.concatenate([scores for _, scores in single]), batch_scores)
+        # and both as the dense reference: every item's score row, ranked by top_k
+        dense = ranked(model._score_sparse, histories, 15, data.n_items, exclude_seen=exclude_seen)
+        np.testing.assert_array_equal(dense[0], batch_ids)
+        np.testing.assert_array_equal(dense[1], batch_scores)
 
 
 def test_one_rows_transition_entries_equal_scipy_indexing() -> None:
@@ -226,3 +240,51 @@ def test_one_rows_transition_entries_equal_scipy_indexing() -> None:
         rows = np.full(len(candidates), last)
         expected = np.asarray(transitions[rows, candidates]).ravel()
         np.testing.assert_array_equal(_entries(transitions, rows, candidates), expected)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: ItemKNN(ItemKNNConfig(neighbours=20, num_threads=1)),
+        lambda: CoOccurrence(CoOccurrenceConfig(neighbours=15)),
+    ],
+)
+def test_similar_items_from_stored_rows_equal_the_dense_reference(make: Any) -> None:
+    """``sparse_neighbours`` (the stored entries of the query rows alone) answers as the dense
+    reference, ``neighbours`` over full ``sparse_rows``, ties and short rows included."""
+    from recsys.candidates.base import sparse_neighbours
+
+    model = make().fit(_interactions())
+    matrix = model.similarity_
+    matrix.data = np.round(matrix.data, 1)  # many ties
+    items = np.arange(matrix.shape[0])  # rows with and without entries (untrained items)
+    for n in (1, 5, 30):
+        expected = neighbours(lambda query: sparse_rows(matrix, query), items, n, matrix.shape[1])
+        found = sparse_neighbours(matrix, items, n)
+        np.testing.assert_array_equal(found[0], expected[0])
+        np.testing.assert_array_equal(found[1], expected[1])
+
+
+def test_popularity_from_its_order_equals_the_dense_reference() -> None:
+    """``Popularity.recommend`` (the head of one stored order, history dropped) answers as the dense
+    reference: ``ranked`` over the whole catalogue's scores, ties and short catalogues included."""
+    from recsys.candidates.popularity import Popularity
+
+    data = _interactions()
+    model = Popularity().fit(data)
+    model.scores_ = np.round(model.scores_ / 3).astype(np.float32)  # many ties
+    scores = model.scores_
+    histories = _histories(data.n_items)
+    for n, exclude_seen in [(10, True), (10, False), (200, True), (1, True)]:
+        expected = ranked(
+            lambda block: np.tile(scores, (len(block), 1)),
+            histories,
+            n,
+            data.n_items,
+            exclude_seen=exclude_seen,
+        )
+        for rows in (histories, histories.rows(3, 4)):
+            found = model.recommend(rows, n, exclude_seen=exclude_seen)
+            start = 0 if rows is histories else 3
+            np.testing.assert_array_equal(found[0], expected[0][start : start + len(rows)])
+            np.testing.assert_array_equal(found[1], expected[1][start : start + len(rows)])

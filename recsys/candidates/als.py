@@ -44,6 +44,7 @@ from recsys.config import from_dict, to_dict
 from recsys.data.dataset import Histories, Interactions
 
 FORMAT = "recsys.als/1"
+COSINE_FOLDER = "ann_cosine"  # the cosine index of similar_items, beside ``ann/``
 
 
 @dataclass(frozen=True)
@@ -186,6 +187,9 @@ class ALS:
         (n_items,) BM25 item length normalisation from training (only with ``bm25``).
     ann_ : AnnIndex or None
         IVF index of the trained items' factors, for catalogues of at least ``config.ann.min_items``.
+    ann_cosine_ : AnnIndex or None
+        IVF index of the trained items' *unit* factors, at the same sizes: ``similar_items`` ranks by
+        cosine, which the inner-product index of unequal norms does not order.
     """
 
     def __init__(self, config: ALSConfig | None = None) -> None:
@@ -195,7 +199,9 @@ class ALS:
         self._gram_: np.ndarray | None = None  # derived from item_factors_ on first use
         self._untrained_: np.ndarray | None = None
         self._columns_: np.ndarray | None = None
+        self._unit_: np.ndarray | None = None
         self.ann_: AnnIndex | None = None
+        self.ann_cosine_: AnnIndex | None = None
 
     def fit(self, data: Interactions) -> Self:
         """Factorise the (optionally BM25-weighted) count or weight matrix of ``data``."""
@@ -213,9 +219,13 @@ class ALS:
         if hasattr(model, "to_cpu"):  # the GPU solver keeps its factors on the device
             model = model.to_cpu()
         self.item_factors_ = np.ascontiguousarray(model.item_factors, dtype=np.float32)
-        self._gram_ = self._untrained_ = self._columns_ = None
+        self._gram_ = self._untrained_ = self._columns_ = self._unit_ = None
         trained = np.flatnonzero(~self._untrained())  # untrained items are never recommended
         self.ann_ = build_if_large(self.item_factors_, cfg.ann, rows=trained)
+        if len(self.item_factors_) >= cfg.ann.min_items:  # not kept: the exact path makes it if needed
+            self.ann_cosine_ = AnnIndex.build(_unit_rows(self.item_factors_), cfg.ann, rows=trained)
+        else:
+            self.ann_cosine_ = None
         return self
 
     def _new_implicit(self) -> Any:
@@ -314,23 +324,37 @@ class ALS:
         return ranked(self._score_block, histories, n, self.n_items, exclude_seen=exclude_seen)
 
     def similar_items(self, items: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """The ``n`` items with the highest cosine between item factors (never the item itself)."""
+        """The ``n`` items with the highest cosine between item factors (never the item itself), searched
+        in ``ann_cosine_`` when there is one; an untrained item has no direction and no neighbours."""
         check_fitted(self, "item_factors_")
         assert self.item_factors_ is not None
-        norms = np.linalg.norm(self.item_factors_, axis=1)
-        unit = self.item_factors_ / np.where(norms > 0, norms, 1.0)[:, None]
-        trained = norms > 0
+        query = np.asarray(items, dtype=np.int64).ravel()
+        check_items(query, self.n_items, "items")
+        untrained = self._untrained()
 
-        def score_rows(query: np.ndarray) -> np.ndarray:
-            cos: np.ndarray = unit[query] @ unit.T  # (block, n_items)
-            cos[:, ~trained] = -np.inf
-            cos[~trained[query]] = -np.inf  # an untrained item has no direction
+        def score_rows(rows: np.ndarray) -> np.ndarray:
+            unit = self._unit()
+            cos: np.ndarray = unit[rows] @ unit.T  # (block, n_items)
+            cos[:, untrained] = -np.inf
+            cos[untrained[rows]] = -np.inf
             return cos
 
-        return neighbours(score_rows, items, n, self.n_items)
+        if self.ann_cosine_ is None:
+            return neighbours(score_rows, query, n, self.n_items)
+        ids, scores = self.ann_cosine_.similar(query, _unit_rows(self.item_factors_[query]), n, score_rows)
+        ids[untrained[query]], scores[untrained[query]] = -1, -np.inf  # a zero query scores every item 0
+        return ids, scores
+
+    def _unit(self) -> np.ndarray:
+        """(n_items, factors) unit item factors (untrained rows stay zero), made on first use."""
+        if self._unit_ is None:
+            assert self.item_factors_ is not None
+            self._unit_ = _unit_rows(self.item_factors_)
+        return self._unit_
 
     def save(self, path: Path) -> None:
-        """Write ``config.json``, ``item_factors.npy`` (and ``length_norm.npy``, ``ann/``) into ``path``."""
+        """Write ``config.json``, ``item_factors.npy`` (and ``length_norm.npy``, ``ann/``,
+        ``ann_cosine/``) into ``path``."""
         check_fitted(self, "item_factors_")
         assert self.item_factors_ is not None
         arrays = {"item_factors": self.item_factors_}
@@ -339,18 +363,31 @@ class ALS:
         meta = {"format": FORMAT, "n_items": self.n_items, "config": to_dict(self.config)}
         write_folder(path, meta, arrays)
         save_beside(self.ann_, path)
+        save_beside(self.ann_cosine_, path, name=COSINE_FOLDER)
 
     @classmethod
     def load(cls, path: Path) -> ALS:
         """Read a folder written by :meth:`save`."""
         meta = read_meta(path, FORMAT)
         config = from_dict(ALSConfig, meta["config"], where=f"{Path(path) / 'config.json'}:config")
-        arrays = read_arrays(path, ("item_factors", "length_norm") if config.bm25 else ("item_factors",))
+        names = ("item_factors", "length_norm") if config.bm25 else ("item_factors",)
+        arrays = read_arrays(path, names, mapped=True)  # a request gathers its history's rows
         model = cls(config)
         n = int(meta["n_items"])
         if arrays["item_factors"].shape != (n, config.factors):
             raise ValueError(f"{path}: item_factors.npy is not ({n}, {config.factors})")
-        model.item_factors_ = arrays["item_factors"].astype(np.float32)
+        model.item_factors_ = np.asarray(arrays["item_factors"], dtype=np.float32)
         model.length_norm_ = arrays.get("length_norm")
         model.ann_ = load_beside(path, n)
+        model.ann_cosine_ = load_beside(path, n, name=COSINE_FOLDER)
         return model
+
+
+def _unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """Each row divided by its norm; zero rows stay zero.
+
+    >>> _unit_rows(np.array([[3.0, 4.0], [0.0, 0.0]], np.float32)).tolist()
+    [[0.6000000238418579, 0.800000011920929], [0.0, 0.0]]
+    """
+    norms = np.linalg.norm(vectors, axis=1)
+    return np.asarray(vectors / np.where(norms > 0, norms, 1.0)[:, None], dtype=np.float32)

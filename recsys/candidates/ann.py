@@ -42,7 +42,16 @@ from typing import Any
 
 import numpy as np
 
-from recsys.candidates.base import BLOCK_ROWS, ScoreFn, check_items, check_n, neighbours, ranked, top_k
+from recsys.candidates.base import (
+    BLOCK_ROWS,
+    ScoreFn,
+    check_items,
+    check_n,
+    drop_seen,
+    neighbours,
+    ranked,
+    top_k,
+)
 from recsys.config import from_dict, to_dict
 from recsys.data.dataset import Histories
 from recsys.data.io import atomic_path
@@ -234,7 +243,9 @@ class AnnIndex:
         file = Path(path) / INDEX_FILE
         if not file.is_file():
             raise FileNotFoundError(f"{file}: index missing from the saved ANN folder")
-        index = faiss.read_index(str(file))
+        # mapped, not read (IO_FLAG_MMAP): the inverted lists stay in the file, a search reads the cells
+        # it probes, and the workers of one machine share the pages (docs/studies/catalogue_size.md)
+        index = faiss.read_index(str(file), faiss.IO_FLAG_MMAP)
         if index.ntotal != len(rows):
             raise ValueError(f"{file}: holds {index.ntotal} vectors, rows.npy names {len(rows)}")
         return cls(index, rows, int(meta["n_items"]), config)
@@ -280,7 +291,7 @@ class AnnIndex:
             available -= _distinct_indexed(asked, self._indexed())
         found, found_scores = self.search(vectors, max(1, min(fetch, len(self.rows))))
         if exclude_seen:
-            found, found_scores = _drop_seen(found, found_scores, asked)
+            found, found_scores = drop_seen(found, found_scores, asked)
         short = (found >= 0).sum(axis=1) < np.minimum(n, available)
         out_ids = np.full((len(asked), n), -1, np.int32)
         out_scores = np.full((len(asked), n), -np.inf, np.float32)
@@ -317,22 +328,22 @@ def build_if_large(
     return AnnIndex.build(vectors, config, rows=rows) if len(vectors) >= config.min_items else None
 
 
-def save_beside(index: AnnIndex | None, folder: str | Path) -> None:
-    """Save a source's index into ``folder/ann`` (call after the source's own folder is written:
+def save_beside(index: AnnIndex | None, folder: str | Path, *, name: str = FOLDER) -> None:
+    """Save a source's index into ``folder/<name>`` (call after the source's own folder is written:
     that write replaces the folder). A crash in between leaves a folder without index: still valid,
     scored exactly."""
     if index is not None:
-        index.save(Path(folder) / FOLDER)
+        index.save(Path(folder) / name)
 
 
-def load_beside(folder: str | Path, n_items: int) -> AnnIndex | None:
-    """The index saved in ``folder/ann``, or None for a folder without one (saved before indexes
+def load_beside(folder: str | Path, n_items: int, *, name: str = FOLDER) -> AnnIndex | None:
+    """The index saved in ``folder/<name>``, or None for a folder without one (saved before indexes
     existed, or below ``min_items``)."""
-    if not (Path(folder) / FOLDER).is_dir():
+    if not (Path(folder) / name).is_dir():
         return None
-    index = AnnIndex.load(Path(folder) / FOLDER)
+    index = AnnIndex.load(Path(folder) / name)
     if index.n_items != n_items:
-        raise ValueError(f"{Path(folder) / FOLDER}: index of {index.n_items} items, the model has {n_items}")
+        raise ValueError(f"{Path(folder) / name}: index of {index.n_items} items, the model has {n_items}")
     return index
 
 
@@ -352,16 +363,3 @@ def _distinct_indexed(histories: Histories, indexed: np.ndarray) -> np.ndarray:
     keep = indexed[items]
     keys = np.unique(row_of[keep].astype(np.int64) * (1 << 32) + items[keep])
     return np.bincount(keys >> 32, minlength=len(histories))
-
-
-def _drop_seen(found: np.ndarray, scores: np.ndarray, seen: Histories) -> tuple[np.ndarray, np.ndarray]:
-    """Remove each row's history items from its results, keeping the order and padding the end."""
-    rows = np.arange(len(found), dtype=np.int64)[:, None]
-    keys = rows * (1 << 32) + found  # (rows, fetched)
-    seen_rows = np.repeat(np.arange(len(seen), dtype=np.int64), seen.lengths())
-    seen_keys = seen_rows * (1 << 32) + seen.items[seen.indptr[0] : seen.indptr[-1]]
-    drop = np.isin(keys, seen_keys) | (found < 0)
-    order = np.argsort(drop, axis=1, kind="stable")  # kept entries first, in their order
-    found = np.where(np.take_along_axis(drop, order, axis=1), -1, np.take_along_axis(found, order, axis=1))
-    scores = np.where(found >= 0, np.take_along_axis(scores, order, axis=1), -np.inf)
-    return found.astype(np.int32), scores.astype(np.float32)

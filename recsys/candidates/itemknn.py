@@ -30,7 +30,15 @@ import scipy.sparse as sp
 
 from recsys.candidates.als import count_matrix
 from recsys.candidates.artifact import read_folder, write_folder
-from recsys.candidates.base import check_fitted, neighbour_evidence, neighbours, ranked, sparse_rows
+from recsys.candidates.base import (
+    check_fitted,
+    check_items,
+    check_n,
+    neighbour_sums,
+    sparse_neighbours,
+    sparse_ranked,
+    top_entries,
+)
 from recsys.config import from_dict, to_dict
 from recsys.data.dataset import Histories, Interactions
 
@@ -120,18 +128,36 @@ class ItemKNN:
         assert self.similarity_ is not None
         return int(self.similarity_.shape[0])
 
-    def _score_block(self, block: Histories) -> np.ndarray:
+    def _recommend_one(
+        self, history: Histories, n: int, *, exclude_seen: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One request: merge its items' neighbour lists and rank only the items they name.
+
+        The same answer, bit for bit, as ``ranked(self._score_sparse, ...)`` (the scores add up as
+        scipy's product does, ``top_entries`` orders as ``top_k``), at a cost of history x neighbours
+        instead of the catalogue. Batches (offline evaluation, campaigns) take one sparse product per
+        block and rank its entries (``sparse_ranked``), never a dense (block, catalogue) row either.
+        """
         assert self.similarity_ is not None
-        if len(block) == 1:  # one request: merge its items' neighbour lists (same scores, bit for bit)
-            items, counts = np.unique(block.sequence(0), return_counts=True)
-            evidence_row = neighbour_evidence(self.similarity_, items, counts)
-            return np.where(evidence_row != 0, evidence_row, np.float32(-np.inf))[None]
-        return self._score_sparse(block)
+        check_n(n)
+        check_items(history.items, self.n_items, "histories.items")
+        items, counts = np.unique(history.sequence(0), return_counts=True)
+        cols, sums = neighbour_sums(self.similarity_, items, counts)
+        evidence = sums != 0  # as the dense path: no evidence, no recommendation
+        if exclude_seen:
+            evidence &= ~np.isin(cols, items)
+        return top_entries(cols[evidence], sums[evidence], n)
+
+    def _evidence(self, block: Histories) -> sp.csr_matrix:
+        """(block, n_items) sparse: ``count_matrix(block) @ similarity_``."""
+        assert self.similarity_ is not None
+        evidence: sp.csr_matrix = count_matrix(block, self.n_items) @ self.similarity_
+        return evidence
 
     def _score_sparse(self, block: Histories) -> np.ndarray:
-        """(block, n_items): ``count_matrix(block) @ similarity_``, -inf where there is no evidence."""
-        assert self.similarity_ is not None
-        evidence = (count_matrix(block, self.n_items) @ self.similarity_).tocoo()  # (block, n_items)
+        """(block, n_items) dense :meth:`_evidence`, -inf where there is none: the reference that
+        the sparse paths are tested against."""
+        evidence = self._evidence(block).tocoo()
         dense = np.full((len(block), self.n_items), -np.inf, np.float32)
         dense[evidence.row, evidence.col] = evidence.data
         return dense
@@ -141,14 +167,17 @@ class ItemKNN:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top ``n`` neighbours of each history, excluding its items unless ``exclude_seen`` is False:
         ``(ids, scores)``, (batch, n)."""
-        return ranked(self._score_block, histories, n, self.n_items, exclude_seen=exclude_seen)
+        check_fitted(self, "similarity_")
+        if len(histories) == 1:
+            return self._recommend_one(histories, n, exclude_seen=exclude_seen)
+        return sparse_ranked(self._evidence, histories, n, self.n_items, exclude_seen=exclude_seen)
 
     def similar_items(self, items: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """The ``n`` most similar items of each item (its similarity row, never the item itself)."""
+        """The ``n`` most similar items of each item (its similarity row, never the item itself), read
+        from the stored rows alone (``sparse_neighbours``: the dense reference's answer)."""
         check_fitted(self, "similarity_")
         assert self.similarity_ is not None
-        similarity = self.similarity_
-        return neighbours(lambda query: sparse_rows(similarity, query), items, n, self.n_items)
+        return sparse_neighbours(self.similarity_, items, n)
 
     def save(self, path: Path) -> None:
         """Write ``config.json`` and the CSR parts of ``similarity_`` as ``.npy`` into ``path``."""

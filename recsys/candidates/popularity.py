@@ -24,7 +24,7 @@ from typing import Self
 import numpy as np
 
 from recsys.candidates.artifact import read_folder, write_folder
-from recsys.candidates.base import check_fitted, neighbours, ranked
+from recsys.candidates.base import check_fitted, check_items, check_n, drop_seen, neighbours
 from recsys.config import from_dict, to_dict
 from recsys.data.dataset import Histories, Interactions
 
@@ -64,6 +64,7 @@ class Popularity:
     def __init__(self, config: PopularityConfig | None = None) -> None:
         self.config = config or PopularityConfig()
         self.scores_: np.ndarray | None = None
+        self._order_: np.ndarray | None = None  # derived from scores_ on first use
 
     def fit(self, data: Interactions) -> Self:
         """Sum the (decayed) events of each item."""
@@ -72,6 +73,7 @@ class Popularity:
             age = (data.timestamps.max() - data.timestamps).astype(np.float64)
             weights = weights * np.exp2(-age / self.config.half_life)
         self.scores_ = np.bincount(data.items, weights=weights, minlength=data.n_items).astype(np.float32)
+        self._order_ = None
         return self
 
     @property
@@ -95,12 +97,29 @@ class Popularity:
         ``(ids, scores)`` of shape (batch, n)."""
         check_fitted(self, "scores_")
         assert self.scores_ is not None
-        scores = self.scores_
+        check_n(n)
+        check_items(histories.items, self.n_items, "histories.items")
+        order = self._order()
+        # the best n plus as many as a row's history can remove: enough for every row, from one head
+        longest = int(histories.lengths().max(initial=0)) if exclude_seen else 0
+        head = order[: n + longest]
+        ids = np.broadcast_to(head.astype(np.int32), (len(histories), len(head)))
+        scores = np.broadcast_to(self.scores_[head], ids.shape)
+        if exclude_seen:
+            ids, scores = drop_seen(ids, scores, histories)
+        out_ids = np.full((len(histories), n), -1, dtype=np.int32)
+        out_scores = np.full((len(histories), n), -np.inf, dtype=np.float32)
+        width = min(n, ids.shape[1])
+        out_ids[:, :width], out_scores[:, :width] = ids[:, :width], scores[:, :width]
+        return out_ids, out_scores
 
-        def score_block(block: Histories) -> np.ndarray:
-            return np.tile(scores, (len(block), 1))
-
-        return ranked(score_block, histories, n, self.n_items, exclude_seen=exclude_seen)
+    def _order(self) -> np.ndarray:
+        """Every item by descending score, ties in item order (``top_k``'s order); made once."""
+        if self._order_ is None:
+            assert self.scores_ is not None
+            order = np.argsort(-self.scores_, kind="stable")
+            self._order_ = order[-self.scores_[order] < np.inf]  # as top_k: -inf or NaN is never listed
+        return self._order_
 
     def similar_items(self, items: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``n`` most popular items other than each query item (popularity knows no similarity)."""

@@ -85,6 +85,10 @@ class TextRetriever:
         The IVF index over ``item_embeddings_``, for catalogues of at least ``config.ann.min_items``.
     """
 
+    # ``fit`` reads only the embeddings and the catalogue size: the pipeline fits it once and shares it
+    # between the label windows and the served model (``TwoStage.fit_source``)
+    learns_from_interactions = False
+
     def __init__(self, config: TextRetrieverConfig | None = None, *, item_embeddings: np.ndarray) -> None:
         self.config = config or TextRetrieverConfig()
         self.item_embeddings = item_embeddings
@@ -176,7 +180,8 @@ class TextRetriever:
 
     @classmethod
     def load(cls, path: str | Path) -> TextRetriever:
-        meta, arrays = read_folder(path, FORMAT, ("item_embeddings",))
+        # mapped, not read: a request gathers a few history rows (the ANN index answers the rest)
+        meta, arrays = read_folder(path, FORMAT, ("item_embeddings",), mapped=True)
         config = from_dict(TextRetrieverConfig, meta["config"], where=f"{path}/config.json")
         model = cls(config, item_embeddings=arrays["item_embeddings"])
         model.item_embeddings_ = np.ascontiguousarray(arrays["item_embeddings"], dtype=np.float32)

@@ -127,19 +127,26 @@ class Recommender:
     def _rows(self, item_ids: Sequence[str]) -> list[int]:
         return [self._row_of[i] for i in item_ids if i in self._row_of]
 
-    def _allowed(self, filters: Filters | None) -> np.ndarray:
-        """(n_items,) bool: the items a request's filters let through."""
-        ok = np.ones(len(self._ids), dtype=bool)
+    def _allowed(self, filters: Filters | None, *, excluded: Sequence[int] = ()) -> np.ndarray:
+        """(n_items,) bool: the items a request's filters let through, ``excluded`` rows not. Only the
+        popularity fallback needs it; ranked candidates are checked one by one (``_passing``)."""
+        ok = self._passing(filters, np.arange(len(self._ids)))
+        ok[list(excluded)] = False
+        return ok
+
+    def _passing(self, filters: Filters | None, rows: np.ndarray) -> np.ndarray:
+        """(len(rows),) bool: which of the item ``rows`` a request's filters let through."""
+        ok = np.ones(len(rows), dtype=bool)
         if filters is None:
             return ok
         if filters.categories is not None:
-            ok &= np.isin(self._category, list(filters.categories))
-        ok[self._rows(filters.exclude_item_ids)] = False
+            ok &= np.isin(self._category[rows], list(filters.categories))
+        ok &= ~np.isin(rows, self._rows(filters.exclude_item_ids))
         with np.errstate(invalid="ignore"):
             if filters.price_min is not None:
-                ok &= self._price >= filters.price_min
+                ok &= self._price[rows] >= filters.price_min
             if filters.price_max is not None:
-                ok &= self._price <= filters.price_max
+                ok &= self._price[rows] <= filters.price_max
         return ok
 
     # --- answering ---------------------------------------------------------------------------------
@@ -217,12 +224,21 @@ class Recommender:
         ]
 
     def _top(
-        self, candidates: Candidates, scores: np.ndarray, row: int, allowed: np.ndarray, n: int
+        self,
+        candidates: Candidates,
+        scores: np.ndarray,
+        row: int,
+        n: int,
+        *,
+        filters: Filters | None,
+        excluded: Sequence[int],
     ) -> list[Recommendation]:
-        """The ``n`` best allowed candidates of history ``row``, filled with popular allowed items."""
+        """The ``n`` best candidates of history ``row`` that pass ``filters`` and are not ``excluded``
+        (item rows), filled with popular items that qualify. Per candidate: nothing here reads the
+        whole catalogue unless too few candidates qualify."""
         ids = candidates.ids[row]
         ok = (ids >= 0) & np.isfinite(scores[row])
-        ok[ok] &= allowed[ids[ok]]
+        ok[ok] &= self._passing(filters, ids[ok]) & ~np.isin(ids[ok], np.asarray(excluded, dtype=np.int64))
         by_score = np.argsort(-scores[row], kind="stable")
         order = by_score[ok[by_score]][:n]
         # which sources proposed each answer (rank NaN: not proposed), as Python bools in one call
@@ -237,8 +253,8 @@ class Recommender:
             for j, flags in zip(order.tolist(), proposed, strict=True)
         ]
         if len(out) < n:  # filters left too few: fill with popular items that pass them
-            allowed[[self._row_of[r.item_id] for r in out]] = False
-            out += self._popular(allowed, n - len(out))
+            chosen = [self._row_of[r.item_id] for r in out]
+            out += self._popular(self._allowed(filters, excluded=[*excluded, *chosen]), n - len(out))
         return out
 
     def _answer(
@@ -252,7 +268,6 @@ class Recommender:
     ) -> list[list[Recommendation]]:
         """Top ``n`` of each history (item rows, oldest first): every non-empty history's candidates
         are scored in one pass; an empty history gets recent popularity."""
-        passing = self._allowed(filters)
         known = [u for u, history in enumerate(rows) if history]
         scored = (
             self._scored([rows[u] for u in known], [records[u] for u in known], exclude_seen=exclude_seen)
@@ -262,13 +277,11 @@ class Recommender:
         row_of = {u: i for i, u in enumerate(known)}
         out = []
         for u, history in enumerate(rows):
-            allowed = passing.copy()
-            if exclude_seen:
-                allowed[history] = False
+            excluded = history if exclude_seen else []
             if scored is not None and u in row_of:
-                out.append(self._top(*scored, row_of[u], allowed, n))
+                out.append(self._top(*scored, row_of[u], n, filters=filters, excluded=excluded))
             else:
-                out.append(self._popular(allowed, n))
+                out.append(self._popular(self._allowed(filters, excluded=excluded), n))
         return out
 
     def recommend(

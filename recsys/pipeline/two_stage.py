@@ -169,6 +169,10 @@ class TwoStage:
         self.report_: dict[str, Any] | None = None
         self._time_unit: Literal["auto", "seconds", "steps"] = config.time_unit  # ranker_rows() resolves it
         self._stops: list[dict[str, Any]] = []  # each early-stopped source fit, as fit_source noted it
+        # sources that learn nothing from the interactions (``learns_from_interactions = False``: text),
+        # fitted once per catalogue size and embeddings, shared by the label windows and the final model:
+        # their fit would give the same model again (at 1M items, an ANN build of minutes)
+        self._fixed: dict[tuple[str, int], tuple[object, CandidateGenerator]] = {}
 
     # --- fitting -----------------------------------------------------------------------------------
     def fit(self, data: Interactions) -> Self:
@@ -209,7 +213,12 @@ class TwoStage:
     def fit_source(self, name: str, data: Interactions) -> CandidateGenerator:
         """Candidate source ``name``, configured as this model configures it, fitted on ``data``."""
         config = self.config.source_config(name, time_unit=self._time_unit)
+        embeddings, fixed = self._fixed.get((name, data.n_items), (None, None))
+        if fixed is not None and embeddings is self.item_embeddings:
+            return fixed
         fitted = source(name).build(config, item_embeddings=self.item_embeddings).fit(data)
+        if not getattr(fitted, "learns_from_interactions", True):
+            self._fixed[name, data.n_items] = (self.item_embeddings, fitted)
         reason = getattr(fitted, "stop_reason_", None)  # sources that stop early say why (sequential)
         if reason is not None:
             epochs = len(getattr(fitted, "history_", []))
@@ -388,7 +397,8 @@ class TwoStage:
         config = from_dict(TwoStageConfig, meta["config"], where=f"{path / 'two_stage.json'}:config")
         features = from_dict(FeatureConfig, meta["features"], where=f"{path / 'two_stage.json'}:features")
         emb_path = path / "item_embeddings.npy"
-        embeddings = np.load(emb_path, allow_pickle=False) if emb_path.exists() else None
+        # mapped read-only (the bundle never changes): requests gather only their candidates' rows
+        embeddings = np.load(emb_path, allow_pickle=False, mmap_mode="r") if emb_path.exists() else None
         model = cls(config, items=pl.read_parquet(path / "items.parquet"), item_embeddings=embeddings)
         model.generators_ = {
             name: source(name).load(path / "generators" / name) for name in config.candidates.sources
