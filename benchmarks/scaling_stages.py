@@ -216,7 +216,7 @@ def run_point(point: Point, guards: Guards, work: Path, out: Path) -> None:
     if record.runnable("ranker_rows"):
         with record.stage("ranker_rows"):
             rows = model.ranker_rows(data)
-        record.facts |= {"ranker_rows": int(rows.keep.sum()), "ranker_rows_all": len(rows.labels),
+        record.facts |= {"ranker_rows": len(rows.labels), "ranker_rows_all": rows.report["candidate_rows"],
                          "ranker_features": len(rows.feature_names)}  # fmt: skip
     ranker = None
     if record.runnable("ranker_train") and rows is not None:
