@@ -293,6 +293,24 @@ STAGES = ["generate", "ingest", "ranker_rows", "ranker_train", "source_als", "so
           "features", "bundle_write", "publish"]  # fmt: skip
 
 
+def chosen_points(points: list[str] | None, sizes: list[tuple[int, int]]) -> set[tuple[int, int]]:
+    """The sizes ``--points`` names (every size without it); a point outside the design is an error.
+
+    >>> sorted(chosen_points(["1000x10"], [(1000, 10), (10, 10)]))
+    [(1000, 10)]
+    """
+    if points is None:
+        return set(sizes)
+    chosen = set()
+    for text in points:
+        interactions, _, items = text.partition("x")
+        if not (interactions.isdigit() and items.isdigit()) or (int(interactions), int(items)) not in sizes:
+            known = " ".join(f"{i}x{m}" for i, m in sizes)
+            raise SystemExit(f"--points: {text!r} is not a point of the design ({known})")
+        chosen.add((int(interactions), int(items)))
+    return chosen
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="Tiny sizes (under a minute), for tests.")
@@ -306,6 +324,10 @@ def main() -> None:
         "--embed-items", type=int, nargs="*", default=None, help="default 500 2000 (quick: none)"
     )
     parser.add_argument("--no-sequential", action="store_true", help="Skip the sequential source's fit.")
+    parser.add_argument(
+        "--points", nargs="+", default=None, metavar="IxM",
+        help="Only these points of the design, as INTERACTIONSxITEMS (1000000x10000); the others: not run.",
+    )  # fmt: skip
     parser.add_argument("--work", type=Path, default=Path("/tmp/recsys-scaling"), help="Scratch (emptied).")
     parser.add_argument("--out", type=Path, default=None, help="default benchmarks/results/scaling.json")
     parser.add_argument("--plot", type=Path, default=None, help="default docs/scaling.png")
@@ -317,14 +339,18 @@ def main() -> None:
     args.serve_seconds = args.serve_seconds or (2.0 if quick else 15.0)
     args.embed_items = args.embed_items if args.embed_items is not None else ([] if quick else [500, 2000])
     axes = QUICK_AXES if quick else SMALL_AXES if args.small else FULL_AXES
+    sizes = design(axes)
+    chosen = chosen_points(args.points, sizes)
     clock = time.perf_counter()
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
     done: dict[tuple[int, int], dict[str, Any]] = {}
     facts: dict[tuple[int, int], dict[str, Any]] = {}
     embedded = embedding_axis(args.embed_items, args.work, timeout=args.point_budget_s)  # first: cheap
-    sizes = design(axes)
     for size in sizes:
+        if size not in chosen:
+            done[size], facts[size] = {}, {"not_run": "not in --points"}
+            continue
         left = args.total_budget_s - (time.perf_counter() - clock)
         if left < 60:
             print(f"{Point(*size).name}: not run, the total budget is spent", flush=True)
