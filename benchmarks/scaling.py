@@ -328,6 +328,7 @@ def main() -> None:
         "--points", nargs="+", default=None, metavar="IxM",
         help="Only these points of the design, as INTERACTIONSxITEMS (1000000x10000); the others: not run.",
     )  # fmt: skip
+    parser.add_argument("--skip-stages", nargs="+", default=[], choices=STAGES, help="Stages not run.")
     parser.add_argument("--work", type=Path, default=Path("/tmp/recsys-scaling"), help="Scratch (emptied).")
     parser.add_argument("--out", type=Path, default=None, help="default benchmarks/results/scaling.json")
     parser.add_argument("--plot", type=Path, default=None, help="default docs/scaling.png")
@@ -361,7 +362,7 @@ def main() -> None:
         work = args.work / point.name
         work.mkdir()
         predicted = {s: p for s in STAGES if (p := predict(s, size, done)) is not None}
-        guards = Guards(args.stage_budget_s, args.memory_limit_mb, predicted)
+        guards = Guards(args.stage_budget_s, args.memory_limit_mb, predicted, tuple(args.skip_stages))
         print(f"{point.name}: {size[0]:,} interactions, {size[1]:,} items", flush=True)
         record = run_child(run_point, (point, guards, work, work / "stages.json"), work / "stages.json",
                            timeout=min(args.point_budget_s, left))  # fmt: skip

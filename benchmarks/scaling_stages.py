@@ -77,6 +77,7 @@ class Guards:
     stage_budget_s: float
     memory_limit_mb: float
     predicted: dict[str, float] = field(default_factory=dict)  # stage -> seconds, from smaller sizes
+    skip: tuple[str, ...] = ()  # stages not run (``--skip-stages``)
 
 
 class RssSampler:
@@ -144,6 +145,10 @@ class Recorder:
         needed = NEEDS.get(stage)
         if needed is not None and self.stages.get(needed, {}).get("status") != "measured":
             self.stages[stage] = {"status": f"skipped-needs-{needed}"}
+            self.flush()
+            return False
+        if stage in self.guards.skip:
+            self.stages[stage] = {"status": "skipped-by-option"}
             self.flush()
             return False
         predicted = self.guards.predicted.get(stage)

@@ -127,9 +127,7 @@ class CoOccurrence:
         cooc.eliminate_zeros()
         safe = np.maximum(counts, 1.0)
         _divide_entries(cooc, safe**cfg.alpha, safe**cfg.beta)
-        # the top neighbours of the stored float32 values: entries that float64 sums in another order
-        # would tell apart by their last bit are ties, broken by column
-        self.similarity_ = _top_per_row(cooc.astype(np.float32), cfg.neighbours)
+        self.similarity_ = _top_per_row(cooc, cfg.neighbours).astype(np.float32)
         self.item_counts_ = counts.astype(np.int64)
         return self
 
