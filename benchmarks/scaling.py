@@ -328,6 +328,24 @@ STAGES = ["generate", "ingest", "ranker_rows", "ranker_train", "source_als", "so
           "features", "bundle_write", "publish"]  # fmt: skip
 
 
+def chosen_points(points: list[str] | None, sizes: list[tuple[int, int]]) -> set[tuple[int, int]]:
+    """The sizes ``--points`` names (every size without it); a point outside the design is an error.
+
+    >>> sorted(chosen_points(["1000x10"], [(1000, 10), (10, 10)]))
+    [(1000, 10)]
+    """
+    if points is None:
+        return set(sizes)
+    chosen = set()
+    for text in points:
+        interactions, _, items = text.partition("x")
+        if not (interactions.isdigit() and items.isdigit()) or (int(interactions), int(items)) not in sizes:
+            known = " ".join(f"{i}x{m}" for i, m in sizes)
+            raise SystemExit(f"--points: {text!r} is not a point of the design ({known})")
+        chosen.add((int(interactions), int(items)))
+    return chosen
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="Tiny sizes (under a minute), for tests.")
@@ -346,6 +364,11 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--ray-workers", type=int, default=None, help="default: the Ray engine's own")
     parser.add_argument("--no-sequential", action="store_true", help="Skip the sequential source's fit.")
+    parser.add_argument(
+        "--points", nargs="+", default=None, metavar="IxM",
+        help="Only these points of the design, as INTERACTIONSxITEMS (1000000x10000); the others: not run.",
+    )  # fmt: skip
+    parser.add_argument("--skip-stages", nargs="+", default=[], choices=STAGES, help="Stages not run.")
     parser.add_argument("--work", type=Path, default=Path("/tmp/recsys-scaling"), help="Scratch (emptied).")
     parser.add_argument("--out", type=Path, default=None, help="default benchmarks/results/scaling.json")
     parser.add_argument("--plot", type=Path, default=None, help="default docs/scaling.png")
@@ -357,6 +380,8 @@ def main() -> None:
     args.serve_seconds = args.serve_seconds or (2.0 if quick else 15.0)
     args.embed_items = args.embed_items if args.embed_items is not None else ([] if quick else [500, 2000])
     axes = QUICK_AXES if quick else SMALL_AXES if args.small else FULL_AXES
+    sizes = design(axes)
+    chosen = chosen_points(args.points, sizes)
     clock = time.perf_counter()
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
@@ -370,8 +395,10 @@ def main() -> None:
     stages = (STAGES if "local" in args.engine else []) + (
         [f"{s}{SUFFIX}" for s in POINT_STAGES] if "ray" in args.engine else []
     )
-    sizes = design(axes)
     for size in sizes:
+        if size not in chosen:
+            done[size], facts[size] = {}, {"not_run": "not in --points"}
+            continue
         left = args.total_budget_s - (time.perf_counter() - clock)
         if left < 60:
             print(f"{Point(*size).name}: not run, the total budget is spent", flush=True)
@@ -382,7 +409,7 @@ def main() -> None:
         work = args.work / point.name
         work.mkdir()
         predicted = {s: p for s in stages if (p := predict(s, size, done)) is not None}
-        guards = Guards(args.stage_budget_s, args.memory_limit_mb, predicted)
+        guards = Guards(args.stage_budget_s, args.memory_limit_mb, predicted, tuple(args.skip_stages))
         print(f"{point.name}: {size[0]:,} interactions, {size[1]:,} items", flush=True)
         done[size], facts[size] = {}, {}
         if "local" in args.engine:

@@ -77,6 +77,7 @@ class Guards:
     stage_budget_s: float
     memory_limit_mb: float
     predicted: dict[str, float] = field(default_factory=dict)  # stage -> seconds, from smaller sizes
+    skip: tuple[str, ...] = ()  # stages not run (``--skip-stages``)
 
 
 class RssSampler:
@@ -144,6 +145,10 @@ class Recorder:
         needed = NEEDS.get(stage)
         if needed is not None and self.stages.get(needed, {}).get("status") != "measured":
             self.stages[stage] = {"status": f"skipped-needs-{needed}"}
+            self.flush()
+            return False
+        if stage in self.guards.skip:
+            self.stages[stage] = {"status": "skipped-by-option"}
             self.flush()
             return False
         predicted = self.guards.predicted.get(stage)
@@ -216,7 +221,7 @@ def run_point(point: Point, guards: Guards, work: Path, out: Path) -> None:
     if record.runnable("ranker_rows"):
         with record.stage("ranker_rows"):
             rows = model.ranker_rows(data)
-        record.facts |= {"ranker_rows": int(rows.keep.sum()), "ranker_rows_all": len(rows.labels),
+        record.facts |= {"ranker_rows": len(rows.labels), "ranker_rows_all": rows.report["candidate_rows"],
                          "ranker_features": len(rows.feature_names)}  # fmt: skip
     ranker = None
     if record.runnable("ranker_train") and rows is not None:

@@ -31,8 +31,8 @@ def test_small_blocks_give_the_answers_of_one_block(
     histories = data.histories(np.arange(min(data.n_users, 400)))
     whole_ids, whole_scores = model.recommend(histories, 20)  # 400 rows x 3,000 items: one block
     assert base.block_rows(data.n_items) >= 400
-    monkeypatch.setattr(base, "BLOCK_CELLS", 7 * data.n_items)  # 7 rows a block, the last one short
-    assert base.block_rows(data.n_items) == 7
+    monkeypatch.setattr(base, "BLOCK_CELLS", 9 * data.n_items)  # 8 rows a block (a power of two)
+    assert base.block_rows(data.n_items) == 8
     ids, scores = model.recommend(histories, 20)
     # the same items; a float32 matrix product (ALS, text) may sum in another order for another block shape
     assert np.array_equal(ids, whole_ids) and np.allclose(scores, whole_scores, atol=1e-6)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 from recsys.candidates.cooccurrence import CoOccurrence, CoOccurrenceConfig
 from recsys.config import ConfigError, from_dict
@@ -173,3 +175,68 @@ def test_beats_the_item_knn_peer_on_amazon(amazon_dir: Path) -> None:
     hit = ids == task.targets.indices[:, None]  # one target per user, rows aligned
     ndcg = float((hit / np.log2(np.arange(2, 12))).sum(axis=1).mean())
     assert ndcg > 0.09, ndcg
+
+
+def all_pairs_similarity(data: Interactions, cfg: CoOccurrenceConfig) -> np.ndarray:
+    """The fit before it counted in chunks (the reference): every pair of every gap at once, each
+    direction its own weighted entry, summed by scipy, then normalised; no truncation."""
+    rows, cols, vals = [], [], []
+    for gap in range(1, cfg.window + 1):
+        same = data.users[gap:] == data.users[:-gap]
+        a, b = data.items[:-gap][same], data.items[gap:][same]
+        w = cfg.decay ** (gap - 1)
+        rows += [a, b]
+        cols += [b, a]
+        vals += [np.full(len(a), w), np.full(len(a), w * cfg.backward)]
+    r, c, v = np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
+    off = r != c
+    cooc = sp.csr_matrix((v[off], (r[off], c[off])), shape=(data.n_items, data.n_items))
+    cooc.sum_duplicates()
+    counts = np.maximum(data.item_counts(), 1).astype(np.float64)
+    return np.asarray(cooc.toarray() / (counts[:, None] ** cfg.alpha * counts[None, :] ** cfg.beta))
+
+
+def top_per_row(dense: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` largest non-zero entries of each row (ties: the lower column first), the rest 0."""
+    out = np.zeros_like(dense)
+    for row, values in enumerate(dense):
+        columns = np.flatnonzero(values)
+        best = columns[np.lexsort((columns, -values[columns]))[:k]]
+        out[row, best] = values[best]
+    return out
+
+
+def test_chunked_counts_give_the_all_pairs_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Counting pairs in chunks and sorting rows in blocks changes no bit; against the all-pairs fit,
+    the same entries and scores up to float64 summation order, and the same recommendations."""
+    from benchmarks.synthetic import ShopSpec, builtin_vocabulary, generate
+    from recsys.candidates import cooccurrence as module
+    from recsys.data.dataset import Dataset
+
+    shop = generate(ShopSpec(n_items=400, n_interactions=20_000, seed=3), vocabulary=builtin_vocabulary())
+    data = Dataset.from_tables(shop.items, shop.interactions).to_interactions()
+    cfg = CoOccurrenceConfig(neighbours=30)
+    model = CoOccurrence(cfg).fit(data)
+    monkeypatch.setattr(module, "PAIR_CHUNK", 997)  # about 20 chunks a gap
+    monkeypatch.setattr(module, "TOP_BLOCK", 300)  # a few rows a block
+    chunked = CoOccurrence(cfg).fit(data)
+    assert model.similarity_ is not None and chunked.similarity_ is not None
+    assert (model.similarity_ != chunked.similarity_).nnz == 0
+    np.testing.assert_array_equal(model.similarity_.indptr, chunked.similarity_.indptr)
+    np.testing.assert_array_equal(model.similarity_.indices, chunked.similarity_.indices)
+    np.testing.assert_array_equal(model.similarity_.data, chunked.similarity_.data)
+
+    full = all_pairs_similarity(data, cfg)
+    untruncated = CoOccurrence(replace(cfg, neighbours=data.n_items)).fit(data)
+    assert untruncated.similarity_ is not None
+    kept = untruncated.similarity_.toarray()
+    np.testing.assert_array_equal(kept != 0, full != 0)
+    np.testing.assert_allclose(kept, full.astype(np.float32), rtol=1e-6)
+    histories = data.histories(np.arange(data.n_users))
+    reference = CoOccurrence(cfg)
+    reference.similarity_ = sp.csr_matrix(top_per_row(full, cfg.neighbours).astype(np.float32))
+    reference.item_counts_ = data.item_counts().astype(np.int64)
+    ids, scores = model.recommend(histories, 20)
+    expected_ids, expected_scores = reference.recommend(histories, 20)
+    np.testing.assert_array_equal(ids, expected_ids)
+    np.testing.assert_allclose(scores, expected_scores, rtol=1e-6)

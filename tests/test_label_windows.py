@@ -7,6 +7,7 @@ fit and the features of that window and every earlier one do not change.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from recsys.candidates import base
 from recsys.candidates.als import ALSConfig
 from recsys.candidates.base import CandidateGenerator
 from recsys.data import schema as S
@@ -22,8 +24,8 @@ from recsys.data.dataset import Dataset, Interactions
 from recsys.data.loading import bundled_paths, load_dataset
 from recsys.data.splits import leave_last_out, make_split
 from recsys.pipeline import two_stage as T
-from recsys.ranking.dataset import RankerRows, label_tasks
-from recsys.ranking.ranker import RankerConfig
+from recsys.ranking.dataset import CHUNK_USERS, CandidateRows, RankerRows, label_tasks, sample_negatives
+from recsys.ranking.ranker import LambdaRanker, RankerConfig
 
 WINDOWS = 3
 FRACTION = 0.08
@@ -128,14 +130,32 @@ class _Recorder(T.TwoStage):
         super().__init__(*args, **kwargs)
         self.fits: list[tuple[str, int, int]] = []  # (source, events, last timestamp)
         self.rows: list[RankerRows] = []
+        self.features: list[list[np.ndarray]] = []  # per featuriser (label window): each chunk's X
 
     def fit_source(self, name: str, data: Interactions) -> CandidateGenerator:
         self.fits.append((name, len(data), int(data.timestamps.max())))
         return super().fit_source(name, data)
 
-    def ranker_rows(self, data: Interactions) -> RankerRows:
-        self.rows.append(super().ranker_rows(data))
+    def ranker_rows(self, data: Interactions, *, chunk_users: int = CHUNK_USERS) -> RankerRows:
+        self.rows.append(super().ranker_rows(data, chunk_users=chunk_users))
         return self.rows[-1]
+
+    def featuriser(
+        self, generators: Mapping[str, CandidateGenerator], data: Interactions
+    ) -> Callable[[np.ndarray], CandidateRows]:
+        featurise, chunks = super().featuriser(generators, data), []
+        self.features.append(chunks)
+
+        def recorded(users: np.ndarray) -> CandidateRows:
+            found = featurise(users)
+            chunks.append(found.X)
+            return found
+
+        return recorded
+
+    def window_features(self) -> list[np.ndarray]:
+        """Every candidate row's features (kept or not) of each label window, in row order."""
+        return [np.concatenate(chunks) for chunks in self.features]
 
     def fit_calls(self) -> list[tuple[tuple[str, ...], int, int]]:
         """Consecutive fits on the same events as one call: (sources, events, last timestamp)."""
@@ -148,19 +168,21 @@ class _Recorder(T.TwoStage):
         return calls
 
 
-def _fit(dataset: Dataset, data: Interactions) -> tuple[list[tuple[tuple[str, ...], int, int]], RankerRows]:
+def _fit(
+    dataset: Dataset, data: Interactions
+) -> tuple[list[tuple[tuple[str, ...], int, int]], RankerRows, list[np.ndarray]]:
     model = _Recorder(_config(), items=dataset.items, item_embeddings=_embeddings(dataset.n_items)).fit(data)
     (rows,) = model.rows
     assert model.ranker_ is not None and model.ranker_.report_ is not None
-    assert model.ranker_.report_["rows"] == rows.keep.sum() > 0  # the kept rows reach the ranker
-    return model.fit_calls(), rows
+    assert model.ranker_.report_["rows"] == len(rows.X) > 0  # the kept rows reach the ranker
+    return model.fit_calls(), rows, model.window_features()
 
 
 def test_no_label_window_event_reaches_the_generators_or_that_windows_features(dataset: Dataset) -> None:
     data = dataset.to_interactions()
     tasks = label_tasks(data, "temporal", fraction=FRACTION, windows=WINDOWS)
     starts = [int(np.quantile(data.timestamps, 1 - k * FRACTION, method="higher")) for k in (3, 2, 1)]
-    calls, clean = _fit(dataset, data)
+    calls, clean, clean_features = _fit(dataset, data)
 
     # generators: fitted once before the earliest window, then the window_refit sources at each later
     # start, then every source on all the data (the served model)
@@ -173,7 +195,7 @@ def test_no_label_window_event_reaches_the_generators_or_that_windows_features(d
     assert calls[-1] == (sources, len(data), int(data.timestamps.max()))
     groups = [window["users"] for window in clean.report["label_windows"]]
     assert len(groups) == WINDOWS and sum(groups) > max(groups)  # more groups than any one window
-    assert clean.keep.sum() < len(clean.X)  # negatives are sampled
+    assert len(clean.X) < clean.report["candidate_rows"] == sum(map(len, clean_features))  # sampled
 
     rng = np.random.default_rng(1)
     for k, start in enumerate(starts):
@@ -182,14 +204,15 @@ def test_no_label_window_event_reaches_the_generators_or_that_windows_features(d
         late = data.timestamps >= start
         planted_items[late] = rng.integers(0, data.n_items, size=int(late.sum()))
         assert (planted_items != data.items).any()
-        planted_calls, planted = _fit(dataset, _with_items(data, planted_items))
+        planted_calls, planted, planted_features = _fit(dataset, _with_items(data, planted_items))
         assert planted_calls[0] == calls[0]
         for j in range(k + 1):  # window k and every earlier one: the same features, nothing leaks
+            np.testing.assert_array_equal(clean_features[j], planted_features[j])
             a, b = clean.window == j, planted.window == j
-            np.testing.assert_array_equal(clean.group[a], planted.group[b])
-            np.testing.assert_array_equal(clean.X[a], planted.X[b])
-            if j < k:  # earlier windows end before the planted events start: their labels are the same
+            if j < k:  # earlier windows end before the planted events start: the same labels and rows
                 np.testing.assert_array_equal(clean.labels[a], planted.labels[b])
+                np.testing.assert_array_equal(clean.group[a], planted.group[b])
+                np.testing.assert_array_equal(clean.X[a], planted.X[b])
         # the planted events are window k's labels: the labels (not the features) see them
         a, b = clean.window == k, planted.window == k
         assert not np.array_equal(clean.labels[a], planted.labels[b])
@@ -272,3 +295,52 @@ def test_the_demo_changes_only_budgets_of_the_model_the_others_fit(dataset: Data
         ranker=replace(default.ranker, search=((31, 0.1),)),
     )
     assert demo == fast
+
+
+def _unchunked_rows(model: T.TwoStage, data: Interactions) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(X, labels, group)`` kept as the rows were built before chunking (the reference): every user
+    of every window featurised at once, then one draw over all the windows' rows."""
+    labels = model.config.labels
+    tasks = label_tasks(data, labels.protocol, fraction=labels.fraction, windows=labels.windows)
+    generators = {name: model.fit_source(name, tasks[0].train) for name in model.config.candidates.sources}
+    X, y, group = [], [], []
+    for i, task in enumerate(tasks):
+        if i > 0:
+            generators |= {
+                name: model.fit_source(name, task.train) for name in labels.refit if name in generators
+            }
+        found = model.featuriser(generators, task.train)(task.users)
+        ids = found.candidates.ids[found.rows, found.cols]
+        y.append(np.asarray(task.targets[found.rows, ids]).ravel().astype(np.float32))
+        X.append(found.X)
+        group.append(found.rows + sum(len(t.users) for t in tasks[:i]))
+    all_X, all_y, all_group = (np.concatenate(parts) for parts in (X, y, group))
+    has_label = np.bincount(all_group[all_y > 0], minlength=int(all_group.max()) + 1) > 0
+    rng = np.random.default_rng(labels.seed)
+    keep = has_label[all_group] & sample_negatives(all_group, all_y, labels.negatives, rng=rng)
+    return all_X[keep], all_y[keep], all_group[keep]
+
+
+@pytest.mark.parametrize("chunk_users", [2, 4])
+def test_chunked_rows_and_their_booster_are_those_of_featurising_every_user_at_once(
+    dataset: Dataset, chunk_users: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chunks that are multiples of the sources' scoring block (2 rows here, as ``BLOCK_ROWS`` is in
+    ``CHUNK_USERS``) keep every bit; the reference scores each window's users in blocks of 2 too."""
+    data = dataset.to_interactions()
+    monkeypatch.setattr(base, "BLOCK_CELLS", 3 * data.n_items)
+    assert base.block_rows(data.n_items) == 2 and CHUNK_USERS % base.BLOCK_ROWS == 0
+    model = T.TwoStage(_config(), items=dataset.items, item_embeddings=_embeddings(dataset.n_items))
+    rows = model.ranker_rows(data, chunk_users=chunk_users)
+    assert max(w["users"] for w in rows.report["label_windows"]) > chunk_users  # several chunks
+    X, labels, group = _unchunked_rows(model, data)
+    assert len(X) < rows.report["candidate_rows"]  # negatives were sampled
+    np.testing.assert_array_equal(rows.X, X)
+    np.testing.assert_array_equal(rows.labels, labels)
+    np.testing.assert_array_equal(rows.group, group)
+    sizes = np.bincount(group)
+    chunked = LambdaRanker(model.config.ranker).fit(*rows.training_set(), feature_names=rows.feature_names)
+    reference = LambdaRanker(model.config.ranker).fit(
+        X, labels, sizes[sizes > 0], feature_names=rows.feature_names
+    )
+    np.testing.assert_array_equal(chunked.predict(X), reference.predict(X))

@@ -20,7 +20,9 @@ import scipy.sparse as sp
 
 from recsys.data.dataset import Histories, Interactions
 
-BLOCK_ROWS = 1024  # rows scored at once, at most: a (1024, n_items) float32 block is cache-friendly
+BLOCK_ROWS = (
+    1024  # rows scored at once, at most (a power of two): a (1024, n_items) float32 block is cache-friendly
+)
 # ... and at most this many scores at once (64 MB of float32): with the top-k's temporaries (a negated
 # copy, int64 partition indices) a block costs about 4x that, whatever the catalogue. A fixed 1024
 # rows would hold 1024 x 1M x 16 bytes = 16 GB at a million items (benchmarks.scaling)
@@ -28,12 +30,18 @@ BLOCK_CELLS = 2**24
 
 
 def block_rows(n_items: int) -> int:
-    """Rows scored at once for a catalogue of ``n_items``: ``BLOCK_ROWS``, fewer for large catalogues.
+    """Rows scored at once for a catalogue of ``n_items``: ``BLOCK_ROWS``, fewer (a power of two, so a
+    divisor of ``BLOCK_ROWS``) for large catalogues.
+
+    A dense matrix product may round a row's scores differently in another block shape. Because every
+    block divides ``BLOCK_ROWS``, a batch cut at multiples of ``BLOCK_ROWS`` (the ranker's training
+    rows, ``recsys.ranking.dataset``) is scored in the blocks of the whole batch, bit for bit.
 
     >>> block_rows(10_000), block_rows(100_000), block_rows(1_000_000), block_rows(10**9)
-    (1024, 167, 16, 1)
+    (1024, 128, 16, 1)
     """
-    return max(1, min(BLOCK_ROWS, BLOCK_CELLS // max(n_items, 1)))
+    rows = min(BLOCK_ROWS, BLOCK_CELLS // max(n_items, 1))
+    return 1 << max(rows, 1).bit_length() - 1
 
 
 @runtime_checkable

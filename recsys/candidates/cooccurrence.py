@@ -43,6 +43,8 @@ from recsys.config import from_dict, to_dict
 from recsys.data.dataset import Histories, Interactions
 
 FORMAT = "recsys.cooccurrence/1"
+PAIR_CHUNK = 2**21  # event pairs counted at once (about 40 MB of coordinates and weights)
+TOP_BLOCK = 2**22  # entries sorted at once when keeping each row's top neighbours
 
 
 @dataclass(frozen=True)
@@ -116,32 +118,15 @@ class CoOccurrence:
     def fit(self, data: Interactions) -> Self:
         """Count decayed, directed pairs within ``window`` and keep the top neighbours per item."""
         cfg = self.config
-        n = data.n_items
         counts = data.item_counts().astype(np.float64)
-        rows: list[np.ndarray] = []
-        cols: list[np.ndarray] = []
-        vals: list[np.ndarray] = []
-        # one vectorised pass per gap (window is small); events are sorted by (user, time)
-        for gap in range(1, min(cfg.window, max(len(data) - 1, 0)) + 1):
-            same = data.users[gap:] == data.users[:-gap]
-            a, b = data.items[:-gap][same], data.items[gap:][same]
-            w = cfg.decay ** (gap - 1)
-            rows += [a, b]
-            cols += [b, a]
-            vals += [np.full(len(a), w, np.float64), np.full(len(a), w * cfg.backward, np.float64)]
-        if rows:
-            r, c, v = np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
-            off = r != c  # repeat purchases of one item are not a transition
-            r, c, v = r[off], c[off], v[off]
-        else:
-            r = c = np.zeros(0, np.int32)
-            v = np.zeros(0, np.float64)
-        cooc = sp.csr_matrix((v, (r, c)), shape=(n, n), dtype=np.float64)
-        cooc.sum_duplicates()
+        forward = transition_weights(data, window=cfg.window, decay=cfg.decay)
+        backward = forward.T.tocsr()
+        backward.data *= cfg.backward  # in place: one copy of the counts fewer at the peak
+        cooc = (forward + backward).tocsr()
+        del forward, backward
         cooc.eliminate_zeros()
         safe = np.maximum(counts, 1.0)
-        row_of = np.repeat(np.arange(n), np.diff(cooc.indptr))
-        cooc.data /= safe[row_of] ** cfg.alpha * safe[cooc.indices] ** cfg.beta
+        _divide_entries(cooc, safe**cfg.alpha, safe**cfg.beta)
         self.similarity_ = _top_per_row(cooc, cfg.neighbours).astype(np.float32)
         self.item_counts_ = counts.astype(np.int64)
         return self
@@ -244,15 +229,61 @@ class CoOccurrence:
         return model
 
 
+def transition_weights(data: Interactions, *, window: int, decay: float) -> sp.csr_matrix:
+    """(n_items, n_items) float64: ``F[a, b]`` sums ``decay ** (gap - 1)`` over the pairs of a user's
+    events ``gap`` <= ``window`` steps apart, ``a`` first (a repeat of one item is not a transition).
+
+    Counted one gap at a time, ``PAIR_CHUNK`` pairs at a time: the memory holds the counts and one
+    chunk, never every pair at once (10M events at window 5 are 50M pairs, 800 MB as coordinates and
+    weights). Each gap's counts are integers, exact in any order, so the result does not depend on
+    the chunk.
+
+    >>> data = Interactions.from_arrays([0, 0, 0, 1, 1], [0, 1, 2, 2, 2], n_users=2, n_items=3)
+    >>> transition_weights(data, window=2, decay=0.5).toarray().tolist()
+    [[0.0, 1.0, 0.5], [0.0, 0.0, 1.0], [0.0, 0.0, 0.0]]
+    """
+    n = data.n_items
+    total = sp.csr_matrix((n, n), dtype=np.float64)
+    for gap in range(1, min(window, max(len(data) - 1, 0)) + 1):
+        pairs = sp.csr_matrix((n, n), dtype=np.float64)
+        for start in range(0, len(data) - gap, PAIR_CHUNK):
+            stop = min(start + PAIR_CHUNK, len(data) - gap)
+            a, b = data.items[start:stop], data.items[start + gap : stop + gap]
+            pair = (data.users[start:stop] == data.users[start + gap : stop + gap]) & (a != b)
+            ones = np.ones(int(pair.sum()), dtype=np.float64)
+            pairs = pairs + sp.csr_matrix((ones, (a[pair], b[pair])), shape=(n, n))  # duplicates summed
+        total = total + decay ** (gap - 1) * pairs
+    return total
+
+
+def _divide_entries(matrix: sp.csr_matrix, by_row: np.ndarray, by_column: np.ndarray) -> None:
+    """``M[a, b] /= by_row[a] * by_column[b]`` in place, ``TOP_BLOCK`` entries at a time (three float64
+    temporaries over every entry would cost 24 bytes each)."""
+    for lo in range(0, matrix.nnz, TOP_BLOCK):
+        hi = min(lo + TOP_BLOCK, matrix.nnz)
+        rows = np.searchsorted(matrix.indptr, np.arange(lo, hi), side="right") - 1
+        matrix.data[lo:hi] /= by_row[rows] * by_column[matrix.indices[lo:hi]]
+
+
 def _top_per_row(matrix: sp.csr_matrix, k: int) -> sp.csr_matrix:
-    """Keep the ``k`` largest entries of each row of a CSR matrix (ties broken by column)."""
+    """Keep the ``k`` largest entries of each row of a CSR matrix (ties broken by column), sorting
+    rows a block of about ``TOP_BLOCK`` entries at a time (a sort's index arrays over every entry
+    would cost 40 bytes each)."""
+    matrix.sum_duplicates()  # canonical: sorted column indices, no duplicates
+    indptr = matrix.indptr
     n_rows = matrix.shape[0]
-    row_of = np.repeat(np.arange(n_rows), np.diff(matrix.indptr))
-    order = np.lexsort((matrix.indices, -matrix.data, row_of))  # by row, then value descending
-    rank = np.arange(len(order)) - matrix.indptr[row_of[order]]
-    keep = np.sort(order[rank < k])
-    out = sp.csr_matrix(
-        (matrix.data[keep], (row_of[keep], matrix.indices[keep])), shape=matrix.shape, dtype=matrix.dtype
-    )
-    out.sort_indices()
-    return out
+    kept = []
+    row = 0
+    while row < n_rows:
+        end = max(int(np.searchsorted(indptr, int(indptr[row]) + TOP_BLOCK, side="right")) - 1, row + 1)
+        end = min(end, n_rows)
+        lo, hi = indptr[row], indptr[end]
+        row_of = np.repeat(np.arange(row, end), np.diff(indptr[row : end + 1]))
+        order = np.lexsort((matrix.indices[lo:hi], -matrix.data[lo:hi], row_of))  # by row, value descending
+        rank = np.arange(len(order)) - (indptr[row_of[order]] - lo)
+        kept.append(lo + np.sort(order[rank < k]))
+        row = end
+    keep = np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)
+    sizes = np.minimum(np.diff(indptr), k)
+    out_indptr = np.concatenate([[0], np.cumsum(sizes)]).astype(indptr.dtype)
+    return sp.csr_matrix((matrix.data[keep], matrix.indices[keep], out_indptr), shape=matrix.shape)

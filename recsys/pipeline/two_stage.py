@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Self
@@ -45,6 +45,7 @@ from recsys.data.dataset import Histories, Interactions
 from recsys.data.io import atomic_path
 from recsys.ranking import features as F
 from recsys.ranking.dataset import (
+    CHUNK_USERS,
     CandidateRows,
     LabelConfig,
     Proposals,
@@ -194,8 +195,9 @@ class TwoStage:
         self.report_ = dict(rows.report, fit_seconds=seconds, time_unit=self._time_unit, stopping=stopping)
         return self
 
-    def ranker_rows(self, data: Interactions) -> RankerRows:
-        """The ranker's training set from ``data``, as ``fit`` builds it (``recsys.ranking.dataset``)."""
+    def ranker_rows(self, data: Interactions, *, chunk_users: int = CHUNK_USERS) -> RankerRows:
+        """The ranker's training set from ``data``, as ``fit`` builds it (``recsys.ranking.dataset``;
+        ``chunk_users`` bounds its memory and changes no row)."""
         if data.n_items != self.items.height:
             raise ValueError(
                 f"interactions have {data.n_items} items but the items table {self.items.height}"
@@ -206,8 +208,9 @@ class TwoStage:
             data,
             sources=config.candidates.sources,
             fit_source=self.fit_source,
-            featurise=self.candidate_rows,
+            featurise=self.featuriser,
             labels=config.labels,
+            chunk_users=chunk_users,
         )
 
     def fit_source(self, name: str, data: Interactions) -> CandidateGenerator:
@@ -226,11 +229,13 @@ class TwoStage:
             self._stops.append(note | {"best_epoch": getattr(fitted, "best_epoch_", None)})
         return fitted
 
-    def candidate_rows(
-        self, generators: Mapping[str, CandidateGenerator], data: Interactions, users: np.ndarray
-    ) -> CandidateRows:
-        """Featurised candidates of ``users``' histories in ``data``, all features as of its end."""
-        return self._candidate_rows(generators, data.histories(users), self.item_snapshot(data))
+    def featuriser(
+        self, generators: Mapping[str, CandidateGenerator], data: Interactions
+    ) -> Callable[[np.ndarray], CandidateRows]:
+        """A function of users giving the featurised candidates of their histories in ``data``, all
+        features as of its end (the item features are computed here, once for every call of it)."""
+        snapshot = self.item_snapshot(data)
+        return lambda users: self._candidate_rows(generators, data.histories(users), snapshot)
 
     @property
     def _feature_config(self) -> FeatureConfig:
