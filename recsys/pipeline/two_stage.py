@@ -10,10 +10,9 @@
 2. The ranker is fitted on those groups; then every source is refitted on all of ``data``, and item
    features are recomputed as of its end, for answering.
 
-The sources, and their config ``CandidatesConfig``, come from one table,
-``recsys.candidates.registry``; this module composes them with the ranker. ``recommend(histories,
-n)`` follows the same path at answer time. The candidate-source ablations (``sources``) and the
-optional MMR diversity re-rank are part of the config.
+The sources and their config ``CandidatesConfig`` come from one table, ``recsys.candidates.registry``;
+this module composes them with the ranker, and ``recommend(histories, n)`` follows the same path at
+answer time. The source ablations (``sources``) and the MMR diversity re-rank are part of the config.
 
 ``recommend(..., exclude_seen=False)`` ("buy again") lets every source propose the history's own
 items too, and the ranker orders them with the rest. The ranker was trained to find *new* items (a
@@ -170,9 +169,8 @@ class TwoStage:
         self.report_: dict[str, Any] | None = None
         self._time_unit: Literal["auto", "seconds", "steps"] = config.time_unit  # ranker_rows() resolves it
         self._stops: list[dict[str, Any]] = []  # each early-stopped source fit, as fit_source noted it
-        # sources that learn nothing from the interactions (``learns_from_interactions = False``: text),
-        # fitted once per catalogue size and embeddings, shared by the label windows and the final model:
-        # their fit would give the same model again (at 1M items, an ANN build of minutes)
+        # sources that learn nothing from interactions (text), fitted once per catalogue and embeddings and
+        # shared by the label windows and the final model (at 1M items each fit is an ANN build of minutes)
         self._fixed: dict[tuple[str, int], tuple[object, CandidateGenerator]] = {}
 
     # --- fitting -----------------------------------------------------------------------------------
@@ -196,8 +194,7 @@ class TwoStage:
         return self
 
     def ranker_rows(self, data: Interactions, *, chunk_users: int = CHUNK_USERS) -> RankerRows:
-        """The ranker's training set from ``data``, as ``fit`` builds it (``recsys.ranking.dataset``;
-        ``chunk_users`` bounds its memory and changes no row)."""
+        """The ranker's training set from ``data``, as ``fit`` builds it (``recsys.ranking.dataset``)."""
         if data.n_items != self.items.height:
             raise ValueError(
                 f"interactions have {data.n_items} items but the items table {self.items.height}"
@@ -216,9 +213,8 @@ class TwoStage:
     def fit_source(self, name: str, data: Interactions) -> CandidateGenerator:
         """Candidate source ``name``, configured as this model configures it, fitted on ``data``."""
         config = self.config.source_config(name, time_unit=self._time_unit)
-        embeddings, fixed = self._fixed.get((name, data.n_items), (None, None))
-        if fixed is not None and embeddings is self.item_embeddings:
-            return fixed
+        if (fixed := self._fixed.get((name, data.n_items))) and fixed[0] is self.item_embeddings:
+            return fixed[1]
         fitted = source(name).build(config, item_embeddings=self.item_embeddings).fit(data)
         if not getattr(fitted, "learns_from_interactions", True):
             self._fixed[name, data.n_items] = (self.item_embeddings, fitted)
@@ -338,10 +334,8 @@ class TwoStage:
             )
             dense = np.full(found.candidates.ids.shape, -np.inf, dtype=np.float32)
             dense[found.rows, found.cols] = self.ranker_.predict(found.X)
-            top_ids, top_scores = top_n(
-                found.candidates.ids, dense, n, self.config.diversity, self.item_embeddings
-            )
-            ids[start:stop], scores[start:stop] = top_ids, top_scores
+            top = top_n(found.candidates.ids, dense, n, self.config.diversity, self.item_embeddings)
+            ids[start:stop], scores[start:stop] = top
         return ids, scores
 
     def neighbours(self, items: np.ndarray, n: int) -> Neighbours:
