@@ -35,9 +35,8 @@ from recsys.candidates.base import (
     check_fitted,
     check_items,
     neighbour_evidence,
-    neighbours,
     ranked,
-    sparse_rows,
+    sparse_neighbours,
 )
 from recsys.config import from_dict, to_dict
 from recsys.data.dataset import Histories, Interactions
@@ -193,11 +192,11 @@ class CoOccurrence:
         return ranked(self._score_block, histories, n, self.n_items, exclude_seen=exclude_seen)
 
     def similar_items(self, items: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """The ``n`` strongest transition neighbours of each item (never the item itself)."""
+        """The ``n`` strongest transition neighbours of each item (never the item itself), from its
+        stored row alone (``sparse_neighbours``: the dense reference's answer)."""
         check_fitted(self, "similarity_")
         assert self.similarity_ is not None
-        similarity = self.similarity_
-        return neighbours(lambda query: sparse_rows(similarity, query), items, n, self.n_items)
+        return sparse_neighbours(self.similarity_, items, n)
 
     # --- persistence -----------------------------------------------------------------------------
     def save(self, path: Path) -> None:
