@@ -136,37 +136,38 @@ def _warm_head(
     training = config.train.encoder_training
     if not config.train.finetune or not isinstance(training, HeadConfig):
         return config, None
-    start, reason = _production_head(config, task, today=today)
-    if start is None:
-        stages.event("head_from_scratch", reason=reason)
+    found = _production_head(config, task, today=today)
+    if isinstance(found, str):
+        stages.event("head_from_scratch", reason=found)
         return config, today.isoformat()
+    start, since = found
     epochs = min(config.warm_head_epochs, training.head.max_epochs)
-    stages.event("head_warm_start", start=str(start), epochs=epochs, from_scratch_on=reason)
+    stages.event("head_warm_start", start=str(start), epochs=epochs, from_scratch_on=since)
     head = replace(training.head, start=str(start), max_epochs=epochs)
     train = replace(config.train, encoder_training=replace(training, head=head))
-    return replace(config, train=train), reason
+    return replace(config, train=train), since
 
 
-def _production_head(config: RetrainConfig, task: EvalTask, *, today: date) -> tuple[Path | None, str]:
+def _production_head(config: RetrainConfig, task: EvalTask, *, today: date) -> tuple[Path, str] | str:
     """(production's encoder folder, the date of its from-scratch head) when tonight's head can start
-    from it, else (``None``, why not)."""
+    from it, else why not."""
     from recsys.encoder.model import read_meta
 
     if not config.warm_head_epochs:
-        return None, "warm_head_epochs = 0"
+        return "warm_head_epochs = 0"
     try:
         bundle = registry.current().path
     except registry.RegistryError:
-        return None, "no production bundle yet"
+        return "no production bundle yet"
     meta = json.loads((bundle / "metadata.json").read_text())
     since = meta.get("encoder", {}).get("head_from_scratch")
     if since is None:  # `recsys train`'s bundles, and nights without a head
-        return None, "production's head was not trained by this job"
+        return "production's head was not trained by this job"
     days = (today - date.fromisoformat(since)).days
     if days >= config.head_from_scratch_every_days:
-        return None, f"schedule: {days} days since the head was trained from scratch on {since}"
+        return f"schedule: {days} days since the head was trained from scratch on {since}"
     if meta["fitted_on"]["before"] > int(task.train.timestamps.max()) + 1:  # gate_days grew
-        return None, "production was fitted on events after tonight's cutoff"
+        return "production was fitted on events after tonight's cutoff"
     encoder, wanted = read_meta(bundle / "encoder") or {}, config.train.encoder
     same_base = encoder.get("base_checkpoint") == wanted.checkpoint and all(
         encoder.get("encoder", {}).get(key) == getattr(wanted, key) for key in ("max_tokens", "pooling")
@@ -174,7 +175,7 @@ def _production_head(config: RetrainConfig, task: EvalTask, *, today: date) -> t
     head = encoder.get("head", {})
     assert isinstance(config.train.encoder_training, HeadConfig)
     if not same_base or head.get("hidden") != config.train.encoder_training.head.hidden:
-        return None, "production's head sits on another encoder or has another width"
+        return "production's head sits on another encoder or has another width"
     return bundle / "encoder", since
 
 
