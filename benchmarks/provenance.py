@@ -54,25 +54,29 @@ Scalar = str | int | float | bool | None
 
 @dataclass(frozen=True)
 class Started:
-    """When a run started, and the machine's 1-minute load average then."""
+    """When a run started, the machine's 1-minute load average then, and the code it started from
+    (a long run's modules are imported from that tree, whatever lands in it during the run)."""
 
     utc: str
     loadavg_1min: float
+    commit: str | None
+    dirty: bool | None
 
 
 def start_run() -> Started:
     """Call first thing in a benchmark's ``main``: the start of the run its results will report."""
-    return Started(utc=_utc_now(), loadavg_1min=_loadavg())
+    commit, dirty = _git()
+    return Started(utc=_utc_now(), loadavg_1min=_loadavg(), commit=commit, dirty=dirty)
 
 
 def provenance(name: str, *, params: Mapping[str, Any], started: Started) -> dict[str, Any]:
     """What to store beside the figures of benchmark ``name`` (``benchmarks.NAME``), as a JSON dict."""
-    commit, dirty = _git()
     return {
         "benchmark": name,
         "command": shlex.join(["python", "-m", f"benchmarks.{name}", *sys.argv[1:]]),
-        "commit": commit,
-        "dirty": dirty,
+        "commit": started.commit,
+        "dirty": started.dirty,
+        "commit_at_end": _git()[0],  # differs when commits landed in the tree during the run
         "started_utc": started.utc,
         "finished_utc": _utc_now(),
         "cpu_model": _cpu_model(),

@@ -46,8 +46,8 @@ RUNNABLE = [
     "benchmarks.validation",
 ]
 PROVENANCE_KEYS = {
-    "benchmark", "command", "commit", "dirty", "started_utc", "finished_utc", "cpu_model", "cpu_count",
-    "loadavg_1min_start", "loadavg_1min_end", "python", "platform", "libraries", "params",
+    "benchmark", "command", "commit", "dirty", "commit_at_end", "started_utc", "finished_utc", "cpu_model",
+    "cpu_count", "loadavg_1min_start", "loadavg_1min_end", "python", "platform", "libraries", "params",
 }  # fmt: skip
 
 
