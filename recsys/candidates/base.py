@@ -20,9 +20,8 @@ import scipy.sparse as sp
 
 from recsys.data.dataset import Histories, Interactions
 
-BLOCK_ROWS = (
-    1024  # rows scored at once, at most (a power of two): a (1024, n_items) float32 block is cache-friendly
-)
+# rows scored at once, at most (a power of two): a (1024, n_items) float32 block is cache-friendly
+BLOCK_ROWS = 1024
 # ... and at most this many scores at once (64 MB of float32): with the top-k's temporaries (a negated
 # copy, int64 partition indices) a block costs about 4x that, whatever the catalogue. A fixed 1024
 # rows would hold 1024 x 1M x 16 bytes = 16 GB at a million items (benchmarks.scaling)
