@@ -222,10 +222,8 @@ class ALS:
         self._gram_ = self._untrained_ = self._columns_ = self._unit_ = None
         trained = np.flatnonzero(~self._untrained())  # untrained items are never recommended
         self.ann_ = build_if_large(self.item_factors_, cfg.ann, rows=trained)
-        if len(self.item_factors_) >= cfg.ann.min_items:  # not kept: the exact path makes it if needed
-            self.ann_cosine_ = AnnIndex.build(_unit_rows(self.item_factors_), cfg.ann, rows=trained)
-        else:
-            self.ann_cosine_ = None
+        # the unit factors are not kept: the exact path makes them if it needs them
+        self.ann_cosine_ = build_if_large(_unit_rows(self.item_factors_), cfg.ann, rows=trained)
         return self
 
     def _new_implicit(self) -> Any:
