@@ -15,7 +15,7 @@ from candidate_contract import N_ITEMS, TINY_SEQUENTIAL, community_data, communi
 
 from benchmarks.ann import catalogue, profiles
 from recsys.candidates.als import ALS, ALSConfig
-from recsys.candidates.ann import AnnConfig, AnnIndex, exact_top_k, recall_at_k
+from recsys.candidates.ann import AnnConfig, AnnIndex, exact_top_k, lifted, recall_at_k
 from recsys.candidates.base import mask_history, top_k
 from recsys.candidates.text import TextRetriever, TextRetrieverConfig
 from recsys.data import schema as S
@@ -67,6 +67,23 @@ def test_only_the_given_rows_are_indexed() -> None:
     ids, scores = index.search(np.ones((1, 6), np.float32), 4)
     assert sorted(ids[0, :3].tolist()) == [1, 3, 5]
     assert ids[0, 3] == -1 and scores[0, 3] == -np.inf  # the protocol's padding
+
+
+def test_the_lift_is_written_block_by_block_as_the_whole_array_way() -> None:
+    """Blocks of 3 rows (of 7 chosen, unequal norms) give the bytes of the gather, float64 norms and
+    ``hstack`` over the whole array; a non-finite chosen vector is named, an unchosen one is not read."""
+    items = (np.random.default_rng(3).standard_normal((12, 4)) * np.arange(1, 13)[:, None]).astype(np.float32)
+    rows = np.array([0, 2, 3, 5, 8, 10, 11], np.int32)
+    norms = np.linalg.norm(items[rows].astype(np.float64), axis=1)
+    lift = np.sqrt(np.maximum(norms.max() ** 2 - norms**2, 0.0)).astype(np.float32)
+    reference = np.hstack([items[rows], lift[:, None]])
+    assert lifted(items, rows, block_values=12).tobytes() == reference.tobytes()
+    assert lifted(items, rows).tobytes() == reference.tobytes()
+    items[1] = np.nan
+    lifted(items, rows, block_values=12)  # item 1 is not indexed
+    items[8, 0] = np.inf
+    with pytest.raises(ValueError, match="item 8's vector holds NaN or infinite"):
+        AnnIndex.build(items, ANY_SIZE, rows=rows)
 
 
 def test_save_load_round_trip(

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from recsys.candidates import base
-from recsys.candidates.text import TextRetriever, TextRetrieverConfig
+from recsys.candidates.text import TextRetriever, TextRetrieverConfig, unit_rows
 from recsys.data.dataset import Histories, Interactions
 
 
@@ -95,6 +95,16 @@ def test_bad_inputs_name_the_parameter(tmp_path: Path) -> None:
         TextRetrieverConfig(last_n=2, weights=(1.0,))
     with pytest.raises(ValueError, match="decay"):
         TextRetrieverConfig(decay=0.0)
+
+
+def test_rows_are_normalised_block_by_block_as_over_the_whole_array() -> None:
+    emb = (np.random.default_rng(4).standard_normal((11, 6)) * np.arange(11)[:, None]).astype(np.float32)
+    norms = np.linalg.norm(emb, axis=1, keepdims=True)
+    reference = emb / np.where(norms > 0, norms, 1.0)  # row 0 is all zero and stays zero
+    assert unit_rows(emb, block_values=18).tobytes() == reference.tobytes()  # blocks of 3 rows
+    emb[7, 2] = np.inf
+    with pytest.raises(ValueError, match="item 7 holds NaN or infinite"):
+        unit_rows(emb, block_values=18)
 
 
 def test_save_load_round_trip(tmp_path: Path) -> None:
