@@ -141,3 +141,29 @@ def test_a_saved_prior_must_be_one_of_the_features(tmp_path: Path) -> None:
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="unknown_rank"):
         LambdaRanker.load(tmp_path / "ranker")
+
+
+def test_a_worker_bins_as_the_local_fit_above_lightgbm_s_bin_sample(tmp_path: Path) -> None:
+    """Above 200,000 rows LightGBM finds the bins on a sample its seed draws: a worker's reference
+    Dataset must draw the local fit's (another seed gives other bins, the check's own control)."""
+    import lightgbm as lgb
+
+    from recsys.ranking.distributed import Worker
+
+    features = np.random.default_rng(0).standard_normal((250_000, 2)).astype(np.float32)
+    rows = np.arange(len(features)) % 10 != 0
+    names = ["a", "b"]
+    ranker = LambdaRanker(RankerConfig(seed=3))
+    local = lgb.Dataset(features[rows], feature_name=names, params=ranker._params(31, 0.05, seed=3))
+    worker = Worker({"num_machines": 2}, rank=1, world=2)
+
+    def saved(dataset: lgb.Dataset, name: str) -> bytes:
+        dataset.construct().save_binary(tmp_path / name)
+        return (tmp_path / name).read_bytes()
+
+    min_leaf = ranker.config.min_data_in_leaf
+    assert saved(worker.bins(features, rows, names, min_data_in_leaf=min_leaf, seed=3), "worker") == saved(
+        local, "local"
+    )
+    other = worker.bins(features, rows, names, min_data_in_leaf=min_leaf, seed=4)
+    assert saved(other, "other") != saved(local, "again")

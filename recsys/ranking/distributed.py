@@ -64,13 +64,20 @@ class Worker:
         return network
 
     def bins(
-        self, features: np.ndarray, rows: np.ndarray, feature_names: list[str], *, min_data_in_leaf: int
+        self,
+        features: np.ndarray,
+        rows: np.ndarray,
+        feature_names: list[str],
+        *,
+        min_data_in_leaf: int,
+        seed: int,
     ) -> Any:
         """The reference Dataset of ``rows`` that fixes the bins (module docstring); ``None`` on one
-        machine, where the training set finds them itself."""
+        machine, where the training set finds them itself. ``seed`` is the fit's: above LightGBM's
+        bin sample (200,000 rows) it picks the rows the boundaries are found on."""
         if not self.network:
             return None
         import lightgbm as lgb
 
-        params = {"min_data_in_leaf": min_data_in_leaf, "verbosity": -1}
+        params = {"min_data_in_leaf": min_data_in_leaf, "seed": seed, "verbosity": -1}
         return lgb.Dataset(features[rows], feature_name=feature_names, params=params).construct()

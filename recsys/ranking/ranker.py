@@ -224,7 +224,9 @@ class LambdaRanker:
         if prior_ndcg:
             priors.append(max(prior_ndcg, key=lambda name: prior_ndcg[name]))
         trials: list[dict[str, Any]] = []
-        bins = self._worker.bins(features, ~row_valid, feature_names, min_data_in_leaf=c.min_data_in_leaf)
+        bins = self._worker.bins(
+            features, ~row_valid, feature_names, min_data_in_leaf=c.min_data_in_leaf, seed=seed
+        )
         for prior in priors:
             init = self._init(features, feature_names, prior)
             train = lgb.Dataset(
@@ -308,6 +310,7 @@ class LambdaRanker:
                 np.ones(len(features), dtype=bool),
                 feature_names,
                 min_data_in_leaf=self.config.min_data_in_leaf,
+                seed=seed,
             ),
         )
         params = self._params(best["num_leaves"], best["learning_rate"], seed)
