@@ -37,6 +37,10 @@ Ray engine's stages in a child of its own on a local Ray instance (``benchmarks.
 rows ``features@ray`` and ``ranker_train@ray`` beside the local ``features`` and ``ranker_train``,
 and on the embedding axis ``embedding@ray``, ``finetune`` and ``finetune@ray``.
 
+**Merging runs** (``--merge FILE ...``): a point this run does not measure is taken from an earlier
+run's results file when that file measured it (each such point's ``merged_from`` names the file), so
+that one table, plot and set of exponents can span points too long to measure in one sitting.
+
 Writes ``benchmarks/results/scaling.json`` (flat ``<point>.<stage>.<figure>``,
 ``exponent.<axis>.<stage>.<figure>``, ``embedding.*``) and the log-log plot ``docs/scaling.png``.
 """
@@ -328,6 +332,31 @@ STAGES = ["generate", "ingest", "ranker_rows", "ranker_train", "source_als", "so
           "features", "bundle_write", "publish"]  # fmt: skip
 
 
+def merged(files: list[Path], sizes: list[tuple[int, int]], stages: list[str]) -> dict[tuple[int, int], Any]:
+    """``{size: (stage records, facts)}`` of the points that earlier results ``files`` measured (the
+    first file that has a point wins), rebuilt from their flat figures (:func:`flat_figures`)."""
+    out: dict[tuple[int, int], Any] = {}
+    for file in files:
+        figures = json.loads(file.read_text())
+        for size in sizes:
+            name = Point(*size).name
+            records = {
+                stage: {figure: figures[f"{name}.{stage}.{figure}"]
+                        for figure in ("status", "seconds", "peak_rss_mb", "seconds_at_least")
+                        if f"{name}.{stage}.{figure}" in figures}
+                for stage in stages if figures.get(f"{name}.{stage}.status", "not-run") != "not-run"
+            }  # fmt: skip
+            if size in out or not records:
+                continue
+            for stage, record in records.items():
+                if record["status"] == "measured":
+                    record["rss_start_mb"] = record["peak_rss_mb"] - figures[f"{name}.{stage}.added_rss_mb"]
+            facts = {key.partition(".")[2]: value for key, value in figures.items()
+                     if key.startswith(f"{name}.") and key.count(".") == 1}  # fmt: skip
+            out[size] = (records, facts | {"merged_from": str(file)})
+    return out
+
+
 def chosen_points(points: list[str] | None, sizes: list[tuple[int, int]]) -> set[tuple[int, int]]:
     """The sizes ``--points`` names (every size without it); a point outside the design is an error.
 
@@ -369,6 +398,8 @@ def main() -> None:
         help="Only these points of the design, as INTERACTIONSxITEMS (1000000x10000); the others: not run.",
     )  # fmt: skip
     parser.add_argument("--skip-stages", nargs="+", default=[], choices=STAGES, help="Stages not run.")
+    parser.add_argument("--merge", type=Path, nargs="+", default=[], metavar="FILE",
+                        help="Earlier results: their points this run does not measure.")  # fmt: skip
     parser.add_argument("--work", type=Path, default=Path("/tmp/recsys-scaling"), help="Scratch (emptied).")
     parser.add_argument("--out", type=Path, default=None, help="default benchmarks/results/scaling.json")
     parser.add_argument("--plot", type=Path, default=None, help="default docs/scaling.png")
@@ -395,9 +426,10 @@ def main() -> None:
     stages = (STAGES if "local" in args.engine else []) + (
         [f"{s}{SUFFIX}" for s in POINT_STAGES] if "ray" in args.engine else []
     )
+    earlier = merged(args.merge, sizes, stages)
     for size in sizes:
         if size not in chosen:
-            done[size], facts[size] = {}, {"not_run": "not in --points"}
+            done[size], facts[size] = earlier.get(size, ({}, {"not_run": "not in --points"}))
             continue
         left = args.total_budget_s - (time.perf_counter() - clock)
         if left < 60:

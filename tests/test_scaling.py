@@ -73,6 +73,20 @@ def test_predictions_exponents_and_extrapolation() -> None:
     assert scaling.design(axes) == [(100, 10), (1_000, 10), (1_000, 100)]
 
 
+def test_a_merged_results_file_gives_back_its_measured_points(tmp_path: Path) -> None:
+    measured = {"status": "measured", "seconds": 2.0, "peak_rss_mb": 90.0, "rss_start_mb": 40.0}
+    done = {(100, 10): {"a": measured, "b": {"status": "stopped-budget", "seconds_at_least": 7.0}},
+            (1_000, 10): {}}  # fmt: skip
+    facts = {(100, 10): {"users": 5, "serve_p50_ms": 3.5}, (1_000, 10): {"not_run": "not in --points"}}
+    file = tmp_path / "earlier.json"
+    file.write_text(json.dumps(scaling.flat_figures(done, facts, {}, ["a", "b", "c"])))
+    earlier = scaling.merged([file], [(100, 10), (1_000, 10)], ["a", "b", "c"])
+    assert set(earlier) == {(100, 10)}  # the other point measured nothing
+    records, merged_facts = earlier[(100, 10)]
+    assert records == done[(100, 10)]
+    assert merged_facts == facts[(100, 10)] | {"merged_from": str(file)}
+
+
 @pytest.mark.slow
 def test_the_quick_mode_writes_results_and_a_plot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out, png = tmp_path / "scaling.json", tmp_path / "scaling.png"
