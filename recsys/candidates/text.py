@@ -189,7 +189,7 @@ class TextRetriever:
 def unit_rows(emb: np.ndarray, *, block_values: int = 2**20) -> np.ndarray:
     """``emb`` with every non-zero row scaled to norm 1, in one new array (a million 384-d rows are
     1.5 GB: no whole-array temporaries), checked finite block by block."""
-    unit = np.empty_like(emb, order="C")
+    unit = np.empty(emb.shape, dtype=np.float32)  # a plain array, also when ``emb`` is mapped
     block = max(1, block_values // max(emb.shape[1], 1))  # rows a block (1M values: 4 MB of float32)
     for start in range(0, len(emb), block):
         part = emb[start : start + block]
