@@ -338,7 +338,7 @@ def merged(files: list[Path], sizes: list[tuple[int, int]], stages: list[str]) -
     out: dict[tuple[int, int], Any] = {}
     for file in files:
         figures = json.loads(file.read_text())
-        for size in sizes:
+        for size in (size for size in sizes if size not in out):
             name = Point(*size).name
             records = {
                 stage: {figure: figures[f"{name}.{stage}.{figure}"]
@@ -346,7 +346,7 @@ def merged(files: list[Path], sizes: list[tuple[int, int]], stages: list[str]) -
                         if f"{name}.{stage}.{figure}" in figures}
                 for stage in stages if figures.get(f"{name}.{stage}.status", "not-run") != "not-run"
             }  # fmt: skip
-            if size in out or not records:
+            if not records:
                 continue
             for stage, record in records.items():
                 if record["status"] == "measured":

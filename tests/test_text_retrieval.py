@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from recsys.candidates import base
-from recsys.candidates.text import TextRetriever, TextRetrieverConfig, unit_rows
+from recsys.candidates.base import unit_rows
+from recsys.candidates.text import TextRetriever, TextRetrieverConfig
 from recsys.data.dataset import Histories, Interactions
 
 

@@ -39,7 +39,7 @@ import scipy.sparse as sp
 
 from recsys.candidates.ann import AnnConfig, AnnIndex, build_if_large, load_beside, save_beside
 from recsys.candidates.artifact import read_arrays, read_meta, write_folder
-from recsys.candidates.base import check_fitted, check_items, neighbours, ranked
+from recsys.candidates.base import check_fitted, check_items, neighbours, ranked, unit_rows
 from recsys.config import from_dict, to_dict
 from recsys.data.dataset import Histories, Interactions
 
@@ -222,8 +222,9 @@ class ALS:
         self._gram_ = self._untrained_ = self._columns_ = self._unit_ = None
         trained = np.flatnonzero(~self._untrained())  # untrained items are never recommended
         self.ann_ = build_if_large(self.item_factors_, cfg.ann, rows=trained)
-        # the unit factors are not kept: the exact path makes them if it needs them
-        self.ann_cosine_ = build_if_large(_unit_rows(self.item_factors_), cfg.ann, rows=trained)
+        self.ann_cosine_ = None  # built with ann_ (the unit factors are not kept: the exact path makes them)
+        if self.ann_ is not None:
+            self.ann_cosine_ = AnnIndex.build(unit_rows(self.item_factors_), cfg.ann, rows=trained)
         return self
 
     def _new_implicit(self) -> Any:
@@ -339,7 +340,7 @@ class ALS:
 
         if self.ann_cosine_ is None:
             return neighbours(score_rows, query, n, self.n_items)
-        ids, scores = self.ann_cosine_.similar(query, _unit_rows(self.item_factors_[query]), n, score_rows)
+        ids, scores = self.ann_cosine_.similar(query, unit_rows(self.item_factors_[query]), n, score_rows)
         ids[untrained[query]], scores[untrained[query]] = -1, -np.inf  # a zero query scores every item 0
         return ids, scores
 
@@ -347,7 +348,7 @@ class ALS:
         """(n_items, factors) unit item factors (untrained rows stay zero), made on first use."""
         if self._unit_ is None:
             assert self.item_factors_ is not None
-            self._unit_ = _unit_rows(self.item_factors_)
+            self._unit_ = unit_rows(self.item_factors_)
         return self._unit_
 
     def save(self, path: Path) -> None:
@@ -379,13 +380,3 @@ class ALS:
         model.ann_ = load_beside(path, n)
         model.ann_cosine_ = load_beside(path, n, name=COSINE_FOLDER)
         return model
-
-
-def _unit_rows(vectors: np.ndarray) -> np.ndarray:
-    """Each row divided by its norm; zero rows stay zero.
-
-    >>> _unit_rows(np.array([[3.0, 4.0], [0.0, 0.0]], np.float32)).tolist()
-    [[0.6000000238418579, 0.800000011920929], [0.0, 0.0]]
-    """
-    norms = np.linalg.norm(vectors, axis=1)
-    return np.asarray(vectors / np.where(norms > 0, norms, 1.0)[:, None], dtype=np.float32)

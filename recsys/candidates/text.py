@@ -29,7 +29,7 @@ import numpy as np
 
 from recsys.candidates.ann import AnnConfig, AnnIndex, build_if_large, load_beside, save_beside
 from recsys.candidates.artifact import read_folder, write_folder
-from recsys.candidates.base import check_fitted, check_items, neighbours, ranked
+from recsys.candidates.base import check_fitted, check_items, neighbours, ranked, unit_rows
 from recsys.config import from_dict, to_dict
 from recsys.data.dataset import Histories, Interactions
 
@@ -104,7 +104,7 @@ class TextRetriever:
                 f"item_embeddings must be (n_items={data.n_items}, dim), got shape {emb.shape}: "
                 "embed the same catalogue the interactions are encoded against"
             )
-        self.item_embeddings_ = unit_rows(emb)
+        self.item_embeddings_ = unit_rows(emb, name="item_embeddings")
         self._columns_ = None
         self.ann_ = build_if_large(self.item_embeddings_, self.config.ann)
         return self
@@ -184,20 +184,3 @@ class TextRetriever:
         model.item_embeddings_ = np.ascontiguousarray(arrays["item_embeddings"], dtype=np.float32)
         model.ann_ = load_beside(path, model.n_items)
         return model
-
-
-def unit_rows(emb: np.ndarray, *, block_values: int = 2**20) -> np.ndarray:
-    """``emb`` with every non-zero row scaled to norm 1, in one new array (a million 384-d rows are
-    1.5 GB: no whole-array temporaries), checked finite block by block."""
-    unit = np.empty(emb.shape, dtype=np.float32)  # a plain array, also when ``emb`` is mapped
-    block = max(1, block_values // max(emb.shape[1], 1))  # rows a block (1M values: 4 MB of float32)
-    for start in range(0, len(emb), block):
-        part = emb[start : start + block]
-        finite = np.isfinite(part).all(axis=1)
-        if not finite.all():
-            raise ValueError(
-                f"item_embeddings: item {start + np.flatnonzero(~finite)[0]} holds NaN or infinite values"
-            )
-        norms = np.linalg.norm(part, axis=1, keepdims=True)
-        np.divide(part, np.where(norms > 0, norms, 1.0), out=unit[start : start + len(part)])
-    return unit
